@@ -1,0 +1,48 @@
+# The two commands: `make run` (the pipeline end to end on the local backend) and
+# `make test` (the whole suite). Both set everything up themselves.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock | cut -c1-12)
+ENV := source tools/env.sh &&
+# pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
+PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: help install run test ui land artifacts stop lock clean
+help:
+	@echo "make run        - install, land the real data, run review_sentiment_pipeline end to end"
+	@echo "make test       - install and run the whole test suite"
+	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8080"
+	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
+	@echo "make stop       - stop the local endpoint and Airflow started by make ui"
+	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
+
+$(STAMP): requirements.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q $(PIP_LINKS) -r requirements.lock
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+.state/airflow/.migrated: $(STAMP)
+	@$(ENV) airflow db migrate > "$$AIRFLOW_HOME/db-migrate.log" 2>&1 || { tail -20 "$$AIRFLOW_HOME/db-migrate.log"; exit 1; }
+	@touch $@
+
+land: install
+	@$(ENV) $(BIN)/python -m include.landing --days $${DAYS:-30}
+
+run: install .state/airflow/.migrated land
+	@$(ENV) $(BIN)/python -m include.cli run $(if $(DS),--ds $(DS),) $(if $(CONF),--conf '$(CONF)',)
+
+test: install
+	@$(ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+artifacts: install
+	@$(ENV) $(BIN)/python -m include.cli artifacts $(if $(RUN),--run-id '$(RUN)',)
+
+lock:
+	UV=$${UV:-uv} tools/lock.sh
+
+clean:
+	rm -rf .state

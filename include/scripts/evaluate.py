@@ -1,0 +1,198 @@
+"""Processing job: evaluate a trained model on the test split.
+
+Inputs (processing-container layout): ``--model`` holds ``model.tar.gz`` (the training
+job's output), ``--test-data`` the test shards of the preprocess job, and optionally
+``--training-output`` the training job's ``output.tar.gz`` (its debugger findings are
+copied into the report). Writes to ``--output-data``:
+
+- ``evaluation.json`` in SageMaker's model-quality format: ``{"metrics": {"accuracy":
+  {"value": ...}, ...}}`` (what the course's pipeline and our accuracy check read) and
+  ``multiclass_classification_metrics`` (Model Monitor's shape: accuracy, weighted and
+  macro precision/recall/F1, confusion matrix), plus per-class precision/recall/F1;
+- ``confusion_matrix.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ID2LABEL  # noqa: E402
+
+log = logging.getLogger("evaluate")
+
+
+class EvaluationError(ValueError):
+    """Inputs the evaluation cannot use."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Arguments; defaults follow the processing-container layout."""
+    p = argparse.ArgumentParser(description="Evaluate the fine-tuned model on the test split")
+    p.add_argument("--model", default="/opt/ml/processing/input/model", help="folder with model.tar.gz")
+    p.add_argument("--test-data", default="/opt/ml/processing/input/data", help="folder with test shards")
+    p.add_argument("--training-output", default="/opt/ml/processing/input/training", help="optional output.tar.gz folder")
+    p.add_argument("--output-data", default="/opt/ml/processing/output/metrics", help="where evaluation.json goes")
+    p.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
+    return p.parse_args(argv)
+
+
+def _extract(folder: Path, name: str, dest: Path) -> Path | None:
+    archives = sorted(folder.rglob(name)) if folder.exists() else []
+    if not archives:
+        return None
+    with tarfile.open(archives[0]) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def load_test(folder: Path) -> pd.DataFrame:
+    """Test shards as one frame (needs ``input_ids`` and ``label_id``)."""
+    files = sorted(folder.rglob("*.parquet"))
+    if not files:
+        raise EvaluationError(f"{folder}: no test shards (*.parquet)")
+    df = pd.concat([pd.read_parquet(f, columns=["review_id", "input_ids", "label_id"]) for f in files])
+    if df.empty:
+        raise EvaluationError(f"{folder}: the test split is empty")
+    return df.reset_index(drop=True)
+
+
+def predict(model_dir: Path, input_ids: list, batch_size: int) -> np.ndarray:
+    """Class probabilities for each tokenized review; batches sorted by length (less padding)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    order = np.argsort([len(x) for x in input_ids])
+    probs = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
+    start = time.monotonic()
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            width = max(len(input_ids[j]) for j in idx)
+            ids = torch.zeros((len(idx), width), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, j in enumerate(idx):
+                ids[r, :len(input_ids[j])] = torch.as_tensor(input_ids[j])
+                mask[r, :len(input_ids[j])] = 1
+            probs[idx] = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1).numpy()
+            if (i // batch_size) % 10 == 0:
+                done = min(i + batch_size, len(order))
+                log.info("predicted %d/%d (%.0f reviews/s)", done, len(order), done / (time.monotonic() - start))
+    return probs
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """Accuracy, per-class and averaged precision/recall/F1, confusion matrix, 95% CI."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = sorted(ID2LABEL)
+    acc = float((y_true == y_pred).mean())
+    n = len(y_true)
+    half = 1.96 * math.sqrt(acc * (1 - acc) / n)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {ID2LABEL[k]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                 for i, k in enumerate(labels)}
+    avg = {}
+    for kind in ("macro", "weighted"):
+        ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=kind, zero_division=0)
+        avg[kind] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    return {"accuracy": acc, "accuracy_ci95": [max(0.0, acc - half), min(1.0, acc + half)], "n": n,
+            "per_class": per_class, "avg": avg, "confusion_matrix": cm.tolist(), "labels": [ID2LABEL[k] for k in labels]}
+
+
+def evaluation_json(m: dict, debugger: dict | None) -> dict:
+    """The report in SageMaker's model-quality shapes plus our extras."""
+    names = m["labels"]
+    cm = {names[i]: {names[j]: m["confusion_matrix"][i][j] for j in range(len(names))} for i in range(len(names))}
+    report = {
+        "metrics": {
+            "accuracy": {"value": m["accuracy"], "standard_deviation": math.sqrt(m["accuracy"] * (1 - m["accuracy"]) / m["n"])},
+            "macro_f1": {"value": m["avg"]["macro"]["f1"]},
+            "weighted_f1": {"value": m["avg"]["weighted"]["f1"]},
+        },
+        "multiclass_classification_metrics": {
+            "accuracy": {"value": m["accuracy"]},
+            "weighted_precision": {"value": m["avg"]["weighted"]["precision"]},
+            "weighted_recall": {"value": m["avg"]["weighted"]["recall"]},
+            "weighted_f1": {"value": m["avg"]["weighted"]["f1"]},
+            "macro_f1": {"value": m["avg"]["macro"]["f1"]},
+            "confusion_matrix": cm,
+        },
+        "per_class": m["per_class"],
+        "confusion_matrix": {"labels": names, "matrix": m["confusion_matrix"]},
+        "accuracy_ci95": m["accuracy_ci95"],
+        "test_rows": m["n"],
+    }
+    if debugger is not None:
+        triggered = [r for r in debugger.get("rules", []) if r.get("triggered")] if isinstance(debugger, dict) else []
+        report["debugger"] = {"rules": debugger, "triggered": triggered}
+    return report
+
+
+def plot_confusion(m: dict, dest: Path) -> None:
+    """Confusion matrix as a labelled heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.array(m["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(m["labels"])), m["labels"])
+    ax.set_yticks(range(len(m["labels"])), m["labels"])
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted sentiment")
+    ax.set_ylabel("true sentiment")
+    ax.set_title(f"Confusion matrix (accuracy {m['accuracy']:.3f}, n={m['n']})")
+    fig.tight_layout()
+    fig.savefig(dest, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the evaluation; returns the evaluation report."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    args = parse_args(argv)
+    out = Path(args.output_data)
+    out.mkdir(parents=True, exist_ok=True)
+    test = load_test(Path(args.test_data))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _extract(Path(args.model), "model.tar.gz", Path(tmp) / "model")
+        if model_dir is None:
+            raise EvaluationError(f"{args.model}: no model.tar.gz")
+        probs = predict(model_dir, test["input_ids"].tolist(), args.batch_size)
+        train_out = _extract(Path(args.training_output), "output.tar.gz", Path(tmp) / "training")
+        rules_file = train_out / "debugger" / "rule_results.json" if train_out else None
+        debugger = json.loads(rules_file.read_text()) if rules_file and rules_file.exists() else None
+    m = metrics(test["label_id"].to_numpy(), probs.argmax(1))
+    report = evaluation_json(m, debugger)
+    (out / "evaluation.json").write_text(json.dumps(report, indent=1))
+    plot_confusion(m, out / "confusion_matrix.png")
+    pd.DataFrame({"review_id": test["review_id"], "label_id": test["label_id"], "predicted": probs.argmax(1),
+                  **{f"p_{ID2LABEL[k]}": probs[:, k] for k in sorted(ID2LABEL)}}).to_csv(out / "predictions.csv", index=False)
+    log.info("accuracy %.4f (95%% CI %.3f-%.3f) on %d test reviews; macro F1 %.4f", m["accuracy"],
+             *m["accuracy_ci95"], m["n"], m["avg"]["macro"]["f1"])
+    return report
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (EvaluationError, OSError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(2)

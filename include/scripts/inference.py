@@ -1,0 +1,273 @@
+"""SageMaker inference handler for the review-sentiment classifier.
+
+Shipped inside ``model.tar.gz`` as ``code/inference.py``; the SageMaker PyTorch / Hugging Face
+serving container (and our local endpoint, ``include/serving/server.py``) calls the four
+functions of the inference toolkit contract:
+
+``model_fn(model_dir)`` -> model, ``input_fn(body, content_type)`` -> data,
+``predict_fn(data, model)`` -> prediction, ``output_fn(prediction, accept)`` -> body.
+
+Wire formats (the course lab's contract, unchanged):
+
+* ``application/jsonlines`` - one ``{"features": ["<review text>"]}`` per line (what the
+  sagemaker SDK's ``JSONLinesSerializer`` sends); answered line by line with
+  ``{"predicted_label": -1|0|1, "probability": <float>}`` (``JSONLinesDeserializer``).
+* ``application/json`` - one review (``"text"`` or ``{"features": ["text"]}``) or a list of
+  them (``["a", "b"]``, ``[{"features": ["a"]}, ...]``, ``{"instances": [...]}``); answered with
+  one object (or a list of them, mirroring the request) that also carries the label's name,
+  all class probabilities and the model version that answered.
+
+``predicted_label`` is the sentiment (``label_id - 1``), not the label id.
+
+Bad input raises :class:`InferenceInputError` (HTTP 400) or :class:`UnsupportedContentTypeError`
+(415) / :class:`UnsupportedAcceptError` (406); each carries ``status_code`` so any server can
+map it without importing this module's classes.
+
+Self-contained: standard library, torch, transformers and numpy only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+# Aliases clients use for JSON Lines; all are answered as application/jsonlines.
+JSONLINES_ALIASES = (JSONLINES, "application/x-jsonlines", "application/jsonl", "application/x-ndjson")
+SUPPORTED_CONTENT_TYPES = (JSON, *JSONLINES_ALIASES)
+
+DEFAULT_MAX_SEQ_LENGTH = 128  # the course lab's value; a model's config.json may carry its own
+DEFAULT_BATCH_SIZE = 32  # forward-pass chunk: bounds memory for large requests
+MAX_RECORDS = 1000  # per request; SageMaker caps payloads at 6 MB anyway
+
+
+class InferenceInputError(ValueError):
+    """The request body cannot be turned into reviews (HTTP 400)."""
+
+    status_code = 400
+
+
+class UnsupportedContentTypeError(InferenceInputError):
+    """The request's Content-Type is not one the handler reads (HTTP 415)."""
+
+    status_code = 415
+
+
+class UnsupportedAcceptError(InferenceInputError):
+    """The client asks for a response type the handler cannot write (HTTP 406)."""
+
+    status_code = 406
+
+
+class LoadedModel:
+    """What ``model_fn`` returns: the network, its tokenizer and how to run it.
+
+    A plain class (not a dataclass) so the module also works when a server imports it
+    from a file path without registering it in ``sys.modules``.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, id2label: dict[int, str], max_seq_length: int,
+                 batch_size: int, version: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.id2label = id2label
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.version = version  # set by the server that loaded it (MODEL_VERSION env otherwise)
+
+
+def _env_int(name: str, default: int, low: int, high: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ValueError(f"environment variable {name}={value} must be in {low}..{high}")
+    return value
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def model_fn(model_dir: str) -> LoadedModel:
+    """Load the fine-tuned classifier and its tokenizer from ``model_dir`` (CPU, eval mode).
+
+    ``INFERENCE_NUM_THREADS`` sets torch's intra-op threads (default: the cores this process
+    may use); ``INFERENCE_MAX_SEQ_LENGTH`` overrides the truncation length (default: the
+    config's ``max_seq_length`` if training stored one, else 128); ``INFERENCE_BATCH_SIZE``
+    the forward-pass chunk size (default 32).
+    """
+    config_path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{config_path}: missing - model_dir must hold a save_pretrained folder")
+    threads = _env_int("INFERENCE_NUM_THREADS", _available_cores(), 1, 256)
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model.eval()
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    if sorted(id2label) != list(range(len(id2label))):
+        raise ValueError(f"{config_path}: id2label keys must be 0..n-1, got {sorted(id2label)}")
+    config_len = int(getattr(model.config, "max_seq_length", 0) or DEFAULT_MAX_SEQ_LENGTH)
+    limit = int(getattr(model.config, "max_position_embeddings", 512))
+    max_len = _env_int("INFERENCE_MAX_SEQ_LENGTH", min(config_len, limit), 8, limit)
+    batch_size = _env_int("INFERENCE_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1024)
+    logger.info("model loaded from %s: %d labels, max_seq_length=%d, batch=%d, threads=%d",
+                model_dir, len(id2label), max_len, batch_size, threads)
+    return LoadedModel(model=model, tokenizer=tokenizer, id2label=id2label, max_seq_length=max_len,
+                       batch_size=batch_size, version=os.environ.get("MODEL_VERSION") or None)
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _decode(body: bytes | bytearray | str) -> str:
+    if isinstance(body, str):
+        return body
+    try:
+        return bytes(body).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InferenceInputError(f"request body is not UTF-8 text (byte {exc.start})") from None
+
+
+def _review_text(record: Any, where: str) -> str:
+    """The review text of one record: a string, or the lab's ``{"features": [text, ...]}``."""
+    if isinstance(record, dict):
+        if "features" not in record:
+            raise InferenceInputError(
+                f'{where}: missing field "features" - send {{"features": ["<review text>"]}}')
+        features = record["features"]
+        if isinstance(features, str):  # tolerate a bare string where the lab sends [text]
+            features = [features]
+        if not isinstance(features, list) or not features:
+            raise InferenceInputError(
+                f'{where}: "features" must be a non-empty list whose first item is the review text')
+        record = features[0]  # features[0] is review_body, as in the lab's handler
+    if not isinstance(record, str):
+        raise InferenceInputError(
+            f"{where}: the review text must be a string, got {type(record).__name__}")
+    if not record.strip():
+        raise InferenceInputError(f"{where}: the review text is empty")
+    return record
+
+
+def _check_count(n: int) -> None:
+    if n == 0:
+        raise InferenceInputError("the request holds no reviews")
+    if n > MAX_RECORDS:
+        raise InferenceInputError(f"the request holds {n} reviews; send at most {MAX_RECORDS} per request")
+
+
+def input_fn(body: bytes | str, content_type: str = JSONLINES) -> dict:
+    """Parse a request body into ``{"texts": [...], "single": bool}``.
+
+    ``single`` is true when a JSON request carried one review (its answer is then one object).
+    """
+    media = _media_type(content_type)
+    if media not in SUPPORTED_CONTENT_TYPES:
+        raise UnsupportedContentTypeError(
+            f"Content-Type {content_type or '(none)'!r} is not supported; use {JSONLINES} "
+            f'(one {{"features": ["<review text>"]}} per line) or {JSON}')
+    text = _decode(body)
+    if media == JSON:
+        return _parse_json(text)
+    texts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue  # a trailing newline or blank separator line is not a record
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InferenceInputError(f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise InferenceInputError(
+                f'line {number}: each line must be a JSON object {{"features": ["<review text>"]}}')
+        texts.append(_review_text(record, f"line {number}"))
+    _check_count(len(texts))
+    return {"texts": texts, "single": False}
+
+
+def _parse_json(text: str) -> dict:
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InferenceInputError(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if isinstance(payload, dict) and "instances" in payload:  # SageMaker/TF-serving batch shape
+        payload = payload["instances"]
+        if not isinstance(payload, list):
+            raise InferenceInputError('"instances" must be a list of reviews')
+    if isinstance(payload, list):
+        texts = [_review_text(item, f"item {i}") for i, item in enumerate(payload)]
+        _check_count(len(texts))
+        return {"texts": texts, "single": False}
+    if isinstance(payload, (str, dict)):
+        return {"texts": [_review_text(payload, "body")], "single": True}
+    raise InferenceInputError(
+        f'expected a review text, {{"features": ["<review text>"]}} or a list of them; got {type(payload).__name__}')
+
+
+def predict_fn(data: dict, model: LoadedModel) -> dict:
+    """Classify ``data["texts"]``: one forward pass per chunk, dynamically padded.
+
+    Texts are sorted by length so each chunk pads to its own longest review; results come
+    back in request order. Returns ``{"label_ids", "probabilities", "single", "model_version"}``.
+    """
+    texts = list(data["texts"])
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    probs: list[list[float] | None] = [None] * len(texts)
+    with torch.inference_mode():
+        for start in range(0, len(order), model.batch_size):
+            chunk = order[start:start + model.batch_size]
+            enc = model.tokenizer([texts[i] for i in chunk], padding="longest", truncation=True,
+                                  max_length=model.max_seq_length, return_tensors="pt")
+            logits = model.model(**enc).logits
+            for i, row in zip(chunk, torch.softmax(logits.float(), dim=-1).tolist()):
+                probs[i] = row
+    label_ids = [max(range(len(p)), key=p.__getitem__) for p in probs]
+    return {"label_ids": label_ids, "probabilities": probs, "single": bool(data.get("single")),
+            "model_version": model.version, "id2label": model.id2label}
+
+
+def output_fn(prediction: dict, accept: str = JSONLINES) -> str:
+    """Serialise a prediction for ``accept`` (``*/*`` or empty means JSON Lines, as in the lab)."""
+    media = _media_type(accept)
+    if media in ("", "*/*", "application/*"):
+        media = JSONLINES
+    id2label = prediction["id2label"]
+    rows = zip(prediction["label_ids"], prediction["probabilities"])
+    if media in JSONLINES_ALIASES:
+        return "\n".join(json.dumps({"predicted_label": label_id - 1, "probability": _round(p[label_id])})
+                         for label_id, p in rows) + "\n"
+    if media == JSON:
+        answers = [{"predicted_label": label_id - 1,
+                    "label": id2label[label_id],
+                    "probability": _round(p[label_id]),
+                    "probabilities": {id2label[i]: _round(v) for i, v in enumerate(p)},
+                    "model_version": prediction["model_version"]}
+                   for label_id, p in rows]
+        return json.dumps(answers[0] if prediction["single"] else answers)
+    raise UnsupportedAcceptError(f"Accept {accept!r} is not supported; use {JSONLINES} or {JSON}")
+
+
+def _round(value: float) -> float:
+    # NaN/inf cannot be written as JSON; a model producing them is broken, not the request.
+    if not math.isfinite(value):
+        raise ArithmeticError(f"the model produced a non-finite probability ({value})")
+    return round(float(value), 6)

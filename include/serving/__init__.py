@@ -1,0 +1,1 @@
+"""The local model server (SageMaker inference contract over FastAPI/uvicorn)."""

@@ -1,0 +1,58 @@
+"""DAG integrity: every DAG imports, has no cycles and follows the project's policies."""
+from __future__ import annotations
+
+import pytest
+
+from include.config import PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}, dagbag.import_errors
+
+
+def test_expected_dags_present(dagbag):
+    assert "review_sentiment_pipeline" in dagbag.dag_ids
+
+
+def test_every_task_has_retries_owner_and_tags(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md, f"{dag_id} has no doc_md"
+        for t in dag.tasks:
+            assert t.retries >= 1, f"{dag_id}.{t.task_id} has no retries"
+            assert t.retry_exponential_backoff, f"{dag_id}.{t.task_id} has no exponential back-off"
+            assert t.owner not in ("", "airflow"), f"{dag_id}.{t.task_id} has the default owner"
+
+
+def test_no_cycles(dagbag):
+    from airflow.utils.dag_cycle_tester import check_cycle
+
+    for dag in dagbag.dags.values():
+        check_cycle(dag)  # raises AirflowDagCycleException on a cycle
+
+
+def test_main_dag_params_and_schedule(dagbag):
+    dag = dagbag.get_dag("review_sentiment_pipeline")
+    expected = {"input_data_uri", "max_seq_length", "train_split_percentage", "validation_split_percentage",
+                "balance_dataset", "epochs", "learning_rate", "train_batch_size", "max_train_samples",
+                "min_accuracy", "model_name_or_path"}
+    assert expected <= set(dag.params.keys())
+    for name in expected:
+        assert dag.params.get_param(name).description, f"param {name} has no description"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+    assert "daily" in dag.timetable.summary or dag.timetable.summary == "0 0 * * *"
+
+
+def test_main_dag_task_order(dagbag):
+    dag = dagbag.get_dag("review_sentiment_pipeline")
+    chain = ["register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "check_accuracy"]
+    for upstream, downstream in zip(chain, chain[1:]):
+        assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream} missing"
