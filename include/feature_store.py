@@ -12,11 +12,12 @@ from pathlib import Path
 
 import duckdb
 
-from include.config import Settings, get_settings
+from include.config import Settings
 
 log = logging.getLogger(__name__)
-FEATURE_GROUP = "reviews_features"
+FEATURE_GROUP = "reviews.reviews_features"
 DDL = f"""
+CREATE SCHEMA IF NOT EXISTS reviews;
 CREATE TABLE IF NOT EXISTS {FEATURE_GROUP} (
     review_id VARCHAR NOT NULL,
     date DATE,
@@ -38,9 +39,9 @@ class FeatureStoreError(RuntimeError):
 
 def connect(settings: Settings | None = None) -> duckdb.DuckDBPyConnection:
     """Open the catalog database holding the offline store (created on first use)."""
-    settings = settings or get_settings()
-    settings.catalog_path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(settings.catalog_path))
+    from include.catalog import connect as catalog_connect  # shares the catalog's lock handling
+
+    con = catalog_connect(settings)
     con.execute(DDL)
     return con
 

@@ -93,4 +93,4 @@ def load_tensors(path: Path) -> dict[str, Any]:
     """The ``state.pt`` of a checkpoint (CPU tensors)."""
     import torch
 
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
