@@ -34,6 +34,7 @@ SCHEMA = "reviews"
 RAW = f"{SCHEMA}.reviews_raw"
 QUARANTINE = f"{SCHEMA}.reviews_quarantine"
 PARTITIONS = f"{SCHEMA}.partitions"
+TYPED = f"{SCHEMA}.reviews_typed"  # view for analysis: typed, valid, not quarantined, latest ds
 
 REQUIRED_COLUMNS = ("review_id", "product_category", "review_body", "star_rating")
 OPTIONAL_COLUMNS = ("review_date",)  # DESIGN: review_date is optional in the raw schema
@@ -54,6 +55,20 @@ CREATE TABLE IF NOT EXISTS {PARTITIONS} (
     ds DATE PRIMARY KEY, files VARCHAR[] NOT NULL, rows BIGINT NOT NULL, bytes BIGINT NOT NULL,
     registered_at TIMESTAMP NOT NULL, validated_at TIMESTAMP, validation_run_id VARCHAR,
     bad_rows BIGINT, passed BOOLEAN);
+CREATE OR REPLACE VIEW {TYPED} AS
+SELECT r.review_id, trim(r.product_category) AS product_category, r.review_body,
+       CAST(trim(r.star_rating) AS INTEGER) AS star_rating,
+       CASE WHEN trim(r.star_rating) IN ('1', '2') THEN 'negative'
+            WHEN trim(r.star_rating) = '3' THEN 'neutral' ELSE 'positive' END AS sentiment,
+       coalesce(TRY_CAST(r.review_date AS DATE), r.ds) AS review_date, r.ds
+FROM {RAW} r
+WHERE trim(r.star_rating) IN ('1', '2', '3', '4', '5')
+  AND nullif(trim(r.review_id), '') IS NOT NULL
+  AND nullif(trim(r.review_body), '') IS NOT NULL
+  AND nullif(trim(r.product_category), '') IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM {QUARANTINE} q
+                  WHERE q.ds = r.ds AND q.source_file = r.source_file AND q.source_line = r.source_line)
+QUALIFY row_number() OVER (PARTITION BY r.review_id ORDER BY r.ds DESC, r.source_line DESC) = 1;
 """
 
 COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
@@ -94,6 +109,14 @@ COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "validation_run_id": "Run id of the last validation.",
             "bad_rows": "Rows quarantined by the last validation.",
             "passed": "Whether the last validation passed; only passed partitions are exported.",
+        },
+    ),
+    TYPED: (
+        "Typed reviews for analysis: valid rating, text and category, not quarantined, latest ds per review_id.",
+        {
+            "star_rating": "Star rating 1..5 as INTEGER.",
+            "sentiment": "negative (1-2 stars), neutral (3) or positive (4-5).",
+            "review_date": "Review date; the partition date when none was landed.",
         },
     ),
 }
@@ -139,15 +162,27 @@ def connect(settings: Settings | None = None, read_only: bool = False) -> duckdb
             log.info("catalog %s is locked by another process; retrying in %.1fs", path, delay)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+    # Bounded memory: DuckDB spills to disk beyond the limit instead of growing.
+    con.execute(f"SET memory_limit = '{_memory_limit()}'")
+    con.execute("SET enable_progress_bar = false")
     if not read_only:
+        con.execute(f"SET temp_directory = '{_sql_str(str(path.parent / 'duckdb_tmp'))}'")
         _ensure_schema(con)
     return con
+
+
+def _memory_limit() -> str:
+    value = os.environ.get("REVIEWS_DUCKDB_MEMORY_LIMIT", "1GB").strip()
+    if not value[:1].isdigit() or not value.rstrip("BKMGTiB").replace(".", "").isdigit():
+        raise CatalogError(f"REVIEWS_DUCKDB_MEMORY_LIMIT={value!r}: expected a size such as 1GB or 512MB")
+    return value
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(_DDL)
     for table, (table_comment, columns) in COMMENTS.items():
-        con.execute(f"COMMENT ON TABLE {table} IS '{_sql_str(table_comment)}'")
+        kind = "VIEW" if table == TYPED else "TABLE"
+        con.execute(f"COMMENT ON {kind} {table} IS '{_sql_str(table_comment)}'")
         for col, text in columns.items():
             con.execute(f"COMMENT ON COLUMN {table}.{col} IS '{_sql_str(text)}'")
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from include.config import get_settings, uri_to_path
@@ -28,20 +28,25 @@ def load_dag(dag_id: str = DAG_ID):
 
     from include.config import PROJECT_ROOT
 
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     if bag.import_errors:
         raise SystemExit("DAG import errors:\n" + "\n".join(f"{k}: {v}" for k, v in bag.import_errors.items()))
-    return bag.get_dag(dag_id)
+    return bag.dags[dag_id]
+
+
+def logical_date_for(day: date) -> datetime:
+    """The logical date whose daily data interval is ``day`` (the interval ends at it)."""
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=1)
 
 
 def run(ds: str | None, conf: dict) -> int:
     """Run the pipeline for partition ``ds`` (default: yesterday UTC); print a summary."""
     day = date.fromisoformat(ds) if ds else yesterday_utc()
-    logical = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    conf = {"ds": day.isoformat(), **conf}
     dag = load_dag()
     print(f"==> running {DAG_ID} for ds={day} (conf {json.dumps(conf)})", flush=True)
     start = time.monotonic()
-    dr = dag.test(logical_date=logical, run_conf=conf or None)
+    dr = dag.test(logical_date=logical_date_for(day), run_conf=conf)
     wall = time.monotonic() - start
     state = str(getattr(dr, "state", "unknown"))
     print(f"\n==> run {dr.run_id}: {state} in {wall:.0f}s")

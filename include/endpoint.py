@@ -52,7 +52,7 @@ ADMIN_TOKEN_ENV = "REVIEWS_ENDPOINT_ADMIN_TOKEN"  # same name as in the server
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 PORT_ENV = "ENDPOINT_PORT"
-STOP_GRACE_S = 20.0  # uvicorn lets in-flight requests finish on SIGTERM
+STOP_GRACE_S = 35.0  # uvicorn lets in-flight requests finish on SIGTERM (it waits up to 30 s)
 MAX_LOG_BYTES = 20 * 1024 * 1024
 JSONLINES = "application/jsonlines"
 
@@ -219,9 +219,11 @@ def _start_server(paths: _Paths, model_dir: Path, version: str, port: int, timeo
     while True:
         if proc.poll() is not None:
             _children.pop(proc.pid, None)
+            tail = _log_tail(paths, offset)
+            reason = " / ".join(line.split(": ", 1)[-1] for line in tail.splitlines() if " ERROR " in line)
             raise EndpointDeployError(
-                f"the server for version {version} exited with code {proc.returncode} while starting; "
-                f"log ({paths.log}):\n{_log_tail(paths, offset)}")
+                f"the server for version {version} exited with code {proc.returncode} while starting: "
+                f"{reason or 'see the log'}\nlog ({paths.log}):\n{tail}")
         if _ping(port) == version:
             return proc.pid
         if time.monotonic() > deadline:
@@ -359,7 +361,7 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str], port: int | N
     paths = _Paths()
     started = time.monotonic()
     with _locked(paths):
-        state = _read_state_file(paths)
+        state = old_state = _read_state_file(paths)
         pid = _running_pid(paths)
         want_port = _resolve_port(paths, port, pid is not None, state)
         serving = state.get("model_dir") if pid else None
@@ -382,6 +384,8 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str], port: int | N
             if pid is not None and state.get("port") == want_port:
                 _terminate(pid)  # it holds our port but does not answer: it serves nothing anyway
                 pid = previous = None
+            for orphan in _server_pids(paths) - {pid}:
+                _terminate(orphan)  # left by a deploy that was killed before writing the pid file
             new_pid = _start_server(paths, model_dir, version, want_port, timeout_s)
             try:
                 smoke = _http_smoke(want_port, version, smoke_texts)
@@ -398,7 +402,8 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str], port: int | N
             **state, "url": _url(want_port), "port": want_port, "pid": pid, "version": version,
             "package_uri": package_uri, "package_sha256": sha, "model_dir": str(model_dir),
             "previous_version": previous if previous != version else state.get("previous_version"),
-            "previous_model_dir": state.get("model_dir") if previous != version else state.get("previous_model_dir"),
+            "previous_model_dir": (old_state.get("model_dir") if previous and previous != version
+                                   else old_state.get("previous_model_dir")),
             "deployed_at": time.time(), "log": str(paths.log)}
         _write_atomic(paths.state, json.dumps(new_state, indent=1))
         _write_atomic(paths.port, f"{want_port}\n")
@@ -421,8 +426,14 @@ def status() -> dict | None:
     state = _read_state_file(paths)
     port = int(state.get("port") or _resolve_port(paths, None, True, state))
     answering = _ping(port)
-    return {**state, "pid": pid, "port": port, "url": _url(port), "healthy": answering is not None,
+    info = {**state, "pid": pid, "port": port, "url": _url(port), "healthy": answering is not None,
             "serving_version": answering}
+    token = paths.token.read_text().strip() if paths.token.exists() else ""
+    with contextlib.suppress(httpx.HTTPError, ValueError):  # counters are a bonus, not required
+        resp = httpx.get(f"{_url(port)}/admin/status", headers={"X-Admin-Token": token}, timeout=2)
+        if resp.status_code == 200:
+            info["traffic"] = {k: resp.json()[k] for k in ("requests", "reviews", "client_errors", "server_errors")}
+    return info
 
 
 def stop() -> bool:

@@ -81,6 +81,25 @@ SENTENCES = {
     ],
 }
 
+# Remarks any review may add (longer reviews draw several).
+GENERAL = [
+    "Shipping was fast and the package was neatly wrapped.",
+    "I usually wear a medium in this brand and ordered my usual size.",
+    "The model in the photo is much taller than me, so keep that in mind.",
+    "Washed it on cold and hung it to dry, no shrinking so far.",
+    "The sleeves are a little long for my arms.",
+    "It layers well under a cardigan when the weather turns.",
+    "The lining is nicely finished and the stitching looks even.",
+    "I paired it with sandals for a summer wedding.",
+    "My sister borrowed it and now wants one of her own.",
+    "The pockets are deep enough for a phone, which I always look for.",
+    "There is a bit of stretch, so it moves with you.",
+    "Customer service answered my sizing question within an hour.",
+]
+# A personal detail per review makes texts (almost) unique, like real reviews.
+COLORS = ("black", "navy", "ivory", "red", "olive", "blush", "grey", "teal", "mustard", "white", "plum", "camel")
+SIZES = ("XS", "S", "M", "L", "XL", "petite S", "petite M", "0", "2", "4", "6", "8", "10", "12")
+
 # Kinds of bad rows ``bad_fraction`` injects; each fails one row-level rule of the suite.
 BAD_KINDS = (
     "rating_word",  # star_rating "five"
@@ -127,11 +146,24 @@ def _block(seed: int, index: int, rows: int, bad_fraction: float, start: date, d
     multiline = rng.random(rows) < 0.02  # some reviews span several lines (quoted newlines)
     pools = {k: np.array(v, dtype=object) for k, v in SENTENCES.items()}
     picks = rng.integers(0, 1 << 30, size=(rows, 14))
+    detail = rng.integers(0, 1 << 30, size=(rows, 5))
+    extra = np.where(rng.random(rows) < 0.3, np.minimum(rng.poisson(3.0, size=rows), 8), 0)
+    short = rng.random(rows) < 0.05  # a few one-liners, like "Love it! (navy, size M, worn 3x)"
+    general = np.array(GENERAL, dtype=object)
     bodies = []
     for i in range(rows):
         tone = "neg" if stars[i] <= 2 else "neu" if stars[i] == 3 else "pos"
         pool = pools[tone]
-        parts = [pool[p % len(pool)] for p in picks[i, : n_sent[i]]]
+        c, z, h, w, pos = detail[i]
+        if short[i]:
+            bodies.append(f"{pool[picks[i, 0] % len(pool)]} ({COLORS[c % len(COLORS)]}, "
+                          f"size {SIZES[z % len(SIZES)]}, worn {w % 60 + 1}x)")
+            continue
+        parts = list(dict.fromkeys(pool[p % len(pool)] for p in picks[i, : n_sent[i]]))
+        parts += list(dict.fromkeys(general[p % len(general)] for p in picks[i, 14 - extra[i] :] if extra[i]))
+        note = (f"I ordered the {COLORS[c % len(COLORS)]} one in {SIZES[z % len(SIZES)]}; "
+                f"I am 5'{h % 12}\" and have worn it {w % 60 + 1} times.")
+        parts.insert(int(pos % (len(parts) + 1)), note)
         bodies.append(("\n" if multiline[i] else " ").join(parts))
     first = index * BLOCK_ROWS
     day_off = rng.integers(0, days, size=rows)
@@ -143,7 +175,8 @@ def _block(seed: int, index: int, rows: int, bad_fraction: float, start: date, d
             "review_body": bodies,
             "star_rating": stars.astype(str).astype(object),
             "review_date": np.array(dates, dtype=object)[day_off],
-        }
+        },
+        dtype=object,  # plain Python str/None, as landed (pandas' str dtype would turn None into NaN)
     )
     _inject_bad(df, rng, bad_fraction)
     return df

@@ -47,6 +47,8 @@ SUPPORTED_CONTENT_TYPES = (JSON, *JSONLINES_ALIASES)
 DEFAULT_MAX_SEQ_LENGTH = 128  # the course lab's value; a model's config.json may carry its own
 DEFAULT_BATCH_SIZE = 32  # forward-pass chunk: bounds memory for large requests
 MAX_RECORDS = 1000  # per request; SageMaker caps payloads at 6 MB anyway
+# The lab's predicted_label is the sentiment; label ids follow label_id = sentiment + 1.
+SENTIMENT_OF_LABEL = {"negative": -1, "neutral": 0, "positive": 1}
 
 
 class InferenceInputError(ValueError):
@@ -252,11 +254,15 @@ def output_fn(prediction: dict, accept: str = JSONLINES) -> str:
         media = JSONLINES
     id2label = prediction["id2label"]
     rows = zip(prediction["label_ids"], prediction["probabilities"])
+
+    def sentiment(label_id: int) -> int:
+        return SENTIMENT_OF_LABEL.get(str(id2label[label_id]).lower(), label_id - 1)
+
     if media in JSONLINES_ALIASES:
-        return "\n".join(json.dumps({"predicted_label": label_id - 1, "probability": _round(p[label_id])})
+        return "\n".join(json.dumps({"predicted_label": sentiment(label_id), "probability": _round(p[label_id])})
                          for label_id, p in rows) + "\n"
     if media == JSON:
-        answers = [{"predicted_label": label_id - 1,
+        answers = [{"predicted_label": sentiment(label_id),
                     "label": id2label[label_id],
                     "probability": _round(p[label_id]),
                     "probabilities": {id2label[i]: _round(v) for i, v in enumerate(p)},

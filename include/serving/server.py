@@ -52,6 +52,7 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
 ADMIN_TOKEN_ENV = "REVIEWS_ENDPOINT_ADMIN_TOKEN"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 JSONLINES = "application/jsonlines"
+REPORT_EVERY_S = 60.0
 _module_ids = itertools.count(1)
 
 
@@ -103,8 +104,24 @@ class _State:
         self.admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
         self.started_at = time.time()
         self.requests = 0
+        self.reviews = 0
         self.client_errors = 0
         self.server_errors = 0
+        self.busy_seconds = 0.0
+        self._window = [time.monotonic(), 0, 0, 0.0]  # start, requests, reviews, seconds since last report
+
+    def record(self, reviews: int, seconds: float) -> None:
+        """Count a served request; log throughput about once a minute (not once per request)."""
+        self.reviews += reviews
+        self.busy_seconds += seconds
+        w = self._window
+        w[1], w[2], w[3] = w[1] + 1, w[2] + reviews, w[3] + seconds
+        now = time.monotonic()
+        if now - w[0] >= REPORT_EVERY_S:
+            logger.info("last %.0fs: %d requests, %d reviews, %.1f reviews/s of compute, mean latency %.0f ms; "
+                        "errors so far: %d client, %d server", now - w[0], w[1], w[2], w[2] / max(w[3], 1e-9),
+                        1000 * w[3] / w[1], self.client_errors, self.server_errors)
+            self._window = [now, 0, 0, 0.0]
 
 
 STATE = _State()
@@ -130,11 +147,12 @@ def _client_error(exc: Exception) -> RequestError | None:
     return None
 
 
-def infer(slot: ModelSlot, body: bytes, content_type: str, accept: str) -> str:
+def infer(slot: ModelSlot, body: bytes, content_type: str, accept: str) -> tuple[str, int]:
     """Run one request body through the slot's handler (the contract's three calls).
 
-    Raises :class:`RequestError` for bad input (the caller answers 4xx); anything else raised
-    by ``predict_fn``/``output_fn`` is a server fault.
+    Returns the answer body and the number of reviews. Raises :class:`RequestError` for bad
+    input (the caller answers 4xx); anything else raised by ``predict_fn``/``output_fn`` is a
+    server fault.
     """
     try:
         data = slot.handler.input_fn(body, content_type)
@@ -151,7 +169,8 @@ def infer(slot: ModelSlot, body: bytes, content_type: str, accept: str) -> str:
         raise
     if isinstance(out, tuple):  # handlers in the lab's style return (body, content_type)
         out = out[0]
-    return out.decode() if isinstance(out, bytes) else str(out)
+    count = len(data["texts"]) if isinstance(data, dict) and "texts" in data else 1
+    return (out.decode() if isinstance(out, bytes) else str(out)), count
 
 
 def smoke_test(slot: ModelSlot, texts: list[str]) -> list[dict]:
@@ -160,7 +179,7 @@ def smoke_test(slot: ModelSlot, texts: list[str]) -> list[dict]:
         raise ModelLoadError("smoke test needs at least one review text")
     body = "\n".join(json.dumps({"features": [t]}) for t in texts).encode()
     try:
-        out = infer(slot, body, JSONLINES, JSONLINES)
+        out, _ = infer(slot, body, JSONLINES, JSONLINES)
         answers = [json.loads(line) for line in out.splitlines() if line.strip()]
     except Exception as exc:  # noqa: BLE001 - the candidate failed; say how
         raise ModelLoadError(f"smoke test of version {slot.version} failed: {type(exc).__name__}: {exc}") from exc
@@ -225,13 +244,15 @@ async def invocations(request: Request) -> Response:
     accept = request.headers.get("accept", "")
     if _media(accept) in ("", "*/*", "application/*"):
         accept = content_type  # answer in the request's format unless asked otherwise
+    started = time.monotonic()
     try:
-        out = await _run_in_thread(infer, slot, body, content_type, accept)
+        out, count = await _run_in_thread(infer, slot, body, content_type, accept)
     except RequestError as exc:
         return _error(exc.status, str(exc), slot.version)
     except Exception as exc:  # noqa: BLE001 - a model fault: log it, answer 500 with the reason
         logger.exception("inference failed on version %s", slot.version)
         return _error(500, f"inference failed: {type(exc).__name__}: {exc}", slot.version)
+    STATE.record(count, time.monotonic() - started)
     media = _media(accept)
     if media not in ("application/json",):
         media = JSONLINES
@@ -255,7 +276,7 @@ def admin_status(request: Request) -> JSONResponse:
     return JSONResponse({
         "pid": os.getpid(), "started_at": STATE.started_at,
         "model_version": slot.version if slot else None, "model_dir": slot.model_dir if slot else None,
-        "loaded_at": slot.loaded_at if slot else None, "requests": STATE.requests,
+        "loaded_at": slot.loaded_at if slot else None, "requests": STATE.requests, "reviews": STATE.reviews,
         "client_errors": STATE.client_errors, "server_errors": STATE.server_errors})
 
 

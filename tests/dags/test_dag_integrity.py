@@ -10,7 +10,7 @@ from include.config import PROJECT_ROOT
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
-    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"), include_examples=False)
+    return DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
 
 
 def test_no_import_errors(dagbag):
@@ -39,7 +39,7 @@ def test_no_cycles(dagbag):
 
 
 def test_main_dag_params_and_schedule(dagbag):
-    dag = dagbag.get_dag("review_sentiment_pipeline")
+    dag = dagbag.dags["review_sentiment_pipeline"]
     expected = {"input_data_uri", "max_seq_length", "train_split_percentage", "validation_split_percentage",
                 "balance_dataset", "epochs", "learning_rate", "train_batch_size", "max_train_samples",
                 "min_accuracy", "model_name_or_path"}
@@ -52,7 +52,7 @@ def test_main_dag_params_and_schedule(dagbag):
 
 
 def test_main_dag_task_order(dagbag):
-    dag = dagbag.get_dag("review_sentiment_pipeline")
+    dag = dagbag.dags["review_sentiment_pipeline"]
     chain = ["register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "check_accuracy"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream} missing"

@@ -1,7 +1,7 @@
 """Fixtures for end-to-end runs of the DAGs with ``dag.test()``."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,10 @@ def load_dag(dag_id: str):
 
 def run_dag(dag_id: str, ds: str = DS, **conf):
     """One ``dag.test()`` run for ``ds``; returns (DagRun, {task_id: TaskInstance})."""
-    day = date.fromisoformat(ds)
+    from include.cli import logical_date_for
+
     dag = load_dag(dag_id)
-    dr = dag.test(logical_date=datetime(day.year, day.month, day.day, tzinfo=timezone.utc), run_conf=conf)
+    dr = dag.test(logical_date=logical_date_for(date.fromisoformat(ds)), run_conf=conf)
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
     from sqlalchemy import select

@@ -1,0 +1,48 @@
+"""Shared helpers for benchmarks: machine description and result writing."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or platform's guess)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    """HEAD of the project's repository (``unknown`` outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine_info() -> dict:
+    """cores, cpu_model, date, git_commit (+ python) for a results file."""
+    return {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpu_model": cpu_model(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(), "python": platform.python_version()}
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write ``benchmarks/results/<name>.json`` (machine info first) atomically; return its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    dest = RESULTS / f"{name}.json"
+    tmp = dest.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**machine_info(), **payload}, indent=1, default=str))
+    tmp.replace(dest)
+    return dest

@@ -1,0 +1,81 @@
+"""The lab's SQL questions, plots, report; and the drift check."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from include import analysis, catalog, drift
+from include.synthetic import generate_reviews, write_landing
+
+
+@pytest.fixture
+def catalogued(reviews_home):
+    df = generate_reviews(3000, seed=4, bad_fraction=0.02, days=2)
+    write_landing(df, catalog.landing_root())
+    analysis.register_pending()
+    return df
+
+
+def test_answers_match_pandas_on_the_valid_rows(catalogued):
+    ans = analysis.answer_questions()
+    valid = catalogued[catalogued["star_rating"].isin(list("12345")) & catalogued["review_body"].notna()
+                       & catalogued["review_id"].notna()]
+    # The latest drop of a review_id wins (later in the file within one drop).
+    valid = valid.sort_values("review_date", kind="stable").drop_duplicates("review_id", keep="last")
+    per_cat = ans["reviews_per_category"].set_index("product_category")["reviews"]
+    assert per_cat.to_dict() == valid["product_category"].value_counts().to_dict()
+    avg = ans["avg_rating_per_category"].set_index("product_category")["avg_star_rating"]
+    expected = valid.assign(r=valid["star_rating"].astype(int)).groupby("product_category")["r"].mean().round(3)
+    assert (avg.sort_index() - expected.sort_index()).abs().max() < 1e-9
+    assert ans["reviews_per_rating_and_category"]["reviews"].sum() == len(valid)
+    sent = ans["sentiment_per_category"]
+    assert set(sent["sentiment"]) == {"negative", "neutral", "positive"}
+    assert sent.groupby("product_category")["pct_of_category"].sum().between(99.9, 100.1).all()
+    assert ans["review_length_words"]["reviews"].sum() == len(valid)
+    ext = ans["most_least_positive_categories"]
+    assert list(ext["group"]) == ["most positive"] * 3 + ["least positive"] * 3
+    assert ext["positive_share"].iloc[0] >= ext["positive_share"].iloc[-1]
+
+
+def test_ds_range_is_a_bound_parameter(catalogued):
+    day1 = analysis.answer_questions(ds_from="2026-01-01", ds_to="2026-01-01")
+    both = analysis.answer_questions()
+    assert 0 < day1["reviews_per_category"]["reviews"].sum() < both["reviews_per_category"]["reviews"].sum()
+    # An injection attempt is just a wrong date, refused before any SQL runs.
+    with pytest.raises(catalog.CatalogError, match="YYYY-MM-DD"):
+        analysis.answer_questions(ds_from="2026-01-01' OR 1=1 --")
+
+
+def test_run_analysis_writes_one_plot_per_question_and_a_report(catalogued, tmp_path):
+    result = analysis.run_analysis(tmp_path / "out")
+    assert set(result["plots"]) == {q.name for q in analysis.QUESTIONS}
+    for path in result["plots"].values():
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    page = open(result["report_path"], encoding="utf-8").read()
+    assert page.count("data:image/png;base64,") == len(analysis.QUESTIONS)
+    assert "GROUP BY product_category" in page and "<table" in page
+
+
+def test_empty_catalog_gives_a_clear_error(reviews_home, tmp_path):
+    with pytest.raises(analysis.AnalysisError, match="no valid reviews"):
+        analysis.run_analysis(tmp_path)
+
+
+def test_drift_is_zero_for_the_same_data_and_warns_for_a_shifted_mix(catalogued, tmp_path, caplog):
+    valid = catalogued[catalogued["star_rating"].isin(list("12345")) & catalogued["review_body"].notna()]
+    same = drift.compare(["2026-01-01", "2026-01-02"], valid.assign(star_rating=valid["star_rating"].astype(int)))
+    assert not same["drift"] and max(same["psi"].values()) < 0.05
+    shifted = valid[valid["star_rating"].isin(["1", "2"])].assign(star_rating=lambda d: d["star_rating"].astype(int))
+    path = tmp_path / "train.parquet"
+    shifted.to_parquet(path)
+    with caplog.at_level("WARNING"):
+        res = drift.compare(["2026-01-01"], path, threshold=0.2, report_dir=tmp_path / "drift")
+    assert res["drift"] and "star_rating" in res["drifted"] and "data drift" in caplog.text
+    assert (tmp_path / "drift" / "drift_report.html").exists() and (tmp_path / "drift" / "drift.json").exists()
+
+
+def test_drift_baseline_must_exist_and_have_the_columns(catalogued, tmp_path):
+    with pytest.raises(drift.DriftError, match="not found"):
+        drift.compare(["2026-01-01"], tmp_path / "missing.parquet")
+    with pytest.raises(drift.DriftError, match="lacks column"):
+        drift.compare(["2026-01-01"], pd.DataFrame({"x": [1]}))

@@ -1,0 +1,183 @@
+"""Building and unpacking model.tar.gz (include/packaging.py)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from include.packaging import (INFERENCE_SCRIPT, MANIFEST_NAME, PackagingError, build_package, extract_package,
+                               validate_model_dir)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory) -> Path:
+    """MiniLM weights with a fresh (random, seeded) 3-class head, saved with its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from include.scripts.common import ID2LABEL, LABEL2ID, default_model_dir
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("packaging-model")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        default_model_dir(), num_labels=3, id2label=ID2LABEL, label2id=LABEL2ID)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tiny_dir(tmp_path) -> Path:
+    """A structurally valid (not loadable) model folder: fast to package and to corrupt."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    save_file({"w": torch.zeros(4, 4)}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "negative", "1": "neutral", "2": "positive"}}))
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _members(package_uri: str) -> set[str]:
+    with tarfile.open(package_uri.removeprefix("file://"), "r:gz") as tar:
+        return {m.name for m in tar.getmembers() if m.isfile()}
+
+
+def test_package_round_trip_keeps_model_tokenizer_config_and_inference_code(classifier_dir, tmp_path):
+    uri = build_package(classifier_dir, (tmp_path / "pkg").as_uri())
+    assert uri == (tmp_path / "pkg" / "model.tar.gz").as_uri()
+    assert _members(uri) == {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+                             "code/inference.py", MANIFEST_NAME}
+    out = extract_package(uri, tmp_path / "out")
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert _sha(out / name) == _sha(classifier_dir / name)
+    assert (out / "code" / "inference.py").read_text() == INFERENCE_SCRIPT.read_text()
+    assert json.loads((out / "config.json").read_text())["id2label"]["2"] == "positive"
+
+
+def test_extracted_package_classifies_through_its_own_inference_code(classifier_dir, tmp_path, monkeypatch):
+    out = extract_package(build_package(classifier_dir, (tmp_path / "p").as_uri()), tmp_path / "m")
+    spec = importlib.util.spec_from_file_location("pkg_inference_under_test", out / "code" / "inference.py")
+    handler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler)
+    monkeypatch.setenv("INFERENCE_NUM_THREADS", "1")
+    model = handler.model_fn(str(out))
+    body = handler.output_fn(handler.predict_fn(handler.input_fn(b'{"features": ["so soft, love it"]}',
+                                                                 "application/jsonlines"), model),
+                             "application/jsonlines")
+    answer = json.loads(body)
+    assert answer["predicted_label"] in (-1, 0, 1) and 0 < answer["probability"] <= 1
+    assert "pkg_inference_under_test" not in sys.modules  # no global registration was needed
+
+
+def test_build_accepts_an_explicit_archive_name_and_leaves_no_temp_files(tiny_dir, tmp_path):
+    dest = tmp_path / "out" / "v1.tar.gz"
+    assert build_package(tiny_dir, str(dest)) == dest.as_uri()
+    first = _sha(dest)
+    (tiny_dir / "config.json").write_text(json.dumps({"id2label": {"0": "a", "1": "b", "2": "c"}}))
+    build_package(tiny_dir, dest.as_uri())  # a retry replaces the archive
+    assert _sha(dest) != first
+    assert [p.name for p in dest.parent.iterdir()] == ["v1.tar.gz"]
+
+
+def test_build_replaces_a_code_folder_of_the_model_dir_with_our_handler(tiny_dir, tmp_path):
+    (tiny_dir / "code").mkdir()
+    (tiny_dir / "code" / "inference.py").write_text("raise SystemExit('stale handler')")
+    out = extract_package(build_package(tiny_dir, tmp_path.as_uri()), tmp_path / "x")
+    assert (out / "code" / "inference.py").read_text() == INFERENCE_SCRIPT.read_text()
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: (d / "config.json").unlink(), "config.json: missing"),
+    (lambda d: (d / "config.json").write_text("{nope"), "not valid JSON"),
+    (lambda d: (d / "config.json").write_text("{}"), "no id2label"),
+    (lambda d: (d / "model.safetensors").unlink(), "no \\*.safetensors"),
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:-10]), "truncated"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"garbage!" * 4), "not a safetensors file"),
+    (lambda d: (d / "tokenizer.json").unlink(), "no tokenizer"),
+])
+def test_build_refuses_an_incomplete_model_folder_naming_the_problem(tiny_dir, tmp_path, breakage, message):
+    breakage(tiny_dir)
+    with pytest.raises(PackagingError, match=message):
+        build_package(tiny_dir, tmp_path.as_uri())
+    assert not list(tmp_path.glob("*.tar.gz"))
+
+
+def _rewrite(package: Path, replace: dict[str, bytes]) -> None:
+    """Rewrite an archive with some members' bytes replaced (the manifest is left as built)."""
+    with tarfile.open(package, "r:gz") as tar:
+        items = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    with tarfile.open(package, "w:gz") as tar:
+        for member, data in items:
+            data = replace.get(member.name, data)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+def test_extract_refuses_a_package_whose_model_file_was_corrupted(tiny_dir, tmp_path):
+    uri = build_package(tiny_dir, tmp_path.as_uri())
+    blob = bytearray((tiny_dir / "model.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    _rewrite(Path(uri.removeprefix("file://")), {"model.safetensors": bytes(blob)})
+    with pytest.raises(PackagingError, match="model.safetensors does not match its checksum"):
+        extract_package(uri, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".x")]  # temp folder cleaned up
+
+
+def test_extract_replaces_an_existing_folder_atomically(tiny_dir, tmp_path):
+    dest = tmp_path / "x"
+    dest.mkdir()
+    (dest / "stale.txt").write_text("old")
+    extract_package(build_package(tiny_dir, tmp_path.as_uri()), dest)
+    assert not (dest / "stale.txt").exists()
+    assert (dest / "code" / "inference.py").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tar.gz", "tiny", "x"]
+
+
+def test_extract_refuses_unsafe_paths_and_missing_or_broken_archives(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(PackagingError, match="cannot be unpacked"):
+        extract_package(evil.as_uri(), tmp_path / "x")
+    assert not (tmp_path / "escaped.txt").exists()
+    with pytest.raises(PackagingError, match="no such package file"):
+        extract_package((tmp_path / "missing.tar.gz").as_uri(), tmp_path / "y")
+    (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(PackagingError, match="cannot be unpacked"):
+        extract_package(str(tmp_path / "broken.tar.gz"), tmp_path / "z")
+
+
+def test_extract_refuses_a_package_without_inference_code(tiny_dir, tmp_path):
+    plain = tmp_path / "plain.tar.gz"
+    with tarfile.open(plain, "w:gz") as tar:
+        tar.add(tiny_dir / "config.json", arcname="config.json")
+    with pytest.raises(PackagingError, match="code/inference.py is missing"):
+        extract_package(plain.as_uri(), tmp_path / "x")
+
+
+def test_validate_accepts_the_real_save_pretrained_folder(classifier_dir, tmp_path):
+    validate_model_dir(classifier_dir)
+    copy = tmp_path / "c"
+    shutil.copytree(classifier_dir, copy)
+    (copy / "tokenizer.json").unlink()
+    with pytest.raises(PackagingError, match="no tokenizer"):
+        validate_model_dir(copy)
