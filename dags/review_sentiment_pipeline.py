@@ -9,6 +9,7 @@ from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include import tasks
+from review_jobs.approval import ModelApprovalOperator
 
 DOC = """
 ### Review sentiment pipeline
@@ -24,7 +25,14 @@ reviews (`landing/reviews/ds=<ds>/`, the data interval's day) and:
    split, tokenize; shards + feature snapshot in `reviews_features`;
 4. **train** - training job fine-tuning MiniLM (BERT) with a 3-class head; MLflow run;
 5. **evaluate** - processing job: `evaluation.json` (SageMaker model-quality format) + confusion matrix;
-6. **check_accuracy** - continues only if accuracy >= `min_accuracy`.
+6. **check_accuracy** - continues only if accuracy >= `min_accuracy` and the model is not
+   behind the deployed one by more than `max_accuracy_drop`; else ends at `skip_registration`;
+7. **register_model** - packages `model.tar.gz` (safetensors + tokenizer + `code/inference.py`)
+   and registers a version in the MLflow registry with metrics and lineage, status
+   `PendingManualApproval` (or `Approved` with `auto_approve`);
+8. **approve_model** - waits for a person: *Required Actions* in the UI (Approve / Reject);
+9. **deploy_model** - serves the approved version on the local endpoint
+   (`http://127.0.0.1:8080/invocations`), smoke-tested; the previous version keeps serving on failure.
 
 Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
 (`.state/store` locally). Backend: `REVIEWS_BACKEND` (local | aws).
@@ -79,6 +87,11 @@ default_args = {
                                       description="Share of rows failing validation above which the run fails."),
         "training_window_days": Param(0, type="integer", minimum=0,
                                       description="Train on the last N days of partitions up to ds (0 = all history)."),
+        "max_accuracy_drop": Param(0.02, type="number", minimum=0, maximum=1,
+                                   description="How far below the deployed model's accuracy a new model may be "
+                                               "and still be registered (test sets differ between runs)."),
+        "auto_approve": Param(False, type="boolean",
+                              description="Register the model as Approved and deploy without waiting for a person."),
     },
 )
 def review_sentiment_pipeline():
@@ -87,9 +100,23 @@ def review_sentiment_pipeline():
     features = task(task_id="preprocess")(tasks.preprocess)(validated)
     trained = task(task_id="train", execution_timeout=timedelta(hours=2))(tasks.train)(features)
     evaluation = task(task_id="evaluate")(tasks.evaluate)(features, trained)
-    branch = task.branch(task_id="check_accuracy")(tasks.check_accuracy)(
-        evaluation, pass_task="accuracy_passed", fail_task="skip_registration")
-    chain(branch, [EmptyOperator(task_id="accuracy_passed"), EmptyOperator(task_id="skip_registration")])
+    check = task.branch(task_id="check_accuracy")(tasks.check_accuracy)(
+        evaluation, pass_task="register_model", fail_task="skip_registration")
+    registration = task(task_id="register_model")(tasks.register_model)(register, features, trained, evaluation)
+    gate = task.branch(task_id="approval_gate")(tasks.approval_gate)(
+        registration, manual_task="approve_model", auto_task="auto_approved")
+    approve = ModelApprovalOperator(
+        task_id="approve_model",
+        model_version="{{ ti.xcom_pull(task_ids='register_model')['version'] }}",
+        subject="Approve review-sentiment model version {{ ti.xcom_pull(task_ids='register_model')['version'] }}?",
+        body="Accuracy {{ ti.xcom_pull(task_ids='evaluate')['accuracy'] | round(4) }} on "
+             "{{ ti.xcom_pull(task_ids='evaluate')['test_rows'] }} test reviews (partition {{ params.ds or ds }}). "
+             "Report: {{ ti.xcom_pull(task_ids='evaluate')['evaluation_uri'] }}. Approve deploys it to the endpoint.",
+        response_timeout=timedelta(days=3),
+    )
+    deploy = task(task_id="deploy_model", trigger_rule="none_failed_min_one_success")(tasks.deploy_model)(registration)
+    chain(check, [registration, EmptyOperator(task_id="skip_registration")])
+    chain(registration, gate, [approve, EmptyOperator(task_id="auto_approved")], deploy)
 
 
 review_sentiment_pipeline()

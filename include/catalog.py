@@ -179,6 +179,13 @@ def _memory_limit() -> str:
 
 
 def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    present = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND comment IS NOT NULL", [SCHEMA]
+    ).fetchall()[0][0] + con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE schema_name = ? AND comment IS NOT NULL", [SCHEMA]
+    ).fetchall()[0][0]
+    if present == len(COMMENTS):
+        return  # created (and commented) by an earlier connection
     con.execute(_DDL)
     for table, (table_comment, columns) in COMMENTS.items():
         kind = "VIEW" if table == TYPED else "TABLE"
@@ -389,26 +396,33 @@ def _read_csv_sql(columns: tuple[str, ...]) -> str:
     )
 
 
-def _stage_file(con: duckdb.DuckDBPyConnection, check: FileCheck, stage: str) -> int:
-    """Load one file into a temp stage table with the line each record starts on."""
-    tmp = f"{stage}_load"
+@dataclass
+class _Loaded:
+    """One file read into a temp table, and how to number its records' lines."""
+
+    check: FileCheck
+    table: str
+    rows: int
+    line_sql: str  # SELECT of the RAW columns (minus ds) from the temp table
+
+
+def _load_file(con: duckdb.DuckDBPyConnection, check: FileCheck, table: str) -> _Loaded:
+    """Read one file into a temp table (file order kept in rowid); work out its line numbers."""
     try:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {tmp} AS {_read_csv_sql(check.columns)}", {"path": str(check.path)})
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_read_csv_sql(check.columns)}", {"path": str(check.path)})
     except duckdb.Error as exc:
         raise RegistrationError(f"{check.path}: not a well-formed CSV: {_short(exc)}") from exc
-    rows, last_line = con.execute(f"SELECT count(*), 1 + coalesce(sum(1 + newlines), 0) FROM {tmp}").fetchall()[0]
+    rows, last_line = con.execute(f"SELECT count(*), 1 + coalesce(sum(1 + newlines), 0) FROM {table}").fetchall()[0]
     if rows == 0:
-        con.execute(f"DROP TABLE {tmp}")
         raise RegistrationError(f"{check.path}: has a header but no data rows")
-    # A temp table keeps insertion (= file) order in rowid, so a running sum of the lines
-    # each record spans gives its first line. Blank lines or CR-only line ends break the
-    # arithmetic; the physical line count detects that and the exact slow path takes over.
+    cols = ", ".join(RAW_COLUMNS)
+    # A running sum of the lines each record spans gives its first line. Blank lines or
+    # CR-only line ends break that arithmetic; the physical line count detects it and the
+    # exact (slower) csv-module path takes over.
     if last_line == check.physical_lines:
-        line_expr = "1 + sum(1 + newlines) OVER (ORDER BY rowid ROWS UNBOUNDED PRECEDING) - newlines"
-        con.execute(
-            f"INSERT INTO {stage} SELECT {', '.join(RAW_COLUMNS)}, $file, {line_expr} FROM {tmp} ORDER BY rowid",
-            {"file": str(check.path)},
-        )
+        line_sql = (f"SELECT {cols}, $file AS source_file, "
+                    f"1 + sum(1 + newlines) OVER (ORDER BY rowid ROWS UNBOUNDED PRECEDING) - newlines AS source_line "
+                    f"FROM {table}")
     else:
         starts = _record_start_lines(check.path)
         if len(starts) != rows:
@@ -418,17 +432,13 @@ def _stage_file(con: duckdb.DuckDBPyConnection, check: FileCheck, stage: str) ->
             )
         import pandas as pd
 
-        lines_df = pd.DataFrame({"rn": range(len(starts)), "line": starts})
-        con.register("_record_lines", lines_df)
-        con.execute(
-            f"INSERT INTO {stage} SELECT {', '.join(RAW_COLUMNS)}, $file, l.line FROM "
-            f"(SELECT *, row_number() OVER (ORDER BY rowid) - 1 AS rn FROM {tmp}) t "
-            f"JOIN _record_lines l USING (rn) ORDER BY rn",
-            {"file": str(check.path)},
-        )
-        con.unregister("_record_lines")
-    con.execute(f"DROP TABLE {tmp}")
-    return int(rows)
+        con.register(f"{table}_lines", pd.DataFrame({"rn": range(len(starts)), "line": starts}))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_l AS SELECT * FROM {table}_lines")
+        con.unregister(f"{table}_lines")
+        line_sql = (f"SELECT {cols}, $file AS source_file, l.line AS source_line FROM "
+                    f"(SELECT *, row_number() OVER (ORDER BY rowid) - 1 AS rn FROM {table}) t "
+                    f"JOIN {table}_l l USING (rn)")
+    return _Loaded(check=check, table=table, rows=int(rows), line_sql=line_sql)
 
 
 def _record_start_lines(path: Path) -> list[int]:
@@ -469,22 +479,20 @@ def register_partition(ds: str, input_uri: str | None = None, settings: Settings
     checks = [inspect_file(f) for f in files]
     started = time.monotonic()
     con = connect(settings)
+    loaded: list[_Loaded] = []
     try:
-        con.execute("SET preserve_insertion_order = true")
-        stage = "_stage_reviews"
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {stage} AS SELECT {', '.join(RAW_COLUMNS)}, source_file, source_line "
-            f"FROM {RAW} LIMIT 0"
-        )
-        rows = sum(_stage_file(con, check, stage) for check in checks)
+        for i, check in enumerate(checks):
+            loaded.append(_load_file(con, check, f"_load_{i}"))
+        rows = sum(item.rows for item in loaded)
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(f"DELETE FROM {RAW} WHERE ds = ?", [day])
-            con.execute(
-                f"INSERT INTO {RAW} SELECT {', '.join(RAW_COLUMNS)}, CAST(? AS DATE), source_file, source_line "
-                f"FROM {stage}",
-                [day],
-            )
+            for item in loaded:
+                con.execute(
+                    f"INSERT INTO {RAW} ({', '.join(RAW_COLUMNS)}, ds, source_file, source_line) "
+                    f"SELECT {', '.join(RAW_COLUMNS)}, $ds, source_file, source_line FROM ({item.line_sql})",
+                    {"ds": day, "file": str(item.check.path)},
+                )
             # Re-registration invalidates the earlier validation and its quarantine rows.
             con.execute(f"DELETE FROM {QUARANTINE} WHERE ds = ?", [day])
             con.execute(f"DELETE FROM {PARTITIONS} WHERE ds = ?", [day])
@@ -497,11 +505,10 @@ def register_partition(ds: str, input_uri: str | None = None, settings: Settings
         except Exception:
             con.execute("ROLLBACK")
             raise
-        con.execute(f"DROP TABLE {stage}")
     except duckdb.Error as exc:
         raise RegistrationError(f"ds={day}: registering {', '.join(map(str, files))} failed: {_short(exc)}") from exc
     finally:
-        con.close()
+        con.close()  # temp tables go with the connection
     result = {"ds": day.isoformat(), "rows": rows, "files": [str(c.path) for c in checks],
               "bytes": sum(c.bytes for c in checks)}
     log.info("registered ds=%s: %d rows from %d file(s), %d bytes in %.1fs", day, rows, len(checks),

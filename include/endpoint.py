@@ -366,8 +366,9 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str], port: int | N
         want_port = _resolve_port(paths, port, pid is not None, state)
         serving = state.get("model_dir") if pid else None
         model_dir, sha = _extract(paths, package_uri, version, serving)
-        previous = state.get("version") if pid else None
-        healthy = pid is not None and state.get("port") == want_port and _ping(want_port) is not None
+        served = _ping(want_port) if pid is not None and state.get("port") == want_port else None
+        healthy = served is not None
+        previous = served or (state.get("version") if pid else None)  # what really answers wins
         if healthy and previous == version and state.get("package_sha256") == sha:
             mode = "unchanged"
             smoke = _http_smoke(want_port, version, smoke_texts)
@@ -377,7 +378,11 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str], port: int | N
             try:
                 smoke = _http_smoke(want_port, version, smoke_texts)
             except EndpointDeployError as exc:
-                _admin_load(paths, want_port, Path(state["model_dir"]), previous, [], timeout_s)
+                try:
+                    _admin_load(paths, want_port, Path(state["model_dir"]), previous, [], timeout_s)
+                except EndpointDeployError as rollback_exc:
+                    raise EndpointDeployError(f"{exc}; rolling back to version {previous} ALSO failed "
+                                              f"({rollback_exc}) - version {version} may still serve") from exc
                 raise EndpointDeployError(f"{exc}; rolled back, version {previous} serves again") from exc
         else:
             mode = "started"
@@ -401,7 +406,7 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str], port: int | N
         new_state = {
             **state, "url": _url(want_port), "port": want_port, "pid": pid, "version": version,
             "package_uri": package_uri, "package_sha256": sha, "model_dir": str(model_dir),
-            "previous_version": previous if previous != version else state.get("previous_version"),
+            "previous_version": previous if previous != version else old_state.get("previous_version"),
             "previous_model_dir": (old_state.get("model_dir") if previous and previous != version
                                    else old_state.get("previous_model_dir")),
             "deployed_at": time.time(), "log": str(paths.log)}

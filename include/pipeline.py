@@ -198,3 +198,51 @@ def accuracy_gate(evaluation: dict, min_accuracy: float, deployed_accuracy: floa
     if deployed_accuracy is not None and acc < deployed_accuracy:
         return False, f"accuracy {acc:.4f} is behind the deployed model's {deployed_accuracy:.4f}: keeping it"
     return True, f"accuracy {acc:.4f} >= min_accuracy {min_accuracy:.4f}: registering"
+
+
+def git_commit() -> str:
+    """The project's git commit (lineage); ``unknown`` outside a checkout."""
+    import subprocess
+
+    from include.config import PROJECT_ROOT
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def deployed_accuracy() -> float | None:
+    """Test accuracy of the version the endpoint serves now (None when nothing is deployed)."""
+    from include.registry import get_registry
+
+    deployed = get_registry().deployed_version()
+    return deployed.metrics.get("accuracy") if deployed else None
+
+
+def register_model(info: RunInfo, registered: dict, features: dict, trained: dict, evaluation: dict,
+                   auto_approve: bool) -> dict:
+    """Step 7: package model + inference code, register a version with metrics and lineage."""
+    from include.model_steps import register_model_step
+
+    report = json.loads(uri_to_path(evaluation["evaluation_uri"]).read_text())
+    lineage = {
+        "dag_id": info.dag_id, "run_id": info.run_id, "ds": info.ds,
+        "partitions": ",".join(registered["partitions"]),
+        "feature_group": features["feature_snapshot"]["feature_group"],
+        "feature_snapshot_id": features["feature_snapshot"]["snapshot_id"],
+        "git_commit": git_commit(),
+        "preprocess_job": features["job"]["job_name"], "training_job": trained["job"]["job_name"],
+        "evaluation_job": evaluation["job"]["job_name"], "evaluation_uri": evaluation["evaluation_uri"],
+        "train_data_uri": features["train_uri"], "clean_data_uri": features["export_uri"],
+    }
+    return register_model_step(trained["model_uri"], report, lineage, auto_approve,
+                               info.uri("register_model") + "/model.tar.gz")
+
+
+def deploy_model(version: str) -> dict:
+    """Step 9: serve the approved version on the endpoint (smoke-tested, old one kept on failure)."""
+    from include.model_steps import deploy_model_step
+
+    return deploy_model_step(version)

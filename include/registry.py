@@ -316,12 +316,13 @@ class MlflowModelRegistry(ModelRegistry):
 
     def mark_deployed(self, version: str) -> ModelVersion:
         """See :meth:`ModelRegistry.mark_deployed`; moves the ``deployed`` alias."""
-        current = self.get(version)
-        if current.approval_status != APPROVED:
-            raise RegistryError(f"version {version} is {current.approval_status}, not Approved; "
-                                "approve it before marking it deployed")
-        self._client.set_model_version_tag(self.name, str(version), "deployed_at", str(time.time()))
-        self._client.set_registered_model_alias(self.name, DEPLOYED_ALIAS, str(version))
+        with self._locked():
+            current = self.get(version)
+            if current.approval_status != APPROVED:
+                raise RegistryError(f"version {version} is {current.approval_status}, not Approved; "
+                                    "approve it before marking it deployed")
+            self._client.set_model_version_tag(self.name, str(version), "deployed_at", str(time.time()))
+            self._client.set_registered_model_alias(self.name, DEPLOYED_ALIAS, str(version))
         return self.get(version)
 
     def deployed_version(self) -> ModelVersion | None:

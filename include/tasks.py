@@ -7,6 +7,7 @@ retrying cannot fix them, so they fail at once with the readable message; anythi
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Callable
 
 from airflow.sdk import get_current_context
@@ -15,7 +16,12 @@ from airflow.sdk.exceptions import AirflowFailException
 from include import catalog, pipeline, quality
 from include.scripts.preprocess import PreprocessError
 
+log = logging.getLogger("airflow.task")
 NON_RETRIABLE = (catalog.RegistrationError, quality.DataQualityError, pipeline.PipelineError, PreprocessError, ValueError)
+
+
+# Failures a retry cannot fix, named rather than imported to keep DAG parsing light.
+NON_RETRIABLE_NAMES = {"EndpointDeployError", "ModelNotApprovedError"}
 
 
 def _job_exit_is_bad_input(exc: Exception) -> bool:
@@ -38,7 +44,7 @@ def fail_fast(fn: Callable) -> Callable:
         except NON_RETRIABLE as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
         except RuntimeError as exc:
-            if _job_exit_is_bad_input(exc):
+            if _job_exit_is_bad_input(exc) or type(exc).__name__ in NON_RETRIABLE_NAMES:
                 raise AirflowFailException(str(exc)) from exc
             raise
     return wrapper
@@ -87,9 +93,32 @@ def evaluate(features: dict, trained: dict) -> dict:
 
 def check_accuracy(evaluation: dict, pass_task: str, fail_task: str) -> str:
     """Task: step 6 (branch); logs why it chose what it chose."""
-    import logging
-
     params, _ = context_info()
-    ok, note = pipeline.accuracy_gate(evaluation, params["min_accuracy"])
-    logging.getLogger("airflow.task").info(note)
+    deployed = pipeline.deployed_accuracy()
+    tolerance = params.get("max_accuracy_drop", 0.02)
+    ok, note = pipeline.accuracy_gate(evaluation, params["min_accuracy"],
+                                      None if deployed is None else deployed - tolerance)
+    log.info(note)
     return pass_task if ok else fail_task
+
+
+@fail_fast
+def register_model(registered: dict, features: dict, trained: dict, evaluation: dict) -> dict:
+    """Task: step 7."""
+    params, info = context_info()
+    return pipeline.register_model(info, registered, features, trained, evaluation, bool(params["auto_approve"]))
+
+
+def approval_gate(registration: dict, manual_task: str, auto_task: str) -> str:
+    """Branch: a version registered as Approved (auto_approve) skips the human approval."""
+    from include.registry import APPROVED
+
+    status = registration["approval_status"]
+    log.info("model version %s is %s", registration["version"], status)
+    return auto_task if status == APPROVED else manual_task
+
+
+@fail_fast
+def deploy_model(registration: dict) -> dict:
+    """Task: step 9."""
+    return pipeline.deploy_model(registration["version"])

@@ -25,8 +25,8 @@ def test_answers_match_pandas_on_the_valid_rows(catalogued):
     per_cat = ans["reviews_per_category"].set_index("product_category")["reviews"]
     assert per_cat.to_dict() == valid["product_category"].value_counts().to_dict()
     avg = ans["avg_rating_per_category"].set_index("product_category")["avg_star_rating"]
-    expected = valid.assign(r=valid["star_rating"].astype(int)).groupby("product_category")["r"].mean().round(3)
-    assert (avg.sort_index() - expected.sort_index()).abs().max() < 1e-9
+    expected = valid.assign(r=valid["star_rating"].astype(int)).groupby("product_category")["r"].mean()
+    assert (avg.sort_index() - expected.sort_index()).abs().max() <= 0.0005 + 1e-9  # SQL rounds to 3 places
     assert ans["reviews_per_rating_and_category"]["reviews"].sum() == len(valid)
     sent = ans["sentiment_per_category"]
     assert set(sent["sentiment"]) == {"negative", "neutral", "positive"}

@@ -1,0 +1,34 @@
+"""The human approval step: Airflow 3's HITL ApprovalOperator, recorded in the model registry."""
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+
+class ModelApprovalOperator(ApprovalOperator):
+    """Waits for a person to Approve or Reject a registered model version in the Airflow UI
+    (Required Actions) or through the REST API, then writes the decision to the registry:
+    Approve marks the version ``Approved`` and lets ``deploy_model`` run; Reject marks it
+    ``Rejected`` and the operator skips the deployment."""
+
+    template_fields = (*ApprovalOperator.template_fields, "model_version")
+
+    def __init__(self, *, model_version: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.model_version = model_version
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        """Record the decision (after the base class has skipped downstream on Reject)."""
+        from include.model_steps import approve_model_step, reject_model_step
+
+        ret = super().execute_complete(context=context, event=event)
+        user = ret.get("responded_by_user") or {}
+        who = user.get("name") or user.get("id") or "unknown user" if isinstance(user, dict) else str(user)
+        note = f"{ret['chosen_options'][0]} by {who} in Airflow run {context['run_id']}"
+        if ret["chosen_options"][0] == self.APPROVE:
+            approve_model_step(str(self.model_version), note)
+        else:
+            reject_model_step(str(self.model_version), note)
+        self.log.info("model version %s: %s", self.model_version, note)
+        return ret
