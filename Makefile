@@ -41,7 +41,7 @@ test: install
 # Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Log in with the
 # user/password printed by `airflow standalone` (also in .state/airflow/simple_auth_manager_passwords.json.generated).
 ui: install .state/airflow/.migrated
-	@$(ENV) AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$${AIRFLOW_PORT:-8080} \
+	@$(ENV) AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$${AIRFLOW_PORT:-8081} \
 	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin airflow standalone
 
 artifacts: install

@@ -110,6 +110,7 @@ def main() -> None:
         "wall_s_real": real["wall_s"],
         "rows_per_s_real": real["rows_per_s"],
         "peak_rss_mb_real": real["peak_rss_mb"],
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),  # the 2 cores are shared: context for the numbers
         "target": "1M rows registered + validated in < 60 s on 2 cores, bounded memory",
         "duckdb_memory_limit": os.environ.get("REVIEWS_DUCKDB_MEMORY_LIMIT", "1GB"),
         "synthetic": {**syn, "bad_fraction": args.bad_fraction, "csv_mb": round(size_mb, 1)},

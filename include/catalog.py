@@ -296,7 +296,12 @@ def inspect_file(path: Path) -> FileCheck:
         head = fh.read(65536)
     _check_magic(path, head)
     header = _header_columns(path, head)
-    lines = _check_utf8(path)
+    lines, quotes = _check_utf8(path)
+    if quotes % 2:
+        raise RegistrationError(
+            f"{path}: unbalanced double quote - the quoted field opened on line {_unclosed_quote_line(path)} "
+            'is never closed; quote fields as "..." and double quotes inside them ("")'
+        )
     return FileCheck(path=path, columns=header, bytes=size, physical_lines=lines)
 
 
@@ -344,9 +349,10 @@ def _header_columns(path: Path, head: bytes) -> tuple[str, ...]:
     return columns
 
 
-def _check_utf8(path: Path) -> int:
-    """Stream the file once: raise on the first non-UTF-8 byte, else return its line count."""
-    lines, offset, carry, last = 0, 0, b"", b""
+def _check_utf8(path: Path) -> tuple[int, int]:
+    """Stream the file once: raise on the first non-UTF-8 byte, else return its line count
+    and number of double quotes (odd = a quoted field never closed)."""
+    lines, offset, carry, last, quotes = 0, 0, b"", b"", 0
     with open(path, "rb") as fh:
         while True:
             chunk = fh.read(CHUNK_BYTES)
@@ -369,12 +375,29 @@ def _check_utf8(path: Path) -> int:
                 carry = data[exc.start :]  # a character split across two chunks
                 data = data[: exc.start]
             lines += data.count(b"\n")
+            quotes += data.count(b'"')
             offset += len(data)
             if data:
                 last = data[-1:]
             if not chunk:
                 break
-    return lines + (0 if last == b"\n" else 1)
+    return lines + (0 if last == b"\n" else 1), quotes
+
+
+def _unclosed_quote_line(path: Path) -> int:
+    """Line on which the last quoted field that is never closed opens (slow path, errors only)."""
+    inside, open_line, line = False, 0, 1
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            pos = 0
+            while (q := chunk.find(b'"', pos)) >= 0:
+                line += chunk.count(b"\n", pos, q)
+                inside = not inside
+                if inside:
+                    open_line = line
+                pos = q + 1
+            line += chunk.count(b"\n", pos)
+    return open_line
 
 
 # --------------------------------------------------------------------------- registration

@@ -283,7 +283,8 @@ def _http_smoke(port: int, version: str, texts: list[str]) -> list[dict]:
         jl = _invoke(port, lines, JSONLINES, JSONLINES)
         js = _invoke(port, json.dumps(texts).encode(), "application/json", "application/json")
     except httpx.HTTPError as exc:
-        raise EndpointDeployError(f"smoke test of version {version} on port {port}: {type(exc).__name__}: {exc}") from exc
+        raise EndpointDeployError(
+            f"smoke test of version {version} on port {port}: {type(exc).__name__}: {exc}") from exc
     for resp in (jl, js):
         if resp.status_code != 200:
             raise EndpointDeployError(f"smoke test of version {version}: HTTP {resp.status_code}: {_error_text(resp)}")
@@ -341,7 +342,10 @@ def _extract(paths: _Paths, package_uri: str, version: str, serving_dir: str | N
 def _prune_models(paths: _Paths, keep: set[str]) -> None:
     # Keep what serves and the previous version (the rollback target); drop the rest.
     for child in paths.models.iterdir() if paths.models.exists() else []:
-        if child.is_dir() and str(child) not in keep and not child.name.startswith("."):
+        if not child.is_dir() or str(child) in keep:
+            continue
+        # dot-folders are extractions in progress (or left by a crash: removed once an hour old)
+        if not child.name.startswith(".") or time.time() - child.stat().st_mtime > 3600:
             shutil.rmtree(child, ignore_errors=True)
 
 
@@ -423,7 +427,10 @@ def _read_state_file(paths: _Paths) -> dict:
 
 
 def status() -> dict | None:
-    """What the endpoint serves (``url, port, pid, version, package_uri, healthy, ...``), or None if it is not running."""
+    """What the endpoint serves (``url, port, pid, version, package_uri, healthy, traffic, ...``).
+
+    None when it is not running.
+    """
     paths = _Paths()
     pid = _running_pid(paths)
     if pid is None:
@@ -481,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     start = sub.add_parser("start", help="deploy a package (start the server or swap its model)")
     start.add_argument("--package-uri", required=True, help="file:// URI (or path) of model.tar.gz")
     start.add_argument("--version", required=True, help="model version the package is")
-    start.add_argument("--port", type=int, default=None, help=f"port (default: current, ${PORT_ENV}, or {DEFAULT_PORT})")
+    start.add_argument("--port", type=int, default=None,
+                       help=f"port (default: the current one, ${PORT_ENV}, or {DEFAULT_PORT})")
     start.add_argument("--smoke-text", action="append", default=None, help="review used to smoke-test (repeatable)")
     start.add_argument("--timeout", type=float, default=120, help="seconds to wait for load + health")
     sub.add_parser("stop", help="stop the endpoint")

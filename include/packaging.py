@@ -82,7 +82,8 @@ def _check_safetensors_header(path: Path) -> None:
             raise PackagingError(f"{path}: safetensors header is not JSON - the file is damaged") from None
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
-        raise PackagingError(f"{path}: {size} bytes but its header describes {8 + n + end} - the file is truncated or damaged")
+        raise PackagingError(f"{path}: {size} bytes but its header describes {8 + n + end} - "
+                             "the file is truncated or damaged")
 
 
 def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFERENCE_SCRIPT) -> str:
@@ -180,7 +181,8 @@ def verify_extracted(folder: Path, package_uri: str = "") -> None:
         if not path.is_file():
             raise PackagingError(f"{where}: {arcname} is listed in the manifest but missing")
         if _sha256(path) != meta["sha256"]:
-            raise PackagingError(f"{where}: {arcname} does not match its checksum - the package is corrupted; rebuild it")
+            raise PackagingError(
+                f"{where}: {arcname} does not match its checksum - the package is corrupted; rebuild it")
 
 
 def package_sha256(package_uri: str) -> str:

@@ -23,6 +23,8 @@ os.environ.update({
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+    # The REST API in tests (approvals) runs in-process; no login needed there.
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_SESSION_DIR / 'airflow' / 'airflow.db'}",
     "REVIEWS_HOME": str(_SESSION_DIR / "state"),
     "REVIEWS_BACKEND": "local",

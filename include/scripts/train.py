@@ -141,7 +141,8 @@ class TrainingArguments:
         "help": "save the best validated weights instead of the last ones"})
     log_interval_s: float = field(default=5.0, metadata={"help": "seconds between progress lines (> 0)"})
     num_threads: int = field(default=0, metadata={
-        "help": "torch CPU threads (0 = $SM_NUM_CPUS or the cores this process may use)"})
+        "help": "torch CPU threads (0 = $SM_NUM_CPUS or the cores this process may use, fewer when other "
+                "processes keep cores busy)"})
     mixed_precision: str = field(default="auto", metadata={
         "help": "auto (bf16/fp16 autocast on CUDA, fp32 on CPU), no, bf16 or fp16"})
     time_budget_s: float = field(default=0.0, metadata={
@@ -299,11 +300,25 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def auto_threads(cores: int) -> int:
+    """Threads for torch: the cores, minus those other runnable processes keep busy.
+
+    With more OpenMP threads than free cores every op waits for a descheduled thread; on a
+    shared 2-core box 2 threads measured 3x slower than 1. A dedicated container (load ~0)
+    gets all its cores.
+    """
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return cores
+    return max(1, min(cores, cores - int(load - 0.5))) if load > cores else cores
+
+
 def setup_device(args: TrainingArguments) -> tuple[str, Any]:
     """Pick CUDA when present (same code path), set CPU threads, choose the autocast dtype."""
     import torch
 
-    threads = args.num_threads or available_cores()
+    threads = args.num_threads or auto_threads(available_cores())
     torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = None

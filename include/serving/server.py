@@ -184,7 +184,8 @@ def smoke_test(slot: ModelSlot, texts: list[str]) -> list[dict]:
     except Exception as exc:  # noqa: BLE001 - the candidate failed; say how
         raise ModelLoadError(f"smoke test of version {slot.version} failed: {type(exc).__name__}: {exc}") from exc
     if len(answers) != len(texts):
-        raise ModelLoadError(f"smoke test of version {slot.version}: {len(texts)} reviews in, {len(answers)} answers out")
+        raise ModelLoadError(
+            f"smoke test of version {slot.version}: {len(texts)} reviews in, {len(answers)} answers out")
     for text, answer in zip(texts, answers):
         label, prob = answer.get("predicted_label"), answer.get("probability")
         if label not in (-1, 0, 1) or not isinstance(prob, (int, float)) or not (

@@ -86,7 +86,7 @@ def test_empty_file_missing_column_and_missing_path_are_refused(catalogued, tmp_
 
 def test_unbalanced_quote_is_refused_without_dumping_the_line(catalogued, tmp_path):
     bad = _write(tmp_path / "broken.csv", HEADER + 'b1,Dresses,"never closed ' + "x" * 5000 + ",5,\n")
-    message = _refused(bad, str(bad), "not a well-formed CSV")
+    message = _refused(bad, str(bad), "unbalanced double quote", "opened on line 2")
     assert len(message) < 1500
     assert _snapshot() == catalogued
 

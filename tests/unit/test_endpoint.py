@@ -332,7 +332,8 @@ def test_failed_first_start_leaves_nothing_running(state_dir, model_dirs, tmp_pa
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
     package = build_package(folder, (tmp_path / "p").as_uri())
-    with pytest.raises(EndpointDeployError, match="exited with code 1 while starting: cannot start: loading .*no-such-architecture"):
+    expected = "exited with code 1 while starting: cannot start: loading .*no-such-architecture"
+    with pytest.raises(EndpointDeployError, match=expected):
         endpoint.deploy(package, "301", SMOKE_REVIEWS, timeout_s=120)
     assert endpoint.status() is None
     assert not (state_dir / "endpoint" / "pid").exists()

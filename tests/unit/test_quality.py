@@ -101,3 +101,22 @@ def test_unregistered_partition_is_an_error(reviews_home, tmp_path):
 def test_thresholds_are_checked():
     with pytest.raises(ValueError, match="max_bad_row_fraction"):
         quality.GateParams(max_bad_row_fraction=1.5)
+
+
+def test_above_gx_max_rows_gx_checks_a_sample_and_sql_still_checks_every_row(synthetic_partition, tmp_path,
+                                                                               monkeypatch):
+    monkeypatch.setattr(quality, "GX_MAX_ROWS", 500)
+    result = quality.validate_partitions(["2026-01-01"], "s", 0.05, tmp_path / "rep")
+    assert result["gx_rows_validated"] == 500 and result["rows"] == 2000 and result["bad_rows"] == 80
+    assert "deterministic sample of 500 rows" in (tmp_path / "rep" / "validation_report.html").read_text()
+
+
+def test_gx_and_sql_agree_on_the_rules_they_both_count(synthetic_partition, tmp_path):
+    result = quality.validate_partitions(["2026-01-01"], "c", 0.05, tmp_path / "rep")
+    gx_rows = json.loads((tmp_path / "rep" / "validation.json").read_text())["gx_results"]
+    by = {(g["rule"], g["expectation"]): g for g in gx_rows}
+    for rule, expectation in (("review_body_length_1_5000", "expect_column_value_lengths_to_be_between"),
+                              ("star_rating_integer_1_5", "expect_column_values_to_be_in_set"),
+                              ("review_body_not_null", "expect_column_values_to_not_be_null"),
+                              ("review_id_not_null", "expect_column_values_to_not_be_null")):
+        assert by[(rule, expectation)]["unexpected_count"] == result["rule_counts"][rule], rule
