@@ -45,6 +45,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 logger = logging.getLogger("reviews.endpoint")
 
@@ -129,6 +130,21 @@ STATE = _State()
 
 def _media(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip().lower()
+
+
+def _negotiate(accept: str, content_type: str) -> str:
+    """The response type: the first JSON / JSON Lines type the client lists, else the request's type.
+
+    A wildcard (or no Accept) answers in the request's format; a list naming only other types
+    is passed on so the handler refuses it (406).
+    """
+    offered = [_media(part) for part in accept.split(",") if part.strip()]
+    for media in offered:
+        if media == "application/json" or "jsonl" in media or "ndjson" in media:
+            return media
+    if not offered or any(m in ("*/*", "application/*") for m in offered):
+        return content_type
+    return accept
 
 
 class RequestError(Exception):
@@ -242,9 +258,7 @@ async def invocations(request: Request) -> Response:
         return _error(413, f"body of {len(body)} bytes exceeds the {MAX_BODY_BYTES}-byte limit; split the request",
                       slot.version)
     content_type = request.headers.get("content-type", "")
-    accept = request.headers.get("accept", "")
-    if _media(accept) in ("", "*/*", "application/*"):
-        accept = content_type  # answer in the request's format unless asked otherwise
+    accept = _negotiate(request.headers.get("accept", ""), content_type)
     started = time.monotonic()
     try:
         out, count = await _run_in_thread(infer, slot, body, content_type, accept)
@@ -262,8 +276,6 @@ async def invocations(request: Request) -> Response:
 
 async def _run_in_thread(fn, *args):
     # The forward pass blocks; run it off the event loop so /ping and new requests stay responsive.
-    from starlette.concurrency import run_in_threadpool
-
     return await run_in_threadpool(fn, *args)
 
 

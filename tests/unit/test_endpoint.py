@@ -156,6 +156,15 @@ def test_bad_requests_answer_4xx_with_a_clear_message_never_500(serving, body, c
     assert message in resp.json()["error"]
 
 
+def test_accept_negotiation_prefers_a_listed_json_type_else_the_request_type(serving):
+    browser = _post(serving["url"], '"nice"', "application/json", accept="text/html,application/json;q=0.9,*/*")
+    assert browser.status_code == 200 and browser.headers["content-type"].startswith("application/json")
+    wildcard = _post(serving["url"], '{"features": ["nice"]}', "application/jsonlines", accept="*/*")
+    assert wildcard.headers["content-type"].startswith("application/jsonlines")
+    cross = _post(serving["url"], '{"features": ["nice"]}', "application/jsonlines", accept="application/json")
+    assert cross.json()[0]["model_version"] == serving["version"]
+
+
 def test_unsupported_accept_answers_406_and_oversized_body_413(serving):
     resp = _post(serving["url"], '"nice"', "application/json", accept="text/csv")
     assert resp.status_code == 406 and "text/csv" in resp.json()["error"]
