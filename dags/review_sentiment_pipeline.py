@@ -9,6 +9,7 @@ from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include import tasks
+from include.assets import REVIEWS_LANDING
 from review_jobs.approval import ModelApprovalOperator
 
 DOC = """
@@ -79,6 +80,9 @@ default_args = {
         "train_batch_size": Param(16, type="integer", minimum=1, maximum=1024, description="Reviews per training step."),
         "max_train_samples": Param(2400, type="integer", minimum=0,
                                    description="Cap on training rows (0 = all); bounds the CPU time of a run."),
+        "train_time_budget_s": Param(0, type="integer", minimum=0,
+                                     description="Stop training after this many seconds, with the learning-rate "
+                                                 "schedule fitted to it (0 = no budget: run all epochs)."),
         "min_accuracy": Param(0.50, type="number", minimum=0, maximum=1.01,
                               description="Test accuracy needed to register the model (chance is 0.33)."),
         "model_name_or_path": Param("", type="string",
@@ -95,7 +99,7 @@ default_args = {
     },
 )
 def review_sentiment_pipeline():
-    register = task(task_id="register_dataset")(tasks.register_dataset)()
+    register = task(task_id="register_dataset", outlets=[REVIEWS_LANDING])(tasks.register_dataset)()
     validated = task(task_id="validate_dataset")(tasks.validate_dataset)(register)
     features = task(task_id="preprocess")(tasks.preprocess)(validated)
     trained = task(task_id="train", execution_timeout=timedelta(hours=2))(tasks.train)(features)

@@ -143,12 +143,25 @@ def preprocess(info: RunInfo, params: dict) -> dict:
 
 
 TRAIN_HPS = ("epochs", "learning_rate", "train_batch_size", "max_seq_length", "max_train_samples")
+EXPERIMENT = "review-sentiment"
+
+
+def ensure_experiment(settings: Settings, name: str) -> None:
+    """Create the MLflow experiment with its artifact root in the state dir (not ./mlruns)."""
+    import mlflow
+
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=(settings.mlflow_dir / "artifacts").as_uri())
 
 
 def train(info: RunInfo, params: dict, features: dict) -> dict:
     """Step 4: the training job; model.tar.gz under the run's ``train/`` prefix."""
     settings = get_settings()
     hps = {k: params[k] for k in TRAIN_HPS}
+    if params.get("train_time_budget_s"):
+        hps["time_budget_s"] = params["train_time_budget_s"]
     if params.get("model_name_or_path"):
         hps["model_name_or_path"] = params["model_name_or_path"]
     name = info.job("train")
@@ -157,8 +170,8 @@ def train(info: RunInfo, params: dict, features: dict) -> dict:
         name=name, train_uri=features["train_uri"], validation_uri=features["validation_uri"],
         output_uri=output_uri, checkpoint_uri=info.uri("train") + "/checkpoints", code_uri=jobs.code_uri(settings),
         hyperparameters=hps, environment={"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-                                          "MLFLOW_EXPERIMENT_NAME": "review-sentiment", "MLFLOW_RUN_NAME": name})
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+                                          "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_RUN_NAME": name})
+    ensure_experiment(settings, EXPERIMENT)
     result = jobs.submit(request, settings=settings)
     _drop_other_attempts(uri_to_path(output_uri), keep=name)
     return {"job": result, "model_uri": result["outputs"]["model"], "output_uri": result["outputs"]["output"],

@@ -810,6 +810,8 @@ class Trainer:
         if self.t.load_best_model_at_end and self.best_state is not None and self.best["step"] != self.global_step:
             final_eval = evaluate(self.model, self.valid, self.t.eval_batch_size, self.device, self.pad_id,
                                   self.amp_dtype)
+        # The serving handler truncates at what the model was trained on.
+        self.model.config.max_seq_length = self.args.data.max_seq_length
         self.model.save_pretrained(model_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(model_dir)
         dbg_paths = self.debugger.write(out_dir)

@@ -19,16 +19,17 @@ class ModelApprovalOperator(ApprovalOperator):
         self.model_version = model_version
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        """Record the decision (after the base class has skipped downstream on Reject)."""
+        """Record the decision, then let the base class proceed (it raises to skip on Reject)."""
         from include.model_steps import approve_model_step, reject_model_step
 
-        ret = super().execute_complete(context=context, event=event)
-        user = ret.get("responded_by_user") or {}
-        who = user.get("name") or user.get("id") or "unknown user" if isinstance(user, dict) else str(user)
-        note = f"{ret['chosen_options'][0]} by {who} in Airflow run {context['run_id']}"
-        if ret["chosen_options"][0] == self.APPROVE:
-            approve_model_step(str(self.model_version), note)
-        else:
-            reject_model_step(str(self.model_version), note)
-        self.log.info("model version %s: %s", self.model_version, note)
-        return ret
+        if "error" not in event and event.get("chosen_options"):
+            choice = event["chosen_options"][0]
+            user = event.get("responded_by_user") or {}
+            who = (user.get("name") or user.get("id")) if isinstance(user, dict) else str(user)
+            note = f"{choice} by {who or 'unknown user'} in Airflow run {context['run_id']}"
+            if choice == self.APPROVE:
+                approve_model_step(str(self.model_version), note)
+            elif choice == self.REJECT:
+                reject_model_step(str(self.model_version), note)
+            self.log.info("model version %s: %s", self.model_version, note)
+        return super().execute_complete(context=context, event=event)
