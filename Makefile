@@ -9,13 +9,15 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test ui land artifacts stop lock clean
+.PHONY: help install run test ui land artifacts lock clean
+
+include mk/serve.mk
 help:
 	@echo "make run        - install, land the real data, run review_sentiment_pipeline end to end"
 	@echo "make test       - install and run the whole test suite"
 	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8080"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
-	@echo "make stop       - stop the local endpoint and Airflow started by make ui"
+	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
 
 $(STAMP): requirements.lock

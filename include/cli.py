@@ -42,7 +42,8 @@ def logical_date_for(day: date) -> datetime:
 def run(ds: str | None, conf: dict) -> int:
     """Run the pipeline for partition ``ds`` (default: yesterday UTC); print a summary."""
     day = date.fromisoformat(ds) if ds else yesterday_utc()
-    conf = {"ds": day.isoformat(), **conf}
+    # Nobody is there to click "Approve" in a terminal run: approve automatically unless asked.
+    conf = {"ds": day.isoformat(), "auto_approve": True, **conf}
     dag = load_dag()
     print(f"==> running {DAG_ID} for ds={day} (conf {json.dumps(conf)})", flush=True)
     start = time.monotonic()
@@ -51,7 +52,30 @@ def run(ds: str | None, conf: dict) -> int:
     state = str(getattr(dr, "state", "unknown"))
     print(f"\n==> run {dr.run_id}: {state} in {wall:.0f}s")
     print_artifacts(dr.run_id)
+    print_served_model()
     return 0 if state.endswith("success") else 1
+
+
+def print_served_model() -> None:
+    """The registered/deployed version and a live prediction from the endpoint."""
+    from include import endpoint
+    from include.model_steps import SMOKE_REVIEWS
+    from include.registry import get_registry
+
+    versions = get_registry().list_versions()
+    if versions:
+        latest = versions[-1]
+        print(f"\n  latest registered version: {latest.name} v{latest.version} ({latest.approval_status})")
+    info = endpoint.status()
+    if info is None:
+        print("  endpoint: not running (no approved version deployed yet)")
+        return
+    review = SMOKE_REVIEWS[0]
+    answer = endpoint.predict([review])[0]
+    print(f"  endpoint: {info['url']} serving v{info['version']} (pid {info['pid']})")
+    print(f"  live prediction for {review[:60]!r}...:\n    {json.dumps(answer)}")
+    print(f"  try it:  curl -s -X POST {info['url'].rstrip('/')}/invocations -H 'Content-Type: application/jsonlines' "
+          "--data-binary '{\"features\": [\"I love this dress\"]}'")
 
 
 def lineage(run_id: str | None = None) -> tuple[str, list[dict]]:

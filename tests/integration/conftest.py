@@ -1,6 +1,7 @@
 """Fixtures for end-to-end runs of the DAGs with ``dag.test()``."""
 from __future__ import annotations
 
+import socket
 from datetime import date
 from pathlib import Path
 
@@ -13,6 +14,10 @@ DS = "2026-11-20"
 # A tiny but real budget: enough to show the wiring, not to reach the default accuracy.
 TINY = {"max_seq_length": 32, "epochs": 1, "train_batch_size": 16, "max_train_samples": 96,
         "learning_rate": 1e-4, "min_accuracy": 0.0}
+
+
+# Tiny models are random-ish: the "not behind the deployed model" rule is off in tests.
+DEPLOY = {**TINY, "max_accuracy_drop": 1.0}
 
 
 def load_dag(dag_id: str):
@@ -45,3 +50,20 @@ def landed(reviews_home, airflow_db) -> Path:
     root = uri_to_path(get_settings().landing_uri)
     land_daily_drops(root, date.fromisoformat(DS), days=2, limit=600)
     return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def endpoint_port(landed, monkeypatch):
+    """A free loopback port for the model endpoint; the endpoint is stopped afterwards."""
+    from include import endpoint
+
+    port = _free_port()
+    monkeypatch.setenv("ENDPOINT_PORT", str(port))
+    yield port
+    endpoint.stop()

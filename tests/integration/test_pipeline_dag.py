@@ -1,49 +1,75 @@
-"""review_sentiment_pipeline end to end with dag.test() on a tiny training budget."""
+"""review_sentiment_pipeline end to end with dag.test() on a tiny training budget: every
+step's artifacts, the registered and deployed model answering HTTP, and a second run below
+min_accuracy that takes the no-register branch while the deployed version keeps answering."""
 from __future__ import annotations
 
 import json
 
 import duckdb
+import httpx
 
+from include import endpoint
 from include.config import get_settings, uri_to_path
-from tests.integration.conftest import DS, TINY, run_dag
+from include.registry import APPROVED, get_registry
+from tests.integration.conftest import DEPLOY, DS, run_dag
 
 
-def _store(*parts: str):
-    return uri_to_path(get_settings().uri("/".join(parts)))
+def _invoke_jsonlines(port: int, texts: list[str]) -> httpx.Response:
+    body = "\n".join(json.dumps({"features": [t]}) for t in texts)
+    return httpx.post(f"http://127.0.0.1:{port}/invocations", content=body,
+                      headers={"Content-Type": "application/jsonlines", "Accept": "application/jsonlines"}, timeout=30)
 
 
-def test_pipeline_runs_end_to_end_and_publishes_every_artifact(landed):
-    dr, states = run_dag("review_sentiment_pipeline", **TINY)
-    assert str(dr.state).endswith("success"), states
-    for task in ("register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "check_accuracy"):
-        assert states[task].endswith("success"), (task, states)
-    assert states["skip_registration"].endswith("skipped")
-
-    run = _store("runs", "review_sentiment_pipeline", dr.run_id.replace(":", "_").replace("+", "_"))
+def _check_artifacts(run_id: str) -> None:
+    run = uri_to_path(get_settings().run_uri("review_sentiment_pipeline", run_id, "x")).parent
     evaluation = json.loads((run / "evaluate" / "evaluation.json").read_text())
-    acc = evaluation["metrics"]["accuracy"]["value"]
-    assert 0.0 <= acc <= 1.0 and evaluation["test_rows"] > 0
+    assert 0.0 <= evaluation["metrics"]["accuracy"]["value"] <= 1.0 and evaluation["test_rows"] > 0
+    assert set(evaluation["per_class"]) == {"negative", "neutral", "positive"}
     assert (run / "evaluate" / "confusion_matrix.png").stat().st_size > 1000
-    models = list((run / "train").glob("rs-train-*/output/model.tar.gz"))
-    assert len(models) == 1, models
+    assert len(list((run / "train").glob("rs-train-*/output/model.tar.gz"))) == 1
     for split in ("train", "validation", "test"):
         assert list((run / "preprocess" / "features" / split).glob("part-*.parquet")), split
+    assert list((run / "validate").glob("*.html")), "validation report published"
     lineage = {p.stem for p in (run / "_lineage").glob("*.json")}
-    assert {"register_dataset", "validate_dataset", "preprocess", "train", "evaluate"} <= lineage
-
+    assert {"register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "register_model",
+            "deploy_model"} <= lineage, lineage
     con = duckdb.connect(str(get_settings().catalog_path), read_only=True)
     try:
         parts = [r[0].isoformat() for r in con.execute("SELECT DISTINCT ds FROM reviews.reviews_raw ORDER BY 1").fetchall()]
         assert parts == ["2026-11-19", DS], "the backlog day and the run's day are both registered"
-        snap = con.execute("SELECT count(*) FROM reviews.reviews_features WHERE snapshot_id = ?", [dr.run_id]).fetchone()[0]
+        snap = con.execute("SELECT count(*) FROM reviews.reviews_features WHERE snapshot_id = ?", [run_id]).fetchone()[0]
         assert snap > 0
     finally:
         con.close()
 
 
-def test_threshold_above_one_takes_the_no_register_branch(landed):
-    dr, states = run_dag("review_sentiment_pipeline", **{**TINY, "min_accuracy": 1.01})
-    assert states["evaluate"].endswith("success")
-    assert states["skip_registration"].endswith("success")
-    assert states["accuracy_passed"].endswith("skipped")
+def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keeps_it(endpoint_port):
+    dr, states = run_dag("review_sentiment_pipeline", **DEPLOY, auto_approve=True)
+    assert str(dr.state).endswith("success"), states
+    for task in ("register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "check_accuracy",
+                 "register_model", "deploy_model"):
+        assert states[task].endswith("success"), (task, states)
+    assert states["skip_registration"].endswith("skipped") and states["approve_model"].endswith("skipped")
+    _check_artifacts(dr.run_id)
+
+    version = get_registry().deployed_version()
+    assert version is not None and version.approval_status == APPROVED
+    assert version.lineage["run_id"] == dr.run_id and version.lineage["ds"] == DS
+    assert version.lineage["feature_snapshot_id"] == dr.run_id and version.lineage["git_commit"]
+    answer = _invoke_jsonlines(endpoint_port, ["I love this dress", "It fell apart after one wash"])
+    assert answer.status_code == 200, answer.text
+    lines = [json.loads(line) for line in answer.text.strip().splitlines()]
+    assert len(lines) == 2 and all(line["predicted_label"] in (-1, 0, 1) for line in lines)
+    assert all(0.0 <= line["probability"] <= 1.0 for line in lines)
+
+    # A threshold above 1 takes the no-register branch and must not touch what is served.
+    dr2, states2 = run_dag("review_sentiment_pipeline", **{**DEPLOY, "min_accuracy": 1.01}, auto_approve=True)
+    assert states2["evaluate"].endswith("success")
+    assert states2["skip_registration"].endswith("success"), states2
+    for task in ("register_model", "deploy_model"):
+        assert states2[task].endswith("skipped"), (task, states2)
+    assert len(get_registry().list_versions()) == 1, "the failed run registered nothing"
+    answer = httpx.post(f"http://127.0.0.1:{endpoint_port}/invocations", json="great fit", timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert str(answer.json()["model_version"]) == str(version.version), "the deployed version still answers"
+    assert str(endpoint.status()["version"]) == str(version.version)
