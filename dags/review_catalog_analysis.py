@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, chain, dag, task
 
 from include import analysis
+from include.dag_defaults import DEFAULT_ARGS, START_DATE
 from include.assets import REVIEWS_CATALOG, REVIEWS_LANDING
 
 DOC = """
@@ -30,23 +30,14 @@ landing partition) or a manual run.
 **Outputs:** `runs/review_catalog_analysis/<run_id>/{analysis,drift}/` in the object store.
 """
 
-default_args = {
-    "owner": "mlops",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=15),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=5),
-}
-
-
 @dag(
     dag_id="review_catalog_analysis",
     schedule=[REVIEWS_LANDING],
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,  # one writer of the catalog at a time
     dagrun_timeout=timedelta(hours=1),
-    default_args=default_args,
+    default_args=DEFAULT_ARGS,
     tags=["mlops", "catalog", "analysis"],
     doc_md=DOC,
     params={

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include import tasks
 from include.assets import REVIEWS_LANDING
+from include.dag_defaults import DEFAULT_ARGS, START_DATE
 from review_jobs.approval import ModelApprovalOperator
 
 DOC = """
@@ -39,24 +39,15 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
 (`.state/store` locally). Backend: `REVIEWS_BACKEND` (local | aws).
 """
 
-default_args = {
-    "owner": "mlops",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
-
-
 @dag(
     dag_id="review_sentiment_pipeline",
     # The run at midnight processes the day that just ended: a data interval per day.
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,  # runs share the catalog and the endpoint: one at a time
     dagrun_timeout=timedelta(hours=6),
-    default_args=default_args,
+    default_args=DEFAULT_ARGS,
     tags=["mlops", "sentiment", "bert"],
     doc_md=DOC,
     params={

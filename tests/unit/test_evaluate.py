@@ -27,23 +27,15 @@ def test_metrics_from_known_predictions():
 
 
 @pytest.fixture(scope="module")
-def packaged_model(tmp_path_factory, model_dir):
-    """The pre-trained MiniLM with an untrained 3-class head, as a training job would publish it."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def packaged_model(tmp_path_factory, classifier_dir, model_dir):
+    """The untrained classifier as a training job publishes it: ``model.tar.gz``."""
+    from transformers import AutoTokenizer
 
-    from include.scripts.common import ID2LABEL, LABEL2ID
-
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("model")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3, id2label=ID2LABEL, label2id=LABEL2ID)
-    model.save_pretrained(folder / "m")
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder / "m")
-    (folder / "model").mkdir()
-    with tarfile.open(folder / "model" / "model.tar.gz", "w:gz") as tar:
-        for f in (folder / "m").iterdir():
+    with tarfile.open(folder / "model.tar.gz", "w:gz") as tar:
+        for f in classifier_dir.iterdir():
             tar.add(f, arcname=f.name)
-    return folder / "model", AutoTokenizer.from_pretrained(model_dir)
+    return folder, AutoTokenizer.from_pretrained(model_dir)
 
 
 def test_evaluation_job_writes_report_png_and_predictions(tmp_path, packaged_model):

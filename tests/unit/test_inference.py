@@ -16,22 +16,6 @@ from include.scripts import inference  # noqa: E402
 LAB_BODY = b'{"features": ["I love this dress, it fits perfectly."]}\n{"features": ["Awful, it fell apart."]}\n'
 
 
-@pytest.fixture(scope="session")
-def classifier_dir(tmp_path_factory):
-    """MiniLM weights with a fresh (random, seeded) 3-class head, saved with its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from include.scripts.common import ID2LABEL, LABEL2ID, default_model_dir
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("inference-model")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        default_model_dir(), num_labels=3, id2label=ID2LABEL, label2id=LABEL2ID)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(out)
-    return out
-
 
 @pytest.fixture(scope="module")
 def loaded(classifier_dir):

@@ -21,22 +21,6 @@ from include.packaging import (INFERENCE_SCRIPT, MANIFEST_NAME, PackagingError, 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def classifier_dir(tmp_path_factory) -> Path:
-    """MiniLM weights with a fresh (random, seeded) 3-class head, saved with its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from include.scripts.common import ID2LABEL, LABEL2ID, default_model_dir
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("packaging-model")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        default_model_dir(), num_labels=3, id2label=ID2LABEL, label2id=LABEL2ID)
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(out)
-    return out
-
 
 @pytest.fixture
 def tiny_dir(tmp_path) -> Path:
