@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -38,13 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 
 from include.config import PROJECT_ROOT, get_settings, safe_name
+from include.locks import file_lock
 from include.packaging import PackagingError, extract_package, package_sha256
 
 SERVER_MODULE = "include.serving.server"
@@ -113,16 +112,9 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-@contextlib.contextmanager
-def _locked(paths: _Paths) -> Iterator[None]:
+def _locked(paths: _Paths) -> contextlib.AbstractContextManager:
     # One deploy/stop at a time per state dir (two Airflow tasks, or a task and `make stop`).
-    paths.root.mkdir(parents=True, exist_ok=True)
-    with open(paths.lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(paths.lock)
 
 
 # ---------------------------------------------------------------- processes

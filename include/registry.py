@@ -24,18 +24,17 @@ looked up under a file lock before a version is created.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from include.config import get_settings
+from include.locks import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -174,15 +173,9 @@ class MlflowModelRegistry(ModelRegistry):
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
     # ------------------------------------------------------------ helpers
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager:
         # Check-then-create must not interleave between two processes registering the same run.
-        with open(self._lock_path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return file_lock(self._lock_path)
 
     def _ensure_model(self) -> None:
         from mlflow.exceptions import MlflowException

@@ -83,7 +83,7 @@ def predict(model_dir: Path, input_ids: list, batch_size: int) -> np.ndarray:
             ids = torch.zeros((len(idx), width), dtype=torch.long)
             mask = torch.zeros_like(ids)
             for r, j in enumerate(idx):
-                ids[r, :len(input_ids[j])] = torch.as_tensor(input_ids[j])
+                ids[r, :len(input_ids[j])] = torch.tensor(list(input_ids[j]))
                 mask[r, :len(input_ids[j])] = 1
             probs[idx] = torch.softmax(model(input_ids=ids, attention_mask=mask).logits, -1).numpy()
             if (i // batch_size) % 10 == 0:
