@@ -166,14 +166,17 @@ def train(info: RunInfo, params: dict, features: dict) -> dict:
         hps["model_name_or_path"] = params["model_name_or_path"]
     name = info.job("train")
     output_uri = info.uri("train")
+    checkpoint_uri = output_uri + "/checkpoints"
     request = jobs.training_request(
         name=name, train_uri=features["train_uri"], validation_uri=features["validation_uri"],
-        output_uri=output_uri, checkpoint_uri=info.uri("train") + "/checkpoints", code_uri=jobs.code_uri(settings),
+        output_uri=output_uri, checkpoint_uri=checkpoint_uri, code_uri=jobs.code_uri(settings),
         hyperparameters=hps, environment={"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
                                           "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_RUN_NAME": name})
     ensure_experiment(settings, EXPERIMENT)
     result = jobs.submit(request, settings=settings)
     _drop_other_attempts(uri_to_path(output_uri), keep=name)
+    # Checkpoints only serve a retry of an unfinished job; the model is published now.
+    shutil.rmtree(uri_to_path(checkpoint_uri), ignore_errors=True)
     return {"job": result, "model_uri": result["outputs"]["model"], "output_uri": result["outputs"]["output"],
             "hyperparameters": hps}
 

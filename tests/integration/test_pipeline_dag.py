@@ -27,6 +27,7 @@ def _check_artifacts(run_id: str) -> None:
     assert set(evaluation["per_class"]) == {"negative", "neutral", "positive"}
     assert (run / "evaluate" / "confusion_matrix.png").stat().st_size > 1000
     assert len(list((run / "train").glob("rs-train-*/output/model.tar.gz"))) == 1
+    assert not (run / "train" / "checkpoints").exists(), "checkpoints are dropped once the model is published"
     for split in ("train", "validation", "test"):
         assert list((run / "preprocess" / "features" / split).glob("part-*.parquet")), split
     assert list((run / "validate").glob("*.html")), "validation report published"
