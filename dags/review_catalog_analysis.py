@@ -23,9 +23,9 @@ landing partition) or a manual run.
    category, review length in words, most/least positive categories): one PNG per question
    and `report.html` (SQL, parameters, plots, result tables). The report path is printed in
    the task log.
-3. **check_drift** - with `drift_baseline_uri` (the deployed model's training data, an
-   `export_clean` Parquet): PSI of category mix, length and rating mix; a warning above
-   `drift_threshold`, never a failure.
+3. **check_drift** - against the data the deployed model was trained on (from its registry
+   lineage, or `drift_baseline_uri`): PSI of category mix, length and rating mix; a warning
+   above `drift_threshold`, never a failure. Skipped while no model is deployed.
 
 **Outputs:** `runs/review_catalog_analysis/<run_id>/{analysis,drift}/` in the object store.
 """
@@ -48,7 +48,7 @@ landing partition) or a manual run.
         "top_n": Param(3, type="integer", minimum=1, maximum=20,
                        description="Categories shown as most / least positively reviewed."),
         "drift_baseline_uri": Param("", type="string",
-                                    description="Parquet of the deployed model's training data; empty = no drift check."),
+                                    description="Baseline Parquet; empty = the deployed model's training data (from the registry)."),
         "drift_threshold": Param(0.2, type="number", exclusiveMinimum=0,
                                  description="PSI above which drift is reported as a warning."),
     },

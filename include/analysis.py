@@ -324,6 +324,20 @@ def analyse_task(registered: dict) -> dict:
     return result
 
 
+def deployed_training_data_uri() -> str | None:
+    """The clean data the deployed model was trained on (its registry lineage), if any."""
+    from include.registry import RegistryError, get_registry
+
+    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: nothing deployed
+        return None
+    try:
+        deployed = get_registry().deployed_version()
+    except RegistryError:
+        return None
+    folder = (deployed.lineage.get("clean_data_uri") if deployed else None) or None
+    return f"{folder.rstrip('/')}/clean.parquet" if folder else None
+
+
 def drift_task(registered: dict) -> dict:
     """Task ``check_drift``: compares the catalogued partitions with ``drift_baseline_uri``.
 
@@ -336,9 +350,9 @@ def drift_task(registered: dict) -> dict:
 
     ctx = get_current_context()
     params = ctx["params"]
-    baseline = params.get("drift_baseline_uri") or ""
+    baseline = params.get("drift_baseline_uri") or deployed_training_data_uri() or ""
     if not baseline:
-        log.info("no drift_baseline_uri (training data of the deployed model): drift check skipped")
+        log.info("no drift_baseline_uri and no deployed model with recorded training data: drift check skipped")
         return {"skipped": True}
     ds_list = registered.get("registered") or registered.get("partitions", [])[-1:]
     out = uri_to_path(get_settings().run_uri(DAG_ID, ctx["run_id"], "drift"))

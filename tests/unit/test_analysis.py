@@ -79,3 +79,18 @@ def test_drift_baseline_must_exist_and_have_the_columns(catalogued, tmp_path):
         drift.compare(["2026-01-01"], tmp_path / "missing.parquet")
     with pytest.raises(drift.DriftError, match="lacks column"):
         drift.compare(["2026-01-01"], pd.DataFrame({"x": [1]}))
+
+
+def test_drift_baseline_defaults_to_the_deployed_models_training_data(reviews_home, tmp_path):
+    from include.registry import APPROVED, get_registry
+
+    assert analysis.deployed_training_data_uri() is None, "no registry yet: no baseline"
+    registry = get_registry()
+    package = tmp_path / "model.tar.gz"
+    package.write_bytes(b"not inspected by the registry")
+    clean = (tmp_path / "runs" / "export").as_uri()
+    version = registry.register(package.as_uri(), {"accuracy": 0.7},
+                                {"dag_id": "d", "run_id": "r1", "clean_data_uri": clean}, APPROVED)
+    assert analysis.deployed_training_data_uri() is None, "registered but not deployed"
+    registry.mark_deployed(version.version)
+    assert analysis.deployed_training_data_uri() == f"{clean}/clean.parquet"
