@@ -87,3 +87,19 @@ def classifier_dir(tmp_path_factory, model_dir) -> Path:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return out
+
+
+@pytest.fixture
+def tiny_dir(tmp_path) -> Path:
+    """A structurally valid (not loadable) model folder: fast to package and to corrupt."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    save_file({"w": torch.zeros(4, 4)}, folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "negative", "1": "neutral", "2": "positive"}}))
+    (folder / "tokenizer.json").write_text("{}")
+    return folder

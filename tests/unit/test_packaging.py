@@ -12,25 +12,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from include.packaging import (INFERENCE_SCRIPT, MANIFEST_NAME, PackagingError, build_package, extract_package,
                                validate_model_dir)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-
-@pytest.fixture
-def tiny_dir(tmp_path) -> Path:
-    """A structurally valid (not loadable) model folder: fast to package and to corrupt."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    save_file({"w": torch.zeros(4, 4)}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "negative", "1": "neutral", "2": "positive"}}))
-    (folder / "tokenizer.json").write_text("{}")
-    return folder
 
 
 def _sha(path: Path) -> str:

@@ -5,15 +5,12 @@ uses its own dag run ids so tests do not depend on each other.
 """
 from __future__ import annotations
 
-import json
 import sqlite3
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from include.packaging import PackagingError
 from include.model_steps import approve_model_step, flatten_evaluation, register_model_step, reject_model_step
@@ -153,13 +150,9 @@ def test_flatten_evaluation_keeps_numeric_leaves_and_drops_lists():
 
 
 @pytest.fixture
-def model_artifact(tmp_path) -> str:
+def model_artifact(tmp_path, tiny_dir) -> str:
     """A training job's model.tar.gz: a (tiny, structurally valid) save_pretrained folder at its root."""
-    folder = tmp_path / "model"
-    folder.mkdir()
-    save_file({"w": torch.zeros(2, 2)}, folder / "model.safetensors")
-    (folder / "config.json").write_text(json.dumps({"id2label": {"0": "negative", "1": "neutral", "2": "positive"}}))
-    (folder / "tokenizer.json").write_text("{}")
+    folder = tiny_dir
     archive = tmp_path / "job" / "output" / "model.tar.gz"
     archive.parent.mkdir(parents=True)
     with tarfile.open(archive, "w:gz") as tar:
