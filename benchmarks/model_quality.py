@@ -127,14 +127,14 @@ def run_training(work: Path, a: argparse.Namespace) -> tuple[float, dict, Path]:
 def predict_test(model_dir: Path, features: Path, max_seq_length: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Predictions of the saved model on the test split (loaded like the evaluation job would)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
+    from modeling import load_classifier
     from train import available_cores, predict
     from train_data import load_channel
 
     torch.set_num_threads(available_cores())
     test = load_channel(features / "test", "test", max_seq_length)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    model = load_classifier(model_dir)
     t0 = time.monotonic()
     logits, _ = predict(model, test, 64, "cpu", 0)
     return test.labels, logits.argmax(axis=1), time.monotonic() - t0

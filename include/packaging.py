@@ -4,7 +4,8 @@ The archive has the layout SageMaker's "create model" / repack step produces and
 PyTorch / Hugging Face serving containers expect::
 
     model.safetensors, config.json (with id2label), tokenizer files   <- at the root
-    code/inference.py                                                  <- the handler
+    classifier_head.safetensors (mean-pooling head, see scripts/modeling.py)
+    code/inference.py, code/modeling.py                                <- the handler
     package-manifest.json                                              <- sha256 of every file
 
 The manifest lets :func:`extract_package` refuse a package that was damaged after it was
@@ -27,6 +28,7 @@ from include.config import uri_to_path
 PACKAGE_NAME = "model.tar.gz"
 MANIFEST_NAME = "package-manifest.json"
 INFERENCE_SCRIPT = Path(__file__).resolve().parent / "scripts" / "inference.py"
+MODELING_SCRIPT = INFERENCE_SCRIPT.with_name("modeling.py")  # the classifier class inference.py loads
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # at least one of them (fast or slow tokenizer)
 GZIP_LEVEL = 1  # float weights barely compress; level 1 is ~3x faster than 9 for ~1% size
 
@@ -87,7 +89,7 @@ def _check_safetensors_header(path: Path) -> None:
 
 
 def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFERENCE_SCRIPT) -> str:
-    """Write ``model.tar.gz`` (model files + ``code/inference.py``) and return its URI.
+    """Write ``model.tar.gz`` (model files + ``code/inference.py`` + ``code/modeling.py``); return its URI.
 
     ``dest_uri`` is either the archive's URI (ending in ``.tar.gz``) or a prefix under which
     ``model.tar.gz`` is written. The archive is written under a temporary name and renamed,
@@ -103,6 +105,7 @@ def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFER
                    if p.is_file() and p.relative_to(model_dir).parts[0] not in ("code", MANIFEST_NAME))
     members = [(p, p.relative_to(model_dir).as_posix()) for p in files]
     members.append((Path(inference_script), "code/inference.py"))
+    members.append((MODELING_SCRIPT, "code/modeling.py"))
     manifest = {"format": 1, "files": {arc: {"sha256": _sha256(p), "bytes": p.stat().st_size}
                                        for p, arc in members}}
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

@@ -72,19 +72,18 @@ def model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def classifier_dir(tmp_path_factory, model_dir) -> Path:
-    """MiniLM weights with a fresh (random, seeded) 3-class head, saved with its tokenizer:
-    a model folder shaped like a training job's output, without the cost of training."""
+    """MiniLM weights with a fresh (random, seeded) 3-class mean-pooling head, saved with its
+    tokenizer: a model folder shaped like a training job's output, without the cost of training."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from include.scripts.common import ID2LABEL, LABEL2ID
+    from include.scripts.common import ID2LABEL
+    from include.scripts.modeling import build_classifier
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("classifier")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3, id2label=ID2LABEL,
-                                                               label2id=LABEL2ID)
-    model.save_pretrained(out)
+    build_classifier(model_dir, "mean", ID2LABEL).save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return out
 

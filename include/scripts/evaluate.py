@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# Sibling modules of the job's code dir (modeling.py loads either classifier head).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ID2LABEL  # noqa: E402
 
@@ -70,9 +71,9 @@ def load_test(folder: Path) -> pd.DataFrame:
 def predict(model_dir: Path, input_ids: list, batch_size: int) -> np.ndarray:
     """Class probabilities for each tokenized review; batches sorted by length (less padding)."""
     import torch
-    from transformers import AutoModelForSequenceClassification
+    from modeling import load_classifier
 
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    model = load_classifier(model_dir)
     order = np.argsort([len(x) for x in input_ids])
     probs = np.zeros((len(input_ids), model.config.num_labels), dtype=np.float32)
     start = time.monotonic()

@@ -27,10 +27,13 @@ Self-contained: standard library, torch, transformers and numpy only.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import os
+import sys
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -49,6 +52,29 @@ DEFAULT_BATCH_SIZE = 32  # forward-pass chunk: bounds memory for large requests
 MAX_RECORDS = 1000  # per request; SageMaker caps payloads at 6 MB anyway
 # The lab's predicted_label is the sentiment; label ids follow label_id = sentiment + 1.
 SENTIMENT_OF_LABEL = {"negative": -1, "neutral": 0, "positive": 1}
+
+
+def _modeling() -> ModuleType | None:
+    """``modeling.py`` beside this file (``code/modeling.py`` in a package), or None.
+
+    Imported by path under a name unique to this file: a server holding two model versions
+    must not share one ``modeling`` module between them.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "modeling.py")
+    if not os.path.isfile(path):
+        return None
+    name = f"{__name__}_modeling"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 class InferenceInputError(ValueError):
@@ -120,7 +146,11 @@ def model_fn(model_dir: str) -> LoadedModel:
     threads = _env_int("INFERENCE_NUM_THREADS", _available_cores(), 1, 256)
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    modeling = _modeling()
+    if modeling is not None:
+        model = modeling.load_classifier(model_dir)  # mean-pooling head or a plain HF classifier
+    else:  # an old package without code/modeling.py
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     model.eval()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     if sorted(id2label) != list(range(len(id2label))):

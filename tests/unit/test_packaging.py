@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from include.packaging import (INFERENCE_SCRIPT, MANIFEST_NAME, PackagingError, build_package, extract_package,
+from include.packaging import (INFERENCE_SCRIPT, MANIFEST_NAME, MODELING_SCRIPT, PackagingError, build_package, extract_package,
                                validate_model_dir)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,12 +32,14 @@ def _members(package_uri: str) -> set[str]:
 def test_package_round_trip_keeps_model_tokenizer_config_and_inference_code(classifier_dir, tmp_path):
     uri = build_package(classifier_dir, (tmp_path / "pkg").as_uri())
     assert uri == (tmp_path / "pkg" / "model.tar.gz").as_uri()
-    assert _members(uri) == {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
-                             "code/inference.py", MANIFEST_NAME}
+    assert _members(uri) == {"model.safetensors", "classifier_head.safetensors", "config.json", "tokenizer.json",
+                             "tokenizer_config.json", "code/inference.py", "code/modeling.py", MANIFEST_NAME}
     out = extract_package(uri, tmp_path / "out")
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("model.safetensors", "classifier_head.safetensors", "config.json", "tokenizer.json",
+                 "tokenizer_config.json"):
         assert _sha(out / name) == _sha(classifier_dir / name)
     assert (out / "code" / "inference.py").read_text() == INFERENCE_SCRIPT.read_text()
+    assert (out / "code" / "modeling.py").read_text() == MODELING_SCRIPT.read_text()
     assert json.loads((out / "config.json").read_text())["id2label"]["2"] == "positive"
 
 

@@ -162,10 +162,18 @@ def test_training_writes_model_tokenizer_metrics_and_reports(job, tiny_model):
     assert all(np.isfinite(e["train_loss"]) and 0 <= e["val_accuracy"] <= 1 for e in metrics["epochs"])
     assert metrics["final"]["steps"] == 30 and metrics["final"]["epochs_completed"] == 2
     assert len(metrics["evaluations"]) >= 4  # every 5 steps plus epoch ends
-    from transformers import AutoModelForSequenceClassification
+    from safetensors.torch import load_file
 
-    reloaded = AutoModelForSequenceClassification.from_pretrained(job / "model")  # what evaluate.py does
-    assert reloaded.config.num_labels == 3
+    from modeling import MeanPoolingClassifier, load_classifier
+
+    reloaded = load_classifier(job / "model")  # what evaluate.py and inference.py do
+    assert isinstance(reloaded, MeanPoolingClassifier) and reloaded.config.num_labels == 3
+    # freeze_word_embeddings (default): the word vectors are the pre-trained ones, the layers moved
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(job / "model" / "model.safetensors")
+    emb = "embeddings.word_embeddings.weight"
+    assert np.array_equal(before[emb].numpy(), after[emb].numpy())
+    q = "encoder.layer.0.attention.self.query.weight"
+    assert not np.array_equal(before[q].numpy(), after[q].numpy())
     rules = json.loads((job / "output" / "debugger" / "rule_results.json").read_text())
     assert {r["rule"] for r in rules["rules"]} == {"loss_not_decreasing", "overfit", "vanishing_gradient",
                                                    "exploding_tensor"}
