@@ -13,9 +13,10 @@ PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 include mk/serve.mk
 help:
-	@echo "make run        - install, land the real data, run review_sentiment_pipeline end to end"
+	@echo "make run [PROFILE=quick|quality] [DS=YYYY-MM-DD] [CONF=json] - install, land the real data, run"
+	@echo "                  review_sentiment_pipeline end to end (quick: < 10 min; quality: best accuracy, ~30 min)"
 	@echo "make test       - install and run the whole test suite"
-	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8080"
+	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
@@ -35,7 +36,7 @@ land: install
 	@$(ENV) $(BIN)/python -m include.landing --days $${DAYS:-30}
 
 run: install .state/airflow/.migrated land
-	@$(ENV) $(BIN)/python -m include.cli run $(if $(DS),--ds $(DS),) $(if $(CONF),--conf '$(CONF)',)
+	@$(ENV) $(BIN)/python -m include.cli run $(if $(DS),--ds $(DS),) $(if $(PROFILE),--profile $(PROFILE),) $(if $(CONF),--conf '$(CONF)',)
 
 test: install
 	@$(ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)

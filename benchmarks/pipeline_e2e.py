@@ -1,13 +1,15 @@
-"""Benchmark: the default pipeline end to end on the shipped real data.
+"""Benchmark: ``make run``'s pipeline end to end on the shipped real data.
 
 Runs ``make run``'s steps in a fresh state dir (install excluded): migrate the Airflow DB,
-land the real reviews as 30 daily drops, run ``review_sentiment_pipeline`` with its default
-params through ``python -m include.cli run``. Then reads each task's wall time from Airflow's
+land the real reviews as 30 daily drops, run ``review_sentiment_pipeline`` through ``python -m
+include.cli run`` with a profile (default ``quick``, what ``make run`` uses; ``--profile quality``
+for the DAG's nightly default). Then reads each task's wall time from Airflow's
 metadata DB and each job's own time from the run's lineage, and reports the orchestration
 overhead (task wall time minus job time) of the job tasks.
 
 Writes ``benchmarks/results/pipeline_e2e.json`` with ``pipeline_wall_s``, ``overhead_per_task_s``,
-``accuracy`` and ``tasks``. Usage: ``python benchmarks/pipeline_e2e.py [--keep DIR] [--conf JSON]``.
+``accuracy`` and ``tasks``. Usage: ``python benchmarks/pipeline_e2e.py [--profile P] [--keep DIR] [--conf JSON]``
+(another profile than quick writes ``pipeline_e2e_<profile>.json``).
 """
 from __future__ import annotations
 
@@ -41,7 +43,8 @@ def main() -> None:
     """Run the benchmark and write its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", default=None, help="state dir to use and keep (default: a temp dir)")
-    parser.add_argument("--conf", default="{}", help="DAG params JSON (default: the DAG's defaults)")
+    parser.add_argument("--conf", default="{}", help="DAG params JSON (default: the profile's settings)")
+    parser.add_argument("--profile", default="quick", choices=["quick", "quality"])
     args = parser.parse_args()
     home = Path(args.keep or tempfile.mkdtemp(prefix="bench-e2e-"))
     env = dict(os.environ, REVIEWS_HOME=str(home), AIRFLOW_HOME=str(home / "airflow"))
@@ -51,7 +54,8 @@ def main() -> None:
     py = sys.executable
     setup = {"db_migrate_s": sh([py, "-m", "airflow", "db", "migrate"], env),
              "land_s": sh([py, "-m", "include.landing", "--days", "30", "--end", DS], env)}
-    wall = sh([py, "-m", "include.cli", "run", "--ds", DS, "--conf", args.conf], env)
+    wall = sh([py, "-m", "include.cli", "run", "--ds", DS, "--profile", args.profile,
+                "--conf", args.conf], env)
 
     db = sqlite3.connect(home / "airflow" / "airflow.db")
     rows = db.execute("SELECT task_id, state, start_date, end_date, duration FROM task_instance "
@@ -81,9 +85,10 @@ def main() -> None:
         "tasks": tasks,
         "setup": {k: round(v, 1) for k, v in setup.items()},
         "run_id": run_id,
-        "params": json.loads(args.conf) or "DAG defaults",
+        "profile": args.profile,
+        "params": json.loads(args.conf) or "the profile's settings",
     }
-    path = write_result("pipeline_e2e", result)
+    path = write_result("pipeline_e2e" if args.profile == "quick" else f"pipeline_e2e_{args.profile}", result)
     print(f"\npipeline_e2e: whole run {result['pipeline_wall_s']}s, accuracy {result['accuracy']}, "
           f"orchestration overhead {result['overhead_per_task_s']}s per job task")
     for task_id, entry in tasks.items():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from include import catalog, feature_store, jobs, quality
+from include import catalog, feature_store, jobs, profiles, quality
 from include.config import Settings, get_settings, uri_to_path
 
 log = logging.getLogger("airflow.task")
@@ -117,6 +117,7 @@ def validate_dataset(info: RunInfo, partitions: list[str], max_bad_row_fraction:
 def preprocess(info: RunInfo, params: dict) -> dict:
     """Step 3: export the clean rows, run the processing job, ingest the feature snapshot."""
     settings = get_settings()
+    prof = training_settings(params)
     window = int(params.get("training_window_days") or 0)
     ds_from = (date.fromisoformat(info.ds) - timedelta(days=window - 1)).isoformat() if window > 0 else None
     export_uri = info.uri("export")
@@ -129,10 +130,10 @@ def preprocess(info: RunInfo, params: dict) -> dict:
     features_uri = info.uri("preprocess") + "/features"
     request = jobs.preprocess_request(
         name=info.job("preprocess"), input_uri=export_uri, output_uri=features_uri, code_uri=jobs.code_uri(settings),
-        model_name_or_path=params.get("model_name_or_path") or "", max_seq_length=params["max_seq_length"],
-        train_split_percentage=params["train_split_percentage"],
-        validation_split_percentage=params["validation_split_percentage"],
-        balance_dataset=params["balance_dataset"])
+        model_name_or_path=params.get("model_name_or_path") or "", max_seq_length=prof["max_seq_length"],
+        train_split_percentage=prof["train_split_percentage"],
+        validation_split_percentage=prof["validation_split_percentage"],
+        balance_dataset=prof["balance_dataset"])
     result = jobs.submit(request, settings=settings)
     features_dir = uri_to_path(features_uri)
     snapshot = feature_store.ingest(features_dir, info.run_id, settings)
@@ -142,7 +143,20 @@ def preprocess(info: RunInfo, params: dict) -> dict:
             "test_uri": f"{features_uri}/test", "feature_snapshot": snapshot, "stats": stats}
 
 
-TRAIN_HPS = ("epochs", "learning_rate", "train_batch_size", "max_seq_length", "max_train_samples")
+TRAIN_HPS = ("epochs", "learning_rate", "train_batch_size", "max_seq_length", "max_train_samples",
+             "class_weights", "max_class_ratio")
+
+
+def training_settings(params: dict) -> dict:
+    """The run's profile settings with the params that override them (see include/profiles.py)."""
+    try:
+        prof = profiles.resolve(params)
+    except profiles.ProfileError as exc:
+        raise PipelineError(str(exc)) from None
+    log.info("profile %s%s: %s", prof["profile"],
+             f" (overridden: {', '.join(prof['overrides'])})" if prof["overrides"] else "",
+             ", ".join(f"{k}={prof[k]}" for k in profiles.SETTINGS))
+    return prof
 EXPERIMENT = "review-sentiment"
 
 
@@ -159,9 +173,10 @@ def ensure_experiment(settings: Settings, name: str) -> None:
 def train(info: RunInfo, params: dict, features: dict) -> dict:
     """Step 4: the training job; model.tar.gz under the run's ``train/`` prefix."""
     settings = get_settings()
-    hps = {k: params[k] for k in TRAIN_HPS}
-    if params.get("train_time_budget_s"):
-        hps["time_budget_s"] = params["train_time_budget_s"]
+    prof = training_settings(params)
+    hps = {k: prof[k] for k in TRAIN_HPS}
+    if prof.get("train_time_budget_s"):
+        hps["time_budget_s"] = prof["train_time_budget_s"]
     if params.get("model_name_or_path"):
         hps["model_name_or_path"] = params["model_name_or_path"]
     name = info.job("train")
@@ -178,7 +193,7 @@ def train(info: RunInfo, params: dict, features: dict) -> dict:
     # Checkpoints only serve a retry of an unfinished job; the model is published now.
     shutil.rmtree(uri_to_path(checkpoint_uri), ignore_errors=True)
     return {"job": result, "model_uri": result["outputs"]["model"], "output_uri": result["outputs"]["output"],
-            "hyperparameters": hps}
+            "hyperparameters": hps, "profile": prof["profile"], "overrides": prof["overrides"]}
 
 
 def _drop_other_attempts(prefix: Path, keep: str) -> None:

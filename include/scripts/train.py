@@ -46,8 +46,8 @@ import train_checkpoint as ckpt  # noqa: E402
 from common import ID2LABEL, ModelNotFoundError, resolve_model_dir, str2bool  # noqa: E402
 from modeling import POOLINGS, build_classifier  # noqa: E402
 from train_checkpoint import CheckpointError  # noqa: E402
-from train_data import (TrainingDataError, Split, class_weights, collate, epoch_rows, load_channel,  # noqa: E402
-                        plan_batches, require_classes)
+from train_data import (TrainingDataError, Split, class_weights, collate, epoch_class_counts,  # noqa: E402
+                        epoch_rows, load_channel, plan_batches, require_classes)
 from train_debugger import Debugger, DebuggerConfig, layer_grad_stats, parse_actions  # noqa: E402
 from train_profiler import Profiler  # noqa: E402
 from train_tracking import Tracker  # noqa: E402
@@ -476,7 +476,8 @@ class Trainer:
         self.t = args.train
         self.lengths = train.lengths
         self.counts = train.class_counts()
-        w = class_weights(self.counts, args.data.class_weights)
+        # balance what an epoch shows the model (the majority class may be capped per epoch)
+        w = class_weights(epoch_class_counts(self.counts, args.data.max_class_ratio), args.data.class_weights)
         self.class_weight = w
         self.epoch_size = len(epoch_rows(train.labels, args.data.max_class_ratio, self.t.seed, 0))
         self.steps_per_epoch = math.ceil(self.epoch_size / self.t.train_batch_size)

@@ -133,6 +133,20 @@ def class_weights(counts: dict[int, int], mode: str, num_labels: int = 3) -> np.
     return (w / w[w > 0].mean()).astype(np.float32)
 
 
+def epoch_class_counts(counts: dict[int, int], max_class_ratio: float) -> dict[int, int]:
+    """Rows per class that one epoch uses (``epoch_rows``' cap applied to ``counts``).
+
+    Class weights must balance *these*, not the whole channel: weighting by the full counts
+    while the epoch caps the majority class under-weights it twice (measured: positive recall
+    0.76 at precision 0.94 on a balanced test set, a ~6x too small weight).
+    """
+    if max_class_ratio <= 0 or not counts:
+        return dict(counts)
+    present = [n for n in counts.values() if n > 0]
+    cap = int(np.ceil(min(present) * max_class_ratio)) if present else 0
+    return {c: min(n, cap) for c, n in counts.items()}
+
+
 def epoch_rows(labels: np.ndarray, max_class_ratio: float, seed: int, epoch: int) -> np.ndarray:
     """Row indices used in ``epoch``: all rows, or each class capped at ratio x smallest class.
 

@@ -51,6 +51,25 @@ def test_main_dag_params_and_schedule(dagbag):
     assert "daily" in dag.timetable.summary or dag.timetable.summary == "0 0 * * *"
 
 
+def test_every_profile_setting_is_a_nullable_param_defaulting_to_the_profile(dagbag):
+    """The trigger form shows each setting empty (= the profile's value); profile defaults to quality."""
+    from include.profiles import PROFILES, SETTINGS
+
+    dag = dagbag.dags["review_sentiment_pipeline"]
+    assert dag.params["profile"] == "quality"
+    assert set(dag.params.get_param("profile").schema["enum"]) == set(PROFILES)
+    for key in SETTINGS:
+        param = dag.params.get_param(key)
+        assert param.value is None, f"param {key} must default to empty (the profile's value)"
+        assert "null" in param.schema["type"]
+        for name, values in PROFILES.items():
+            assert f"{name} {values[key]}" in param.description, f"{key}: description misses {name}'s value"
+    # every value of both profiles passes the param schemas
+    for values in PROFILES.values():
+        for key, value in values.items():
+            dag.params.get_param(key).resolve(value)
+
+
 def test_main_dag_task_order(dagbag):
     dag = dagbag.dags["review_sentiment_pipeline"]
     chain = ["register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "check_accuracy"]

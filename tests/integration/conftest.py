@@ -12,7 +12,7 @@ from include.landing import land_daily_drops
 
 DS = "2026-11-20"
 # A tiny but real budget: enough to show the wiring, not to reach the default accuracy.
-TINY = {"max_seq_length": 32, "epochs": 1, "train_batch_size": 16, "max_train_samples": 96,
+TINY = {"profile": "quick", "max_seq_length": 32, "epochs": 1, "train_batch_size": 16, "max_train_samples": 96,
         "learning_rate": 1e-4, "min_accuracy": 0.0}
 
 

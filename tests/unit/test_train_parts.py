@@ -10,7 +10,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "include" / "scripts"))
 
 import train  # noqa: E402
-from train_data import Split, class_weights, collate, epoch_rows, plan_batches, truncate  # noqa: E402
+from train_data import (Split, class_weights, collate, epoch_class_counts, epoch_rows, plan_batches,  # noqa: E402
+                        truncate)
 from train_debugger import Debugger, DebuggerConfig, layer_of, parse_actions  # noqa: E402
 
 
@@ -56,6 +57,20 @@ def test_balanced_class_weights_favour_rare_classes():
     w = class_weights({0: 100, 1: 100, 2: 800}, "balanced")
     assert w[0] == pytest.approx(w[1]) and w[0] == pytest.approx(8 * w[2])
     assert class_weights({0: 1, 1: 1, 2: 1}, "none") is None
+
+
+def test_class_weights_balance_the_capped_epoch_not_the_whole_channel():
+    counts = {0: 100, 1: 150, 2: 1000}
+    per_epoch = epoch_class_counts(counts, 1.5)
+    assert per_epoch == {0: 100, 1: 150, 2: 150}
+    labels = np.repeat([0, 1, 2], [100, 150, 1000])
+    drawn = np.bincount(labels[epoch_rows(labels, 1.5, 0, 0)])
+    assert drawn.tolist() == [100, 150, 150]  # what epoch_rows really draws
+    w = class_weights(per_epoch, "balanced")
+    # every class carries the same total weight in an epoch
+    mass = [w[c] * per_epoch[c] for c in range(3)]
+    assert np.allclose(mass, mass[0])
+    assert epoch_class_counts(counts, 0) == counts
 
 
 def test_epoch_rows_caps_majority_class_and_redraws_each_epoch():

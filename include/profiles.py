@@ -1,0 +1,77 @@
+"""Training profiles: named sets of preprocessing + training settings for the pipeline.
+
+A run picks a profile with the ``profile`` param; any setting param left empty (null) takes
+the profile's value, one that is set overrides it. The effective settings are logged by the
+preprocess and train steps and go into the lineage and the MLflow run.
+
+* ``quality`` - the DAG's default for real data: the settings of
+  ``benchmarks/model_quality.py`` (see benchmarks/results/model_quality.json), a ~20-minute
+  training job on 2 CPU cores.
+* ``quick`` - ``make run``'s: the whole pipeline in under 10 minutes on 2 cores
+  (benchmarks/results/pipeline_e2e.json), for trying the project out and for tests.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# The settings a profile fixes; each is also a DAG param (null = from the profile).
+PROFILES: dict[str, dict[str, Any]] = {
+    "quality": {
+        "max_seq_length": 128,  # 12% of reviews (title + text) are longer: cut there
+        "train_split_percentage": 0.82,
+        "validation_split_percentage": 0.05,  # test = the remaining 13%, >= 900 balanced rows
+        "balance_dataset": "eval",  # train on every row; validation/test balanced
+        "max_class_ratio": 1.5,  # each epoch: positives capped at 1.5x the smallest class, redrawn
+        "class_weights": "balanced",  # plus inverse-frequency loss weights for what remains
+        "epochs": 3,
+        "learning_rate": 8e-5,
+        "train_batch_size": 16,
+        "max_train_samples": 0,
+        "train_time_budget_s": 1125,  # the training job fits 20 minutes with model load and save
+    },
+    "quick": {
+        "max_seq_length": 64,
+        "train_split_percentage": 0.90,
+        "validation_split_percentage": 0.05,
+        "balance_dataset": "true",  # the course's way: down-sample every class to the smallest
+        "max_class_ratio": 0.0,
+        "class_weights": "balanced",
+        "epochs": 1,
+        "learning_rate": 1e-4,
+        "train_batch_size": 16,
+        "max_train_samples": 0,
+        "train_time_budget_s": 300,
+    },
+}
+DEFAULT_PROFILE = "quality"
+SETTINGS = tuple(PROFILES[DEFAULT_PROFILE])
+BALANCE_CHOICES = ("true", "eval", "false")
+
+
+class ProfileError(ValueError):
+    """An unknown profile or a setting it cannot take (the message names it)."""
+
+
+def resolve(params: dict[str, Any]) -> dict[str, Any]:
+    """The effective settings of a run: the profile's, overridden by every non-empty param.
+
+    Returns the settings plus ``profile`` (the name) and ``overrides`` (the params that
+    replaced a profile value).
+    """
+    name = params.get("profile") or DEFAULT_PROFILE
+    if name not in PROFILES:
+        raise ProfileError(f"param profile={name!r}: use one of {', '.join(PROFILES)}")
+    out = dict(PROFILES[name])
+    overrides = []
+    for key in SETTINGS:
+        value = params.get(key)
+        if value is None or value == "":
+            continue
+        if key == "balance_dataset":
+            value = str(value).lower()  # the boolean form of older confs: true / false
+            if value not in BALANCE_CHOICES:
+                raise ProfileError(f"param balance_dataset={params[key]!r}: use true, eval or false")
+        if value != out[key]:
+            overrides.append(key)
+        out[key] = value
+    return {**out, "profile": name, "overrides": overrides}
