@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="per epoch, cap each class at this multiple of the smallest (0 = all rows)")
     p.add_argument("--class-weights", default="balanced", choices=["balanced", "sqrt", "none"])
     p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--rating-aux-weight", type=float, default=0.0,
+                   help="auxiliary 5-class star-rating loss weight during training (0 = off)")
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--train-split", type=float, default=0.82, help="preprocess --train-split-percentage")
     p.add_argument("--validation-split", type=float, default=0.05, help="preprocess --validation-split-percentage")
@@ -108,6 +110,7 @@ def run_training(work: Path, a: argparse.Namespace) -> tuple[float, dict, Path]:
     hps = {"epochs": a.epochs, "learning_rate": a.learning_rate, "train_batch_size": a.batch_size,
            "max_seq_length": a.max_seq_length, "max_train_samples": a.max_train_samples, "seed": a.seed,
            "class_weights": a.class_weights, "max_class_ratio": a.max_class_ratio, "warmup_ratio": a.warmup_ratio,
+           "rating_aux_weight": a.rating_aux_weight,
            "time_budget_s": max(30.0, a.budget_s - a.reserve_s), "checkpoint_steps": 200, "log_interval_s": 30}
     cmd = [sys.executable, str(SCRIPTS / "train.py")] + [x for k, v in hps.items() for x in (f"--{k}", str(v))]
     t0 = time.monotonic()

@@ -63,14 +63,17 @@ class MeanPoolingClassifier(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs: Any) -> SequenceClassifierOutput:
         """Logits (and the cross-entropy loss when ``labels`` are given)."""
+        logits = self.classifier(self.dropout(self.pool(input_ids, attention_mask, **kwargs)))
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """The review vector: mean of the token states where ``attention_mask`` is 1."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled))
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.encoder.get_input_embeddings()

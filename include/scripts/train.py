@@ -156,6 +156,9 @@ class TrainingArguments:
     mixed_precision: str = field(default="auto", metadata={
         "help": "auto (bf16/fp16 autocast on CUDA; bf16 on CPUs with native bf16 - AVX512-BF16 or AMX - else "
                 "fp32), no, bf16 or fp16"})
+    rating_aux_weight: float = field(default=0.0, metadata={
+        "help": "weight of an auxiliary 5-class star-rating loss on the pooled review vector (training only: "
+                "the extra head is not saved); needs pooling=mean and a star_rating column (0 = off)"})
     time_budget_s: float = field(default=0.0, metadata={
         "help": "train for at most this many seconds (training loop incl. validation); the learning-rate "
                 "schedule follows max(step share, time share), so a cut run still ends fully decayed "
@@ -185,6 +188,8 @@ class TrainingArguments:
         _check(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision", self.mixed_precision,
                "auto, no, bf16 or fp16")
         _check(self.time_budget_s >= 0, "time_budget_s", self.time_budget_s, ">= 0 seconds (0 = no limit)")
+        _check(math.isfinite(self.rating_aux_weight) and 0 <= self.rating_aux_weight <= 10, "rating_aux_weight",
+               self.rating_aux_weight, "a number in 0..10 (0 = off)")
 
 
 @dataclass
@@ -479,6 +484,7 @@ class Trainer:
         # balance what an epoch shows the model (the majority class may be capped per epoch)
         w = class_weights(epoch_class_counts(self.counts, args.data.max_class_ratio), args.data.class_weights)
         self.class_weight = w
+        self.rating_aux = False  # set in build(): the auxiliary star-rating head is attached
         self.epoch_size = len(epoch_rows(train.labels, args.data.max_class_ratio, self.t.seed, 0))
         self.steps_per_epoch = math.ceil(self.epoch_size / self.t.train_batch_size)
         planned = self.steps_per_epoch * self.t.epochs
@@ -509,7 +515,7 @@ class Trainer:
             "max_seq_length": d.max_seq_length, "max_train_samples": d.max_train_samples,
             "class_weights": d.class_weights, "max_class_ratio": d.max_class_ratio, "group": d.group_by_length,
             "epochs": t.epochs, "lr": t.learning_rate, "batch": t.train_batch_size, "warmup": t.warmup_ratio,
-            "wd": t.weight_decay, "seed": t.seed, "max_steps": t.max_steps, "budget": t.time_budget_s, "debug_interval": a.debugger.debugger_interval,
+            "wd": t.weight_decay, "seed": t.seed, "aux": t.rating_aux_weight, "max_steps": t.max_steps, "budget": t.time_budget_s, "debug_interval": a.debugger.debugger_interval,
             "rows": len(self.train_split), "labels": int(self.train_split.labels.sum()),
             "tokens": int(self.lengths.sum()),
         })
@@ -528,6 +534,7 @@ class Trainer:
         self.model = build_classifier(model_path, self.args.model.pooling, ID2LABEL)
         if self.args.model.freeze_word_embeddings:
             self.model.get_input_embeddings().weight.requires_grad_(False)
+        self.rating_aux = self._attach_rating_head(torch)
         self.model.to(self.device)
         self.model.train()
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -550,6 +557,26 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         weight = torch.tensor(self.class_weight, device=self.device) if self.class_weight is not None else None
         self.loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+
+    def _attach_rating_head(self, torch) -> bool:
+        """Add the auxiliary star-rating head (a submodule, so checkpoints and the optimizer
+        include it; ``save_pretrained`` of the mean-pooling classifier leaves it out)."""
+        w = self.t.rating_aux_weight
+        if w <= 0:
+            return False
+        if not hasattr(self.model, "pool"):
+            raise HyperParameterError(f"hyper-parameter rating_aux_weight={w} needs pooling=mean "
+                                      f"(got pooling={self.args.model.pooling})")
+        if self.train_split.ratings is None:
+            log.warning("rating_aux_weight=%s but the train channel has no usable star_rating column: "
+                        "training without the auxiliary loss", w)
+            return False
+        head = torch.nn.Linear(self.model.config.hidden_size, 5)
+        torch.nn.init.normal_(head.weight, std=getattr(self.model.config, "initializer_range", 0.02))
+        torch.nn.init.zeros_(head.bias)
+        self.model.rating_head = head
+        log.info("auxiliary star-rating loss on, weight %s", w)
+        return True
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self, folder: Path) -> Path:
@@ -619,10 +646,20 @@ class Trainer:
         """Forward, backward, clip, optimizer step; returns (loss, gradient norm before clipping)."""
         import torch
 
+        aux_logits = None
         with torch.autocast(device_type=self.device, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            if self.rating_aux:
+                # one encoder pass feeds both heads: sentiment (kept) and star rating (training only)
+                pooled = self.model.dropout(self.model.pool(batch["input_ids"], batch["attention_mask"]))
+                logits, aux_logits = self.model.classifier(pooled), self.model.rating_head(pooled)
+            else:
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = self.loss_fn(logits.float(), batch["labels"])
-        self.scaler.scale(loss).backward()
+        total = loss
+        if aux_logits is not None:
+            total = loss + self.t.rating_aux_weight * torch.nn.functional.cross_entropy(aux_logits.float(),
+                                                                                     batch["ratings"])
+        self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.t.max_grad_norm > 0:

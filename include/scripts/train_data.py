@@ -31,6 +31,8 @@ class Split:
     folder: Path
     input_ids: list[np.ndarray]
     labels: np.ndarray
+    # star ratings 1..5 when the shards carry ``star_rating`` (the auxiliary training target)
+    ratings: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,7 +49,8 @@ class Split:
 
     def subset(self, idx: np.ndarray) -> "Split":
         """A new Split with the rows ``idx`` (in that order)."""
-        return Split(self.name, self.folder, [self.input_ids[i] for i in idx], self.labels[idx])
+        return Split(self.name, self.folder, [self.input_ids[i] for i in idx], self.labels[idx],
+                     None if self.ratings is None else self.ratings[idx])
 
 
 def _shards(folder: Path, channel: str) -> list[Path]:
@@ -74,6 +77,7 @@ def load_channel(folder: str | Path, channel: str, max_seq_length: int,
     folder = Path(folder)
     ids: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    ratings: list[np.ndarray] | None = []
     for f in _shards(folder, channel):
         try:
             table = pq.read_table(f, columns=list(REQUIRED_COLUMNS))
@@ -86,6 +90,13 @@ def load_channel(folder: str | Path, channel: str, max_seq_length: int,
         offsets = col.offsets.to_numpy()
         ids.extend(flat[offsets[i]:offsets[i + 1]] for i in range(len(col)))
         labels.append(table.column("label_id").to_numpy(zero_copy_only=False).astype(np.int64))
+        if ratings is not None and "star_rating" in pq.read_schema(f).names:
+            r = pq.read_table(f, columns=["star_rating"]).column("star_rating")
+            ratings.append(r.to_numpy(zero_copy_only=False) if r.null_count == 0 else None)
+            if ratings[-1] is None:
+                ratings = None  # optional column: any gap turns it off for the channel
+        else:
+            ratings = None
     y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     if len(y) == 0:
         raise TrainingDataError(f"channel {channel!r}: the shards in {folder} hold no rows")
@@ -97,7 +108,10 @@ def load_channel(folder: str | Path, channel: str, max_seq_length: int,
     if empty:
         raise TrainingDataError(f"channel {channel!r}: {len(empty)} row(s) in {folder} have empty input_ids")
     ids = [truncate(x, max_seq_length) for x in ids]
-    split = Split(channel, folder, ids, y)
+    stars = np.concatenate(ratings).astype(np.int64) if ratings else None
+    if stars is not None and not np.isin(stars, [1, 2, 3, 4, 5]).all():
+        stars = None  # not usable as the auxiliary target; the label is all training needs
+    split = Split(channel, folder, ids, y, stars)
     if 0 < max_samples < len(split):
         split = split.subset(np.sort(np.random.default_rng(seed).permutation(len(split))[:max_samples]))
     return split
@@ -198,4 +212,7 @@ def collate(split: Split, idx: np.ndarray, pad_id: int = 0, pad_to: int | None =
     for r, s in enumerate(seqs):
         ids[r, :len(s)] = s
         mask[r, :len(s)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": split.labels[idx]}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": split.labels[idx]}
+    if split.ratings is not None:
+        batch["ratings"] = split.ratings[idx] - 1  # 0..4: the auxiliary head's classes
+    return batch

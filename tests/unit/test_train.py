@@ -45,8 +45,11 @@ def tiny_model(tmp_path_factory) -> Path:
     return folder
 
 
-def write_channel(folder: Path, labels: list[int], seed: int = 0, shards: int = 2) -> Path:
-    """Parquet shards in the preprocess contract; token ids depend on the label (learnable)."""
+def write_channel(folder: Path, labels: list[int], seed: int = 0, shards: int = 2, stars: bool = False) -> Path:
+    """Parquet shards in the preprocess contract; token ids depend on the label (learnable).
+
+    ``stars`` adds the ``star_rating`` column preprocess writes (1-2 negative, 3 neutral, 4-5 positive).
+    """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -56,9 +59,12 @@ def write_channel(folder: Path, labels: list[int], seed: int = 0, shards: int = 
         ids = [101] + body + [102]
         rows.append({"review_id": f"r{i}", "label_id": y, "sentiment": y - 1, "input_ids": ids,
                      "attention_mask": [1] * len(ids), "review_body": "x", "split_type": folder.name})
-    schema = pa.schema([("review_id", pa.string()), ("label_id", pa.int8()), ("sentiment", pa.int8()),
-                        ("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())),
-                        ("review_body", pa.string()), ("split_type", pa.string())])
+        if stars:
+            rows[-1]["star_rating"] = [1 + i % 2, 3, 4 + i % 2][y]
+    fields = [("review_id", pa.string()), ("label_id", pa.int8()), ("sentiment", pa.int8()),
+              ("input_ids", pa.list_(pa.int32())), ("attention_mask", pa.list_(pa.int8())),
+              ("review_body", pa.string()), ("split_type", pa.string())]
+    schema = pa.schema(fields + ([("star_rating", pa.int8())] if stars else []))
     per = max(1, -(-len(rows) // shards))
     for n, start in enumerate(range(0, max(len(rows), 1), per)):
         pq.write_table(pa.Table.from_pylist(rows[start:start + per], schema=schema), folder / f"part-{n:05d}.parquet")
@@ -303,3 +309,29 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(job, tiny_model):
     assert proc.returncode == 143
     assert "SIGTERM: checkpoint written" in rest
     assert list((job / "checkpoints").glob("checkpoint-*"))
+
+
+# --- auxiliary star-rating loss -------------------------------------------------------------
+def test_rating_aux_head_trains_with_the_model_and_is_not_saved(job, tiny_model, capsys):
+    write_channel(job / "data" / "train", [0, 1, 2] * 40, seed=1, stars=True)
+    assert train.main(base_args(tiny_model, "--rating_aux_weight", "0.5", "--checkpoint_steps", "0")) == 0
+    assert "auxiliary star-rating loss on, weight 0.5" in "".join(capsys.readouterr())
+    from safetensors.torch import load_file
+
+    from modeling import load_classifier
+
+    head = load_file(job / "model" / "classifier_head.safetensors")
+    assert set(head) == {"weight", "bias"} and head["weight"].shape[0] == 3
+    assert not any("rating_head" in k for k in load_file(job / "model" / "model.safetensors"))
+    assert not hasattr(load_classifier(job / "model"), "rating_head")
+
+
+def test_rating_aux_without_star_column_trains_without_it(job, tiny_model, capsys):
+    assert train.main(base_args(tiny_model, "--rating_aux_weight", "0.5", "--checkpoint_steps", "0")) == 0
+    assert "no usable star_rating column" in "".join(capsys.readouterr())
+
+
+def test_rating_aux_with_cls_pooling_fails_before_training(job, tiny_model, capsys):
+    write_channel(job / "data" / "train", [0, 1, 2] * 40, seed=1, stars=True)
+    assert train.main(base_args(tiny_model, "--rating_aux_weight", "0.5", "--pooling", "cls")) == 2
+    assert "rating_aux_weight=0.5 needs pooling=mean" in capsys.readouterr().err
