@@ -43,15 +43,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=1200, help="wall-clock budget of the whole training job")
     p.add_argument("--reserve-s", type=float, default=75,
                    help="part of the budget kept for model load, final validation and save")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--learning-rate", type=float, default=8e-5)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--max-class-ratio", type=float, default=1.5,
+    p.add_argument("--max-seq-length", type=int, default=160)
+    p.add_argument("--max-class-ratio", type=float, default=3.0,
                    help="per epoch, cap each class at this multiple of the smallest (0 = all rows)")
     p.add_argument("--class-weights", default="balanced", choices=["balanced", "sqrt", "none"])
     p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--rating-aux-weight", type=float, default=0.0,
+    p.add_argument("--rating-aux-weight", type=float, default=0.5,
                    help="auxiliary 5-class star-rating loss weight during training (0 = off)")
     p.add_argument("--max-train-samples", type=int, default=0)
     p.add_argument("--train-split", type=float, default=0.82, help="preprocess --train-split-percentage")
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = classification_report(y, p, target_names=LABELS, output_dict=True, zero_division=0)
     final = metrics["final"]
     result = {
+        "command": " ".join(["python", "benchmarks/model_quality.py", *(argv if argv is not None else sys.argv[1:])]),
         "accuracy": round(acc, 4), "macro_f1": round(macro_f1(y, p), 4), "accuracy_ci95": wilson(int((p == y).sum()), len(y)),
         "macro_f1_ci95": boot["macro_f1_ci95"],
         "tfidf_accuracy": round(tf_acc, 4), "tfidf_macro_f1": round(macro_f1(y_tf, p_tf), 4),

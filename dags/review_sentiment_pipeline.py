@@ -88,6 +88,10 @@ def _p(key: str) -> str:
                                              f"(0 = all rows) ({_p('max_class_ratio')})."),
         "class_weights": Param(None, type=["null", "string"], enum=[None, "balanced", "sqrt", "none"],
                                description=f"Loss weights per class ({_p('class_weights')})."),
+        "rating_aux_weight": Param(None, type=["null", "number"], minimum=0, maximum=10,
+                                   description="Weight of an auxiliary 5-class star-rating loss while training "
+                                               "(the extra head is not deployed; 0 = off) "
+                                               f"({_p('rating_aux_weight')})."),
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=50,
                         description=f"Training epochs ({_p('epochs')})."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,

@@ -144,7 +144,7 @@ def preprocess(info: RunInfo, params: dict) -> dict:
 
 
 TRAIN_HPS = ("epochs", "learning_rate", "train_batch_size", "max_seq_length", "max_train_samples",
-             "class_weights", "max_class_ratio")
+             "class_weights", "max_class_ratio", "rating_aux_weight")
 
 
 def training_settings(params: dict) -> dict:

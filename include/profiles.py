@@ -17,17 +17,18 @@ from typing import Any
 # The settings a profile fixes; each is also a DAG param (null = from the profile).
 PROFILES: dict[str, dict[str, Any]] = {
     "quality": {
-        "max_seq_length": 128,  # 12% of reviews (title + text) are longer: cut there
+        "max_seq_length": 160,  # the longest review (title + text) is 169 tokens, 11% pass 128
         "train_split_percentage": 0.82,
         "validation_split_percentage": 0.05,  # test = the remaining 13%, >= 900 balanced rows
         "balance_dataset": "eval",  # train on every row; validation/test balanced
-        "max_class_ratio": 1.5,  # each epoch: positives capped at 1.5x the smallest class, redrawn
+        "max_class_ratio": 3.0,  # each epoch: positives capped at 3x the smallest class, redrawn
         "class_weights": "balanced",  # plus inverse-frequency loss weights for what remains
-        "epochs": 3,
+        "rating_aux_weight": 0.5,  # auxiliary 5-class star-rating loss while training
+        "epochs": 2,  # a third epoch over-fitted (validation loss rose) in the measured runs
         "learning_rate": 8e-5,
         "train_batch_size": 16,
         "max_train_samples": 0,
-        "train_time_budget_s": 1125,  # the training job fits 20 minutes with model load and save
+        "train_time_budget_s": 1125,  # a cap: the run needs ~940 s on 2 cores; load/save fit the 20 min
     },
     "quick": {
         "max_seq_length": 64,
@@ -36,6 +37,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "balance_dataset": "true",  # the course's way: down-sample every class to the smallest
         "max_class_ratio": 0.0,
         "class_weights": "balanced",
+        "rating_aux_weight": 0.5,
         "epochs": 1,
         "learning_rate": 1e-4,
         "train_batch_size": 16,

@@ -50,6 +50,6 @@ def test_quality_profile_is_what_the_model_quality_benchmark_measured():
             pre["balance_dataset"]) == (q["max_seq_length"], q["train_split_percentage"],
                                         q["validation_split_percentage"], q["balance_dataset"])
     for key in ("epochs", "learning_rate", "train_batch_size", "max_class_ratio", "class_weights",
-                "max_train_samples"):
+                "max_train_samples", "rating_aux_weight"):
         assert tr[key] == q[key], key
     assert tr["time_budget_s"] == q["train_time_budget_s"]
