@@ -48,6 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     home = Path(args.keep or tempfile.mkdtemp(prefix="bench-e2e-"))
     env = dict(os.environ, REVIEWS_HOME=str(home), AIRFLOW_HOME=str(home / "airflow"))
+    # derived from the homes by tools/env.sh: a shell that sourced it must not point us at its state
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
     env_cmd = f"source {ROOT}/tools/env.sh && "
     env = json.loads(subprocess.run(["bash", "-c", env_cmd + "python -c 'import json,os; print(json.dumps(dict(os.environ)))'"],
                                     env=env, capture_output=True, text=True, check=True).stdout)
