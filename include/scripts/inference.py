@@ -23,7 +23,7 @@ Bad input raises :class:`InferenceInputError` (HTTP 400) or :class:`UnsupportedC
 (415) / :class:`UnsupportedAcceptError` (406); each carries ``status_code`` so any server can
 map it without importing this module's classes.
 
-Self-contained: standard library, torch, transformers and numpy only.
+Self-contained: standard library, torch, transformers and numpy, plus ``modeling.py`` beside it.
 """
 from __future__ import annotations
 
@@ -149,7 +149,11 @@ def model_fn(model_dir: str) -> LoadedModel:
     modeling = _modeling()
     if modeling is not None:
         model = modeling.load_classifier(model_dir)  # mean-pooling head or a plain HF classifier
-    else:  # an old package without code/modeling.py
+    else:  # an old package without code/modeling.py: only a plain transformers classifier loads
+        with open(config_path, encoding="utf-8") as f:
+            if json.load(f).get("classifier_pooling") == "mean":
+                raise FileNotFoundError(f"{model_dir}: the model has a mean-pooling head but code/modeling.py "
+                                        "is missing beside inference.py - rebuild the package")
         model = AutoModelForSequenceClassification.from_pretrained(model_dir)
     model.eval()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
