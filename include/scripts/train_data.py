@@ -79,24 +79,21 @@ def load_channel(folder: str | Path, channel: str, max_seq_length: int,
     labels: list[np.ndarray] = []
     ratings: list[np.ndarray] | None = []
     for f in _shards(folder, channel):
-        try:
-            table = pq.read_table(f, columns=list(REQUIRED_COLUMNS))
-        except (KeyError, ValueError) as exc:  # pyarrow raises these for absent columns
-            have = pq.read_schema(f).names
-            missing = [c for c in REQUIRED_COLUMNS if c not in have]
-            raise TrainingDataError(f"channel {channel!r}: {f} lacks column(s) {', '.join(missing) or exc}") from exc
+        have = pq.read_schema(f).names
+        missing = [c for c in REQUIRED_COLUMNS if c not in have]
+        if missing:
+            raise TrainingDataError(f"channel {channel!r}: {f} lacks column(s) {', '.join(missing)}")
+        # the optional star_rating comes in the same read (the auxiliary training target)
+        want_stars = ratings is not None and "star_rating" in have
+        table = pq.read_table(f, columns=list(REQUIRED_COLUMNS) + (["star_rating"] if want_stars else []))
         col = table.column("input_ids").combine_chunks()
         flat = col.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
         offsets = col.offsets.to_numpy()
         ids.extend(flat[offsets[i]:offsets[i + 1]] for i in range(len(col)))
         labels.append(table.column("label_id").to_numpy(zero_copy_only=False).astype(np.int64))
-        if ratings is not None and "star_rating" in pq.read_schema(f).names:
-            r = pq.read_table(f, columns=["star_rating"]).column("star_rating")
-            ratings.append(r.to_numpy(zero_copy_only=False) if r.null_count == 0 else None)
-            if ratings[-1] is None:
-                ratings = None  # optional column: any gap turns it off for the channel
-        else:
-            ratings = None
+        stars = table.column("star_rating") if want_stars else None
+        # optional column: a shard without it, or with a gap, turns it off for the channel
+        ratings = None if stars is None or stars.null_count else ratings + [stars.to_numpy(zero_copy_only=False)]
     y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     if len(y) == 0:
         raise TrainingDataError(f"channel {channel!r}: the shards in {folder} hold no rows")
