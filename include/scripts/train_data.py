@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import ID2LABEL
 
-ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 REQUIRED_COLUMNS = ("input_ids", "label_id")
 
 

@@ -23,13 +23,14 @@ plot to ``debugger/curves.png``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common import write_json_atomic
 
 log = logging.getLogger("train.debugger")
 
@@ -248,8 +249,8 @@ class Debugger:
         folder.mkdir(parents=True, exist_ok=True)
         paths = {"rule_results": folder / "rule_results.json", "records": folder / "records.json",
                  "curves": folder / "curves.png"}
-        _write_json(paths["rule_results"], self.results())
-        _write_json(paths["records"], {"records": self.records, "evaluations": self.evals})
+        write_json_atomic(paths["rule_results"], self.results())
+        write_json_atomic(paths["records"], {"records": self.records, "evaluations": self.evals})
         self.plot(paths["curves"])
         return paths
 
@@ -306,9 +307,3 @@ def _layer_sort_key(name: str) -> tuple[int, int]:
     if name.startswith("encoder.layer."):
         return (1, int(name.rsplit(".", 1)[1]))
     return (order.get(name, 4), 0)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)

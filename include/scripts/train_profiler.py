@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common import available_cores, write_text_atomic
+
 try:  # psutil is a declared dependency, but a bare container may lack it
     import psutil
 except ImportError:  # pragma: no cover - exercised only in containers without psutil
@@ -42,7 +44,7 @@ class Profiler:
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
         self._proc = psutil.Process() if psutil else None
-        self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self._cores = available_cores()
 
     def start(self) -> "Profiler":
         """Start the resource sampler thread."""
@@ -152,11 +154,11 @@ class Profiler:
         folder.mkdir(parents=True, exist_ok=True)
         summary = self.summary()
         paths = {"summary": folder / "summary.json", "steps": folder / "steps.csv", "report": folder / "report.html"}
-        _atomic_text(paths["summary"], json.dumps(summary, indent=1))
+        write_text_atomic(paths["summary"], json.dumps(summary, indent=1))
         rows = ["step,data_s,compute_s,samples,tokens,padded_tokens"]
         rows += [f"{s[0]},{s[1]:.5f},{s[2]:.5f},{s[3]},{s[4]},{s[5]}" for s in self.steps]
-        _atomic_text(paths["steps"], "\n".join(rows) + "\n")
-        _atomic_text(paths["report"], self._html(summary, title))
+        write_text_atomic(paths["steps"], "\n".join(rows) + "\n")
+        write_text_atomic(paths["report"], self._html(summary, title))
         return paths
 
     def _html(self, summary: dict[str, Any], title: str) -> str:
@@ -234,9 +236,3 @@ def _png(fig, plt) -> str:
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

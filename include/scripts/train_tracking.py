@@ -6,11 +6,12 @@ and trains anyway (tracking is not what the job is for).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from common import write_json_atomic
 
 log = logging.getLogger("train.tracking")
 DEFAULT_EXPERIMENT = "review-sentiment"
@@ -78,12 +79,9 @@ class Tracker:
         """``mlflow_run.json`` with the run id, for the steps after training."""
         if not self.active:
             return None
-        path = out_dir / "mlflow_run.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "experiment_name": self.experiment,
-                                   "tracking_uri": self.mlflow.get_tracking_uri()}, indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(out_dir / "mlflow_run.json", {
+            "run_id": self.run_id, "experiment_name": self.experiment,
+            "tracking_uri": self.mlflow.get_tracking_uri()})
 
     def end(self, status: str = "FINISHED") -> None:
         if self.active:

@@ -1,4 +1,4 @@
-"""Unit tests of the training job's parts: batching, class weights, schedule, debugger rules."""
+"""Unit tests of the training job's parts: batching, class weights, schedule, metrics, debugger rules."""
 from __future__ import annotations
 
 import sys
@@ -7,12 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "include" / "scripts"))
+SCRIPTS = str(Path(__file__).resolve().parents[2] / "include" / "scripts")
+if SCRIPTS not in sys.path:  # the job scripts import their siblings as top-level modules
+    sys.path.insert(0, SCRIPTS)
 
-import train  # noqa: E402
-from train_data import (Split, class_weights, collate, epoch_class_counts, epoch_rows, plan_batches,  # noqa: E402
-                        truncate)
+from common import available_cores, write_json_atomic  # noqa: E402 - needs SCRIPTS on sys.path
+from train_data import Split, class_weights, collate, epoch_class_counts, epoch_rows, plan_batches, truncate  # noqa: E402
 from train_debugger import Debugger, DebuggerConfig, layer_of, parse_actions  # noqa: E402
+from train_device import auto_threads  # noqa: E402
+from train_eval import scores  # noqa: E402
+from train_schedule import ProgressSchedule  # noqa: E402
 
 
 def make_split(lengths: list[int], labels: list[int]) -> Split:
@@ -85,7 +89,7 @@ def test_progress_schedule_warms_up_then_decays_to_zero_by_time_or_steps():
     import torch
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    s = train.ProgressSchedule(opt, 1.0, 0.1, total_steps=100, time_budget_s=10)
+    s = ProgressSchedule(opt, 1.0, 0.1, total_steps=100, time_budget_s=10)
     s.step(5, 0.0)
     assert s.get_last_lr()[0] == pytest.approx(0.5)
     s.step(10, 5.0)  # time share (0.5) is ahead of the step share (0.1)
@@ -95,7 +99,27 @@ def test_progress_schedule_warms_up_then_decays_to_zero_by_time_or_steps():
 
 
 def test_auto_threads_stays_within_the_cores():
-    assert 1 <= train.auto_threads(2) <= 2
+    assert 1 <= auto_threads(2) <= 2
+
+
+def test_available_cores_honours_sm_num_cpus(monkeypatch):
+    monkeypatch.setenv("SM_NUM_CPUS", "3")
+    assert available_cores() == 3
+    monkeypatch.delenv("SM_NUM_CPUS")
+    assert available_cores() >= 1
+
+
+def test_macro_f1_averages_the_classes_present_in_the_labels():
+    y = np.array([0, 0, 1, 1])
+    m = scores(y, np.array([0, 0, 1, 2]))  # class 2 predicted but absent: not averaged in
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["macro_f1"] == pytest.approx((1.0 + 2 / 3) / 2)
+
+
+def test_json_is_written_atomically_without_leftovers(tmp_path):
+    path = write_json_atomic(tmp_path / "sub" / "m.json", {"a": np.float32(0.5)})
+    assert path.read_text().replace(" ", "").replace("\n", "") == '{"a":0.5}'
+    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
 
 
 def test_loss_not_decreasing_rule_triggers_on_flat_loss():
