@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 
 # Sibling modules of the job's code dir (modeling.py loads either classifier head).
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ID2LABEL  # noqa: E402
+try:  # run as the job's script: its folder (the code dir) is sys.path[0]
+    from common import ID2LABEL, write_json_atomic
+except ImportError:  # imported as include.scripts.evaluate
+    from .common import ID2LABEL, write_json_atomic
 
 log = logging.getLogger("evaluate")
 
@@ -42,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Evaluate the fine-tuned model on the test split")
     p.add_argument("--model", default="/opt/ml/processing/input/model", help="folder with model.tar.gz")
     p.add_argument("--test-data", default="/opt/ml/processing/input/data", help="folder with test shards")
-    p.add_argument("--training-output", default="/opt/ml/processing/input/training", help="optional output.tar.gz folder")
+    p.add_argument("--training-output", default="/opt/ml/processing/input/training",
+                   help="optional output.tar.gz folder")
     p.add_argument("--output-data", default="/opt/ml/processing/output/metrics", help="where evaluation.json goes")
     p.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
     return p.parse_args(argv)
@@ -110,7 +113,8 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         avg[kind] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     return {"accuracy": acc, "accuracy_ci95": [max(0.0, acc - half), min(1.0, acc + half)], "n": n,
-            "per_class": per_class, "avg": avg, "confusion_matrix": cm.tolist(), "labels": [ID2LABEL[k] for k in labels]}
+            "per_class": per_class, "avg": avg, "confusion_matrix": cm.tolist(),
+            "labels": [ID2LABEL[k] for k in labels]}
 
 
 def evaluation_json(m: dict, debugger: dict | None) -> dict:
@@ -119,7 +123,8 @@ def evaluation_json(m: dict, debugger: dict | None) -> dict:
     cm = {names[i]: {names[j]: m["confusion_matrix"][i][j] for j in range(len(names))} for i in range(len(names))}
     report = {
         "metrics": {
-            "accuracy": {"value": m["accuracy"], "standard_deviation": math.sqrt(m["accuracy"] * (1 - m["accuracy"]) / m["n"])},
+            "accuracy": {"value": m["accuracy"],
+                         "standard_deviation": math.sqrt(m["accuracy"] * (1 - m["accuracy"]) / m["n"])},
             "macro_f1": {"value": m["avg"]["macro"]["f1"]},
             "weighted_f1": {"value": m["avg"]["weighted"]["f1"]},
         },
@@ -156,7 +161,8 @@ def plot_confusion(m: dict, dest: Path) -> None:
     ax.set_yticks(range(len(m["labels"])), m["labels"])
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xlabel("predicted sentiment")
     ax.set_ylabel("true sentiment")
     ax.set_title(f"Confusion matrix (accuracy {m['accuracy']:.3f}, n={m['n']})")
@@ -182,10 +188,11 @@ def main(argv: list[str] | None = None) -> dict:
         debugger = json.loads(rules_file.read_text()) if rules_file and rules_file.exists() else None
     m = metrics(test["label_id"].to_numpy(), probs.argmax(1))
     report = evaluation_json(m, debugger)
-    (out / "evaluation.json").write_text(json.dumps(report, indent=1))
+    write_json_atomic(out / "evaluation.json", report)
     plot_confusion(m, out / "confusion_matrix.png")
     pd.DataFrame({"review_id": test["review_id"], "label_id": test["label_id"], "predicted": probs.argmax(1),
-                  **{f"p_{ID2LABEL[k]}": probs[:, k] for k in sorted(ID2LABEL)}}).to_csv(out / "predictions.csv", index=False)
+                  **{f"p_{ID2LABEL[k]}": probs[:, k] for k in sorted(ID2LABEL)}}
+                 ).to_csv(out / "predictions.csv", index=False)
     log.info("accuracy %.4f (95%% CI %.3f-%.3f) on %d test reviews; macro F1 %.4f", m["accuracy"],
              *m["accuracy_ci95"], m["n"], m["avg"]["macro"]["f1"])
     return report

@@ -274,7 +274,7 @@ def predict_fn(data: dict, model: LoadedModel) -> dict:
             enc = model.tokenizer([texts[i] for i in chunk], padding="longest", truncation=True,
                                   max_length=model.max_seq_length, return_tensors="pt")
             logits = model.model(**enc).logits
-            for i, row in zip(chunk, torch.softmax(logits.float(), dim=-1).tolist()):
+            for i, row in zip(chunk, torch.softmax(logits.float(), dim=-1).tolist(), strict=True):
                 probs[i] = row
     label_ids = [max(range(len(p)), key=p.__getitem__) for p in probs]
     return {"label_ids": label_ids, "probabilities": probs, "single": bool(data.get("single")),
@@ -287,7 +287,7 @@ def output_fn(prediction: dict, accept: str = JSONLINES) -> str:
     if media in ("", "*/*", "application/*"):
         media = JSONLINES
     id2label = prediction["id2label"]
-    rows = zip(prediction["label_ids"], prediction["probabilities"])
+    rows = zip(prediction["label_ids"], prediction["probabilities"], strict=True)
 
     def sentiment(label_id: int) -> int:
         return SENTIMENT_OF_LABEL.get(str(id2label[label_id]).lower(), label_id - 1)

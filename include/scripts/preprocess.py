@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import resolve_model_dir, str2bool  # noqa: E402  (sibling module in the job's code dir)
+try:  # run as the job's script: its folder (the code dir) is sys.path[0]
+    from common import resolve_model_dir, str2bool
+except ImportError:  # imported as include.scripts.preprocess
+    from .common import resolve_model_dir, str2bool
 
 log = logging.getLogger("preprocess")
 REQUIRED = ["review_id", "product_category", "review_body", "star_rating"]
@@ -46,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Arguments; defaults follow the processing-container layout."""
     p = argparse.ArgumentParser(description="Tokenize reviews into BERT features")
     p.add_argument("--input-data", default="/opt/ml/processing/input/data", help="folder with CSV/Parquet files")
-    p.add_argument("--output-data", default="/opt/ml/processing/output", help="output folder (one sub-folder per split)")
+    p.add_argument("--output-data", default="/opt/ml/processing/output",
+                   help="output folder (one sub-folder per split)")
     p.add_argument("--model-name-or-path", default=None, help="model folder whose tokenizer is used (default: MiniLM)")
     p.add_argument("--max-seq-length", type=int, default=64, help="tokens per review after truncation (8..512)")
     p.add_argument("--train-split-percentage", type=float, default=0.90, help="share of rows for training")
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
         part = df[df["split_type"] == name]
         write_shards(part, out / name)
         stats["splits"][name] = {"rows": len(part),
-                                 "by_label": {str(k): int(v) for k, v in part["label_id"].value_counts().sort_index().items()}}
+                                 "by_label": {str(k): int(v) for k, v in
+                                              part["label_id"].value_counts().sort_index().items()}}
     lengths = df["input_ids"].map(len)
     stats["tokens"] = {"mean": float(lengths.mean()), "p95": float(lengths.quantile(0.95)),
                        "truncated_share": float((lengths >= args.max_seq_length).mean())}

@@ -59,7 +59,7 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 def latest(folder: Path, expected_fingerprint: str) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint whose fingerprint matches, with its trainer state."""
-    for step, path in reversed(list_checkpoints(folder)):
+    for _, path in reversed(list_checkpoints(folder)):
         try:
             state = json.loads((path / "trainer_state.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:

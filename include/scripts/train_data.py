@@ -45,7 +45,7 @@ class Split:
     def class_counts(self) -> dict[int, int]:
         """Rows per label id (only the labels present)."""
         ids, counts = np.unique(self.labels, return_counts=True)
-        return {int(i): int(c) for i, c in zip(ids, counts)}
+        return {int(i): int(c) for i, c in zip(ids, counts, strict=True)}
 
     def subset(self, idx: np.ndarray) -> "Split":
         """A new Split with the rows ``idx`` (in that order)."""

@@ -14,7 +14,6 @@ import base64
 import html
 import io
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ class Profiler:
     def __init__(self, interval_s: float = 1.0, device: str = "cpu", max_steps_kept: int = 20000):
         self.interval_s = interval_s
         self.device = device
-        self.steps: list[tuple[int, float, float, int, int, int]] = []  # step, data_s, compute_s, samples, tokens, padded
+        # step, data_s, compute_s, samples, tokens, padded tokens
+        self.steps: list[tuple[int, float, float, int, int, int]] = []
         self.samples: list[dict[str, float]] = []
         self.max_steps_kept = max_steps_kept
         self.totals = {"steps": 0, "data_s": 0.0, "compute_s": 0.0, "samples": 0, "tokens": 0, "padded_tokens": 0}
@@ -88,7 +88,8 @@ class Profiler:
                 pass
         return s
 
-    def on_step(self, step: int, data_s: float, compute_s: float, samples: int, tokens: int, padded_tokens: int) -> None:
+    def on_step(self, step: int, data_s: float, compute_s: float, samples: int, tokens: int,
+                padded_tokens: int) -> None:
         """Record one optimizer step."""
         t = self.totals
         t["steps"] += 1
@@ -119,7 +120,8 @@ class Profiler:
 
         out: dict[str, Any] = {
             "device": self.device, "cores": self._cores, "steps": t["steps"],
-            "train_loop_s": round(busy, 3), "eval_s": round(self.eval_s, 3), "checkpoint_s": round(self.checkpoint_s, 3),
+            "train_loop_s": round(busy, 3), "eval_s": round(self.eval_s, 3),
+            "checkpoint_s": round(self.checkpoint_s, 3),
             "samples_per_s": t["samples"] / busy if busy else 0.0,
             "tokens_per_s": t["tokens"] / busy if busy else 0.0,
             "padded_tokens_per_s": t["padded_tokens"] / busy if busy else 0.0,

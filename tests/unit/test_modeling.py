@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from include.scripts.common import ID2LABEL
-from include.scripts.modeling import (HEAD_FILE, ClassifierLoadError, MeanPoolingClassifier, build_classifier,
-                                      load_classifier)
+from include.scripts.modeling import (
+    HEAD_FILE,
+    ClassifierLoadError,
+    MeanPoolingClassifier,
+    build_classifier,
+    load_classifier,
+)
 
 
 def _batch(tokenizer, texts, pad_to=None):

@@ -168,9 +168,8 @@ def test_training_writes_model_tokenizer_metrics_and_reports(job, tiny_model):
     assert all(np.isfinite(e["train_loss"]) and 0 <= e["val_accuracy"] <= 1 for e in metrics["epochs"])
     assert metrics["final"]["steps"] == 30 and metrics["final"]["epochs_completed"] == 2
     assert len(metrics["evaluations"]) >= 4  # every 5 steps plus epoch ends
-    from safetensors.torch import load_file
-
     from modeling import MeanPoolingClassifier, load_classifier
+    from safetensors.torch import load_file
 
     reloaded = load_classifier(job / "model")  # what evaluate.py and inference.py do
     assert isinstance(reloaded, MeanPoolingClassifier) and reloaded.config.num_labels == 3
@@ -211,7 +210,8 @@ def test_exploding_rule_with_stop_action_ends_training_early(job, tiny_model):
 
 
 def test_triggered_rule_is_a_warning_in_the_log(job, tiny_model, capsys):
-    args = base_args(tiny_model, "--rule_exploding_threshold", "1e-9", "--debugger_rule_actions", "exploding_tensor=log")
+    args = base_args(tiny_model, "--rule_exploding_threshold", "1e-9",
+                     "--debugger_rule_actions", "exploding_tensor=log")
     assert train.main(args) == 0
     out = capsys.readouterr().out
     assert "WARNING train.debugger: debugger rule exploding_tensor triggered at step 1" in out
@@ -259,7 +259,8 @@ def test_killed_job_resumes_from_last_checkpoint_and_matches_uninterrupted_run(j
     write_channel(job / "data" / "train", labels, seed=3)
     args = base_args(tiny_model, "--epochs", "2", "--checkpoint_steps", "10", "--train_batch_size", "4")
     # reference: the same job, never interrupted
-    assert train.main(args + ["--model_dir", str(tmp_path / "ref_model"), "--output_data_dir", str(tmp_path / "ref_out"),
+    assert train.main(args + ["--model_dir", str(tmp_path / "ref_model"),
+                              "--output_data_dir", str(tmp_path / "ref_out"),
                               "--checkpoint_dir", str(tmp_path / "ref_ckpt")]) == 0
     total = json.loads((tmp_path / "ref_out" / "metrics.json").read_text())["final"]["steps"]
     assert total == 300
@@ -316,9 +317,8 @@ def test_rating_aux_head_trains_with_the_model_and_is_not_saved(job, tiny_model,
     write_channel(job / "data" / "train", [0, 1, 2] * 40, seed=1, stars=True)
     assert train.main(base_args(tiny_model, "--rating_aux_weight", "0.5", "--checkpoint_steps", "0")) == 0
     assert "auxiliary star-rating loss on, weight 0.5" in "".join(capsys.readouterr())
-    from safetensors.torch import load_file
-
     from modeling import load_classifier
+    from safetensors.torch import load_file
 
     head = load_file(job / "model" / "classifier_head.safetensors")
     assert set(head) == {"weight", "bias"} and head["weight"].shape[0] == 3

@@ -29,8 +29,9 @@ def test_plan_batches_uses_every_row_once_and_is_deterministic():
     rows = np.arange(1000)
     a = plan_batches(lengths, rows, 16, seed=1, epoch=0)
     assert sorted(np.concatenate(a).tolist()) == list(range(1000))
-    assert all(np.array_equal(x, y) for x, y in zip(a, plan_batches(lengths, rows, 16, seed=1, epoch=0)))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, plan_batches(lengths, rows, 16, seed=1, epoch=1)))
+    same_epoch, next_epoch = (plan_batches(lengths, rows, 16, seed=1, epoch=e) for e in (0, 1))
+    assert all(np.array_equal(x, y) for x, y in zip(a, same_epoch, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, next_epoch, strict=True))
 
 
 def test_length_grouping_cuts_padding():
