@@ -9,13 +9,15 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test ui land artifacts lock clean
+.PHONY: help install run test lint readme ui land artifacts lock clean
 
 include mk/serve.mk
 help:
 	@echo "make run [PROFILE=quick|quality] [DS=YYYY-MM-DD] [CONF=json] - install, land the real data, run"
 	@echo "                  review_sentiment_pipeline end to end (quick: < 10 min; quality: best accuracy, ~30 min)"
-	@echo "make test       - install and run the whole test suite"
+	@echo "make test       - install, lint (ruff) and run the whole test suite"
+	@echo "make lint       - ruff check (config in pyproject.toml)"
+	@echo "make readme     - regenerate the README's profile/param tables from the code"
 	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
@@ -33,13 +35,19 @@ install: $(STAMP)
 	@touch $@
 
 land: install
-	@$(ENV) $(BIN)/python -m include.landing --days $${DAYS:-30}
+	@$(ENV) $(BIN)/python -m include.data.landing --days $${DAYS:-30}
 
 run: install .state/airflow/.migrated land
-	@$(ENV) $(BIN)/python -m include.cli run $(if $(DS),--ds $(DS),) $(if $(PROFILE),--profile $(PROFILE),) $(if $(CONF),--conf '$(CONF)',)
+	@$(ENV) $(BIN)/python -m include.pipeline.cli run $(if $(DS),--ds $(DS),) $(if $(PROFILE),--profile $(PROFILE),) $(if $(CONF),--conf '$(CONF)',)
 
-test: install
+test: install lint
 	@$(ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	@$(BIN)/ruff check . && echo "ruff: clean"
+
+readme: install
+	@$(ENV) $(BIN)/python tools/readme_tables.py
 
 # Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Log in with the
 # user/password printed by `airflow standalone` (also in .state/airflow/simple_auth_manager_passwords.json.generated).
@@ -48,7 +56,7 @@ ui: install .state/airflow/.migrated
 	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin airflow standalone
 
 artifacts: install
-	@$(ENV) $(BIN)/python -m include.cli artifacts $(if $(RUN),--run-id '$(RUN)',)
+	@$(ENV) $(BIN)/python -m include.pipeline.cli artifacts $(if $(RUN),--run-id '$(RUN)',)
 
 lock:
 	UV=$${UV:-uv} tools/lock.sh

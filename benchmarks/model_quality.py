@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_preprocess(work: Path, a: argparse.Namespace) -> dict:
     """Land the real reviews as CSV and run the processing job on them."""
-    from include.landing import load_kaggle_reviews
+    from include.data.landing import load_kaggle_reviews
 
     raw = work / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -130,10 +130,10 @@ def run_training(work: Path, a: argparse.Namespace) -> tuple[float, dict, Path]:
 def predict_test(model_dir: Path, features: Path, max_seq_length: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Predictions of the saved model on the test split (loaded like the evaluation job would)."""
     import torch
-
+    from common import available_cores
     from modeling import load_classifier
-    from train import available_cores, predict
     from train_data import load_channel
+    from train_eval import predict
 
     torch.set_num_threads(available_cores())
     test = load_channel(features / "test", "test", max_seq_length)
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     final = metrics["final"]
     result = {
         "command": " ".join(["python", "benchmarks/model_quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "accuracy": round(acc, 4), "macro_f1": round(macro_f1(y, p), 4), "accuracy_ci95": wilson(int((p == y).sum()), len(y)),
+        "accuracy": round(acc, 4), "macro_f1": round(macro_f1(y, p), 4),
+        "accuracy_ci95": wilson(int((p == y).sum()), len(y)),
         "macro_f1_ci95": boot["macro_f1_ci95"],
         "tfidf_accuracy": round(tf_acc, 4), "tfidf_macro_f1": round(macro_f1(y_tf, p_tf), 4),
         "tfidf_accuracy_ci95": wilson(int((p_tf == y_tf).sum()), len(y_tf)),

@@ -2,7 +2,7 @@
 
 Runs ``make run``'s steps in a fresh state dir (install excluded): migrate the Airflow DB,
 land the real reviews as 30 daily drops, run ``review_sentiment_pipeline`` through ``python -m
-include.cli run`` with a profile (default ``quick``, what ``make run`` uses; ``--profile quality``
+include.pipeline.cli run`` with a profile (default ``quick``, what ``make run`` uses; ``--profile quality``
 for the DAG's nightly default). Then reads each task's wall time from Airflow's
 metadata DB and each job's own time from the run's lineage, and reports the orchestration
 overhead (task wall time minus job time) of the job tasks.
@@ -56,8 +56,8 @@ def main() -> None:
                                     env=env, capture_output=True, text=True, check=True).stdout)
     py = sys.executable
     setup = {"db_migrate_s": sh([py, "-m", "airflow", "db", "migrate"], env),
-             "land_s": sh([py, "-m", "include.landing", "--days", "30", "--end", DS], env)}
-    wall = sh([py, "-m", "include.cli", "run", "--ds", DS, "--profile", args.profile,
+             "land_s": sh([py, "-m", "include.data.landing", "--days", "30", "--end", DS], env)}
+    wall = sh([py, "-m", "include.pipeline.cli", "run", "--ds", DS, "--profile", args.profile,
                 "--conf", args.conf], env)
 
     db = sqlite3.connect(home / "airflow" / "airflow.db")

@@ -5,7 +5,7 @@ of ``modeling.py`` - same optimizer, batch size and thread count) on the same re
 
 * ours, exactly what ``include/scripts/train.py`` does: ``train_data.plan_batches(
   group_by_length=True)`` + ``collate`` padded per batch, bf16 autocast when the CPU has
-  native bf16 (``train.cpu_has_native_bf16``; fp32 otherwise), word embeddings frozen;
+  native bf16 (``train_device.cpu_has_native_bf16``; fp32 otherwise), word embeddings frozen;
 * baseline: random batches padded to ``max_seq_length`` (what a plain loop with
   ``padding="max_length"`` does), fp32, every weight trained.
 
@@ -49,11 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_real(a: argparse.Namespace):
     """Real reviews tokenized like preprocess.py: a balanced eval set and training rows."""
+    from common import default_model_dir
+    from train_data import Split
     from transformers import AutoTokenizer
 
-    from common import default_model_dir
-    from include.landing import load_kaggle_reviews
-    from train_data import Split
+    from include.data.landing import load_kaggle_reviews
 
     df = load_kaggle_reviews()
     label = np.select([df["star_rating"] <= 2, df["star_rating"] == 3], [0, 1], 2)
@@ -77,10 +77,9 @@ class Arm:
     def __init__(self, name: str, init_state, model_dir: str, lr: float, batches, pad_to,
                  amp_dtype=None, freeze_word_embeddings: bool = False):
         import torch
-        from transformers.utils import logging as hf_logging
-
         from common import ID2LABEL
         from modeling import build_classifier
+        from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         self.name, self.batches, self.pad_to, self.amp_dtype = name, batches, pad_to, amp_dtype
@@ -95,7 +94,6 @@ class Arm:
 
     def step(self, split, pad_id: int) -> None:
         import torch
-
         from train_data import collate
 
         t0 = time.perf_counter()
@@ -118,7 +116,6 @@ class Arm:
 def padding_equivalence(model_dir: str, split, pad_id: int, width: int) -> float:
     """Max |logit difference| between dynamic and full-width padding of the same batch."""
     import torch
-
     from common import ID2LABEL
     from modeling import build_classifier
     from train_data import collate
@@ -136,11 +133,11 @@ def padding_equivalence(model_dir: str, split, pad_id: int, width: int) -> float
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     import torch
-
-    from common import ID2LABEL, default_model_dir
+    from common import ID2LABEL, available_cores, default_model_dir
     from modeling import build_classifier
-    from train import auto_threads, available_cores, cpu_has_native_bf16, evaluate
     from train_data import plan_batches
+    from train_device import auto_threads, cpu_has_native_bf16
+    from train_eval import evaluate
 
     threads = a.threads or auto_threads(available_cores())
     torch.set_num_threads(threads)

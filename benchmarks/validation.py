@@ -29,12 +29,12 @@ def _child(phase: str, ds_list: list[str], report_dir: str) -> dict:
     """Run one phase in this process; return wall seconds and peak RSS."""
     start = time.perf_counter()
     if phase == "register":
-        from include import catalog
+        from include.data import catalog
 
         rows = sum(catalog.register_partition(ds)["rows"] for ds in ds_list)
         extra = {"rows": rows}
     else:
-        from include import quality
+        from include.data import quality
 
         result = quality.validate_partitions(ds_list, "benchmark", 0.05, Path(report_dir))
         extra = {k: result[k] for k in ("rows", "bad_rows", "bad_fraction", "passed", "rule_counts", "seconds")}
@@ -86,15 +86,15 @@ def main() -> None:
 
     from _common import write_result
 
-    from include.config import uri_to_path
-    from include.landing import land_daily_drops
-    from include.synthetic import write_landing_stream
+    from include.common.io import uri_to_path
+    from include.data.landing import land_daily_drops
+    from include.data.synthetic import write_landing_stream
 
     with tempfile.TemporaryDirectory(prefix="bench-validation-") as tmp:
         real_home, syn_home = Path(tmp) / "real", Path(tmp) / "synthetic"
         os.environ["REVIEWS_BACKEND"] = "local"
         os.environ["REVIEWS_HOME"] = str(real_home)
-        from include.config import get_settings
+        from include.common.config import get_settings
 
         drops = land_daily_drops(uri_to_path(get_settings().landing_uri), date(2026, 1, 30), days=30)
         real = _measure("real data (30 daily drops)", [d.ds for d in drops], real_home)
@@ -122,7 +122,7 @@ def main() -> None:
         "target": "1M rows registered + validated in < 60 s on 2 cores, bounded memory",
         "duckdb_memory_limit": os.environ.get("REVIEWS_DUCKDB_MEMORY_LIMIT", "1GB"),
         "synthetic": {**syn, "bad_fraction": args.bad_fraction, "csv_mb": round(size_mb, 1)},
-        "real": {**real, "note": "Kaggle file via include.landing (23,486 rows; 845 without review text are "
+        "real": {**real, "note": "Kaggle file via include.data.landing (23,486 rows; 845 without review text are "
                                  "dropped by the adapter), landed as 30 daily drops"},
         "command": "python benchmarks/validation.py" + (f" --rows {args.rows}" if args.rows != 1_000_000 else ""),
     }

@@ -5,9 +5,8 @@ from datetime import timedelta
 
 from airflow.sdk import Param, chain, dag, task
 
-from include import analysis
-from include.dag_defaults import DEFAULT_ARGS, START_DATE
-from include.assets import REVIEWS_CATALOG, REVIEWS_LANDING
+from include.pipeline import tasks
+from include.pipeline.defaults import DEFAULT_ARGS, REVIEWS_CATALOG, REVIEWS_LANDING, START_DATE
 
 DOC = """
 ### Review catalog analysis
@@ -48,15 +47,16 @@ landing partition) or a manual run.
         "top_n": Param(3, type="integer", minimum=1, maximum=20,
                        description="Categories shown as most / least positively reviewed."),
         "drift_baseline_uri": Param("", type="string",
-                                    description="Baseline Parquet; empty = the deployed model's training data (from the registry)."),
+                                    description="Baseline Parquet; empty = the deployed model's training data "
+                                                "(from the registry)."),
         "drift_threshold": Param(0.2, type="number", exclusiveMinimum=0,
                                  description="PSI above which drift is reported as a warning."),
     },
 )
 def review_catalog_analysis():
-    registered = task(task_id="register", outlets=[REVIEWS_CATALOG])(analysis.register_task)()
-    analysed = task(task_id="analyse")(analysis.analyse_task)(registered)
-    drift = task(task_id="check_drift")(analysis.drift_task)(registered)
+    registered = task(task_id="register", outlets=[REVIEWS_CATALOG])(tasks.register)()
+    analysed = task(task_id="analyse")(tasks.analyse)(registered)
+    drift = task(task_id="check_drift")(tasks.check_drift)(registered)
     chain(registered, [analysed, drift])
 
 

@@ -7,11 +7,10 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from include import tasks
-from include.assets import REVIEWS_LANDING
-from include.dag_defaults import DEFAULT_ARGS, START_DATE
-from include.profiles import BALANCE_CHOICES, DEFAULT_PROFILE, PROFILES
-from review_jobs.approval import ModelApprovalOperator
+from include.pipeline import tasks
+from include.pipeline.defaults import DEFAULT_ARGS, REVIEWS_LANDING, START_DATE
+from include.pipeline.profiles import BALANCE_CHOICES, DEFAULT_PROFILE, PROFILES, param_description
+from model_approval import ModelApprovalOperator
 
 DOC = """
 ### Review sentiment pipeline
@@ -44,11 +43,6 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
 
 
 
-def _p(key: str) -> str:
-    """The profiles' values of a setting, for its description."""
-    return "empty = profile: " + ", ".join(f"{name} {values[key]}" for name, values in PROFILES.items())
-
-
 @dag(
     dag_id="review_sentiment_pipeline",
     # The run at midnight processes the day that just ended: a data interval per day.
@@ -71,40 +65,30 @@ def _p(key: str) -> str:
                          description="quality: the settings that reach the best test accuracy on the real "
                                      "reviews (~20-minute training job on 2 cores); quick: the whole run in "
                                      "under 10 minutes (make run). The fields below left empty take the "
-                                     "profile's value (include/profiles.py)."),
+                                     "profile's value (include/pipeline/profiles.py)."),
         "max_seq_length": Param(None, type=["null", "integer"], minimum=8, maximum=512,
-                                description=f"Tokens per review after truncation ({_p('max_seq_length')})."),
+                                description=param_description("max_seq_length")),
         "train_split_percentage": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
-                                        description=f"Share of rows used for training ({_p('train_split_percentage')})."),
+                                        description=param_description("train_split_percentage")),
         "validation_split_percentage": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
-                                             description="Share of rows for validation; the rest is the test set "
-                                                         f"({_p('validation_split_percentage')})."),
+                                             description=param_description("validation_split_percentage")),
         "balance_dataset": Param(None, type=["null", "string"], enum=[None, *BALANCE_CHOICES],
-                                 description="true: down-sample every class to the smallest; eval: balance "
-                                             "validation/test only and train on every row (class weights); "
-                                             f"false: no balancing ({_p('balance_dataset')})."),
+                                 description=param_description("balance_dataset")),
         "max_class_ratio": Param(None, type=["null", "number"], minimum=0,
-                                 description="Each epoch, cap every class at this multiple of the smallest "
-                                             f"(0 = all rows) ({_p('max_class_ratio')})."),
+                                 description=param_description("max_class_ratio")),
         "class_weights": Param(None, type=["null", "string"], enum=[None, "balanced", "sqrt", "none"],
-                               description=f"Loss weights per class ({_p('class_weights')})."),
+                               description=param_description("class_weights")),
         "rating_aux_weight": Param(None, type=["null", "number"], minimum=0, maximum=10,
-                                   description="Weight of an auxiliary 5-class star-rating loss while training "
-                                               "(the extra head is not deployed; 0 = off) "
-                                               f"({_p('rating_aux_weight')})."),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=50,
-                        description=f"Training epochs ({_p('epochs')})."),
+                                   description=param_description("rating_aux_weight")),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=50, description=param_description("epochs")),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
-                               description=f"Peak learning rate, AdamW, linear decay ({_p('learning_rate')})."),
+                               description=param_description("learning_rate")),
         "train_batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=1024,
-                                  description=f"Reviews per training step ({_p('train_batch_size')})."),
+                                  description=param_description("train_batch_size")),
         "max_train_samples": Param(None, type=["null", "integer"], minimum=0,
-                                   description="Cap on training rows (0 = all); bounds the CPU time of a run "
-                                               f"({_p('max_train_samples')})."),
+                                   description=param_description("max_train_samples")),
         "train_time_budget_s": Param(None, type=["null", "integer"], minimum=0,
-                                     description="Stop training after this many seconds, with the learning-rate "
-                                                 "schedule fitted to it (0 = no budget: run all epochs) "
-                                                 f"({_p('train_time_budget_s')})."),
+                                     description=param_description("train_time_budget_s")),
         "min_accuracy": Param(0.50, type="number", minimum=0, maximum=1.01,
                               description="Test accuracy needed to register the model (chance is 0.33)."),
         "model_name_or_path": Param("", type="string",

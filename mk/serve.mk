@@ -1,17 +1,17 @@
-# Local model endpoint (include/endpoint.py). Included by the top-level Makefile.
+# Local model endpoint (include/serving/endpoint.py). Included by the top-level Makefile.
 # The endpoint is a background uvicorn process; its pid/port/log live in $(REVIEWS_HOME)/endpoint
 # (default .state/endpoint). Deploys happen from the pipeline's deploy_model task, or by hand with
-#   $(PYTHON) -m include.endpoint start --package-uri file:///.../model.tar.gz --version N
+#   $(PYTHON) -m include.serving.endpoint start --package-uri file:///.../model.tar.gz --version N
 PYTHON ?= .venv/bin/python
 
 .PHONY: stop endpoint-status endpoint-predict
 
 stop: ## Stop the local model endpoint (in-flight requests finish first)
-	$(PYTHON) -m include.endpoint stop
+	$(PYTHON) -m include.serving.endpoint stop
 
 endpoint-status: ## Show what the local endpoint serves (version, port, pid, package)
-	-@$(PYTHON) -m include.endpoint status
+	-@$(PYTHON) -m include.serving.endpoint status
 
 endpoint-predict: ## Classify a review on the local endpoint: make endpoint-predict TEXT="Love this dress"
 	@test -n "$(TEXT)" || { echo 'usage: make endpoint-predict TEXT="<review text>"'; exit 2; }
-	$(PYTHON) -m include.endpoint predict "$(TEXT)"
+	$(PYTHON) -m include.serving.endpoint predict "$(TEXT)"

@@ -1,1 +1,2 @@
-"""The local model server (SageMaker inference contract over FastAPI/uvicorn)."""
+"""Serving: endpoint control (``endpoint``), the model server (``server``) and the protocol
+constants both sides share (``protocol``)."""

@@ -8,7 +8,7 @@ Public routes (what a SageMaker serving container exposes):
   with ``{"error": "<what is wrong and what to send>"}``, never 500. Every answer carries
   ``X-Model-Version``.
 
-Admin routes (loopback clients holding the admin token only; used by ``include.endpoint``):
+Admin routes (loopback clients holding the admin token only; used by ``include.serving.endpoint``):
 
 * ``GET /admin/status`` - version, model folder, pid, counters.
 * ``POST /admin/load`` - ``{"model_dir", "version", "smoke_texts"}``: load a new package next
@@ -47,12 +47,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from include.serving.protocol import ADMIN_TOKEN_ENV, JSONLINES, MAX_BODY_BYTES
+
 logger = logging.getLogger("reviews.endpoint")
 
-MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's real-time payload limit
-ADMIN_TOKEN_ENV = "REVIEWS_ENDPOINT_ADMIN_TOKEN"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-JSONLINES = "application/jsonlines"
 REPORT_EVERY_S = 60.0
 _module_ids = itertools.count(1)
 

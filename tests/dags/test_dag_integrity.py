@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.config import PROJECT_ROOT
+from include.common.config import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_main_dag_params_and_schedule(dagbag):
 
 def test_every_profile_setting_is_a_nullable_param_defaulting_to_the_profile(dagbag):
     """The trigger form shows each setting empty (= the profile's value); profile defaults to quality."""
-    from include.profiles import PROFILES, SETTINGS
+    from include.pipeline.profiles import PROFILES, SETTINGS
 
     dag = dagbag.dags["review_sentiment_pipeline"]
     assert dag.params["profile"] == "quality"

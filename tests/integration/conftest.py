@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from include.config import get_settings, uri_to_path
-from include.landing import land_daily_drops
+from include.common.config import get_settings
+from include.common.io import uri_to_path
+from include.data.landing import land_daily_drops
 
 DS = "2026-11-20"
 # A tiny but real budget: enough to show the wiring, not to reach the default accuracy.
@@ -22,14 +23,14 @@ DEPLOY = {**TINY, "max_accuracy_drop": 1.0}
 
 def load_dag(dag_id: str):
     """A DAG from the project's dags folder, failing on import errors."""
-    from include.cli import load_dag as _load
+    from include.pipeline.cli import load_dag as _load
 
     return _load(dag_id) if dag_id != "review_sentiment_pipeline" else _load()
 
 
 def run_dag(dag_id: str, ds: str = DS, **conf):
     """One ``dag.test()`` run for ``ds``; returns (DagRun, {task_id: TaskInstance})."""
-    from include.cli import logical_date_for
+    from include.pipeline.cli import logical_date_for
 
     dag = load_dag(dag_id)
     dr = dag.test(logical_date=logical_date_for(date.fromisoformat(ds)), run_conf=conf)
@@ -61,7 +62,7 @@ def _free_port() -> int:
 @pytest.fixture
 def endpoint_port(landed, monkeypatch):
     """A free loopback port for the model endpoint; the endpoint is stopped afterwards."""
-    from include import endpoint
+    from include.serving import endpoint
 
     port = _free_port()
     monkeypatch.setenv("ENDPOINT_PORT", str(port))

@@ -5,8 +5,10 @@ import json
 
 import pandas as pd
 
-from include import catalog
-from include.analysis import QUESTIONS, analysis_dir
+from include.analytics.analysis import QUESTIONS
+from include.common.config import get_settings
+from include.common.io import uri_to_path
+from include.data import catalog
 from tests.integration.conftest import run_dag
 
 
@@ -17,7 +19,7 @@ def test_analysis_dag_registers_landed_partitions_and_writes_report(landed, caps
     assert states["check_drift"].endswith("success"), states  # no baseline: skipped, not failed
 
     assert catalog.registered_partitions() == sorted(catalog.landing_partitions())
-    out = analysis_dir(dr.run_id)
+    out = uri_to_path(get_settings().run_uri("review_catalog_analysis", dr.run_id, "analysis"))
     report = (out / "report.html").read_text(encoding="utf-8")
     for q in QUESTIONS:
         assert (out / f"{q.name}.png").stat().st_size > 5_000, q.name
@@ -35,7 +37,6 @@ def test_analysis_dag_drift_check_warns_but_does_not_fail(landed, tmp_path):
                   "star_rating": [1] * 50}).to_parquet(baseline)
     dr, states = run_dag("review_catalog_analysis", drift_baseline_uri=str(baseline))
     assert str(dr.state).endswith("success"), states
-    from include.config import get_settings, uri_to_path
 
     drift = json.loads((uri_to_path(get_settings().run_uri("review_catalog_analysis", dr.run_id, "drift"))
                         / "drift.json").read_text())

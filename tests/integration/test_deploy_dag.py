@@ -4,9 +4,10 @@ from __future__ import annotations
 import threading
 import time
 
-from include import endpoint
-from include.registry import REJECTED, get_registry
+from include.model.registry import REJECTED, get_registry
+from include.serving import endpoint
 from tests.integration.conftest import DEPLOY, run_dag
+
 
 def _reject_when_asked(result: dict, stop: threading.Event) -> None:
     """Acts as the reviewer: finds the pending approval over the REST API and rejects it."""

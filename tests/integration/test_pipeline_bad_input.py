@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include import catalog
+from include.data import catalog
 from tests.integration.conftest import DS, TINY, run_dag
 
 HEADER = "review_id,product_category,review_body,star_rating,review_date\n"

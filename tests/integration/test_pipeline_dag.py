@@ -8,9 +8,10 @@ import json
 import duckdb
 import httpx
 
-from include import endpoint
-from include.config import get_settings, uri_to_path
-from include.registry import APPROVED, get_registry
+from include.common.config import get_settings
+from include.common.io import uri_to_path
+from include.model.registry import APPROVED, get_registry
+from include.serving import endpoint
 from tests.integration.conftest import DEPLOY, DS, run_dag
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from include import analysis, catalog, drift
-from include.synthetic import generate_reviews, write_landing
+from include.analytics import analysis, drift
+from include.data import catalog
+from include.data.synthetic import generate_reviews, write_landing
+from include.pipeline import steps
 
 
 @pytest.fixture
 def catalogued(reviews_home):
     df = generate_reviews(3000, seed=4, bad_fraction=0.02, days=2)
     write_landing(df, catalog.landing_root())
-    analysis.register_pending()
+    steps.register_backlog(None)
     return df
 
 
@@ -82,15 +84,15 @@ def test_drift_baseline_must_exist_and_have_the_columns(catalogued, tmp_path):
 
 
 def test_drift_baseline_defaults_to_the_deployed_models_training_data(reviews_home, tmp_path):
-    from include.registry import APPROVED, get_registry
+    from include.model.registry import APPROVED, get_registry
 
-    assert analysis.deployed_training_data_uri() is None, "no registry yet: no baseline"
+    assert steps.deployed_training_data_uri() is None, "no registry yet: no baseline"
     registry = get_registry()
     package = tmp_path / "model.tar.gz"
     package.write_bytes(b"not inspected by the registry")
     clean = (tmp_path / "runs" / "export").as_uri()
     version = registry.register(package.as_uri(), {"accuracy": 0.7},
                                 {"dag_id": "d", "run_id": "r1", "clean_data_uri": clean}, APPROVED)
-    assert analysis.deployed_training_data_uri() is None, "registered but not deployed"
+    assert steps.deployed_training_data_uri() is None, "registered but not deployed"
     registry.mark_deployed(version.version)
-    assert analysis.deployed_training_data_uri() == f"{clean}/clean.parquet"
+    assert steps.deployed_training_data_uri() == f"{clean}/clean.parquet"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from include import catalog, quality
+from include.data import catalog, quality
 
 HEADER = "review_id,product_category,review_body,star_rating,review_date\n"
 GOOD_ROWS = "g1,Dresses,Lovely dress,5,2026-01-01\ng2,Knits,Too thin,2,2026-01-01\ng3,Pants,Fine,3,2026-01-01\n"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from include import catalog, quality
-from include.synthetic import generate_reviews, write_landing
+from include.data import catalog, quality
+from include.data.synthetic import generate_reviews, write_landing
 
 HEADER = "review_id,product_category,review_body,star_rating,review_date\n"
 

@@ -23,11 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from include import endpoint
-from include.endpoint import EndpointDeployError, EndpointNotRunningError
-from include.model_steps import SMOKE_REVIEWS, ModelNotApprovedError, deploy_model_step
-from include.packaging import build_package
-from include.registry import APPROVED, PENDING, get_registry
+from include.model.packaging import build_package
+from include.model.registry import APPROVED, PENDING, get_registry
+from include.pipeline.model_steps import ModelNotApprovedError, deploy_model
+from include.serving.protocol import SMOKE_REVIEWS
+from include.serving import endpoint
+from include.serving.endpoint import EndpointDeployError, EndpointNotRunningError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,7 @@ def test_deploy_starts_a_detached_background_server(state_dir, packages):
     endpoint.stop()
     info = endpoint.deploy(packages["a"], "101", SMOKE_REVIEWS)
     assert info["mode"] == "started" and info["version"] == "101"
-    assert [s["text"] for s in info["smoke"]] == SMOKE_REVIEWS
+    assert [s["text"] for s in info["smoke"]] == list(SMOKE_REVIEWS)
     assert all(s["predicted_label"] in (-1, 0, 1) for s in info["smoke"])
     files = state_dir / "endpoint"
     assert int((files / "pid").read_text()) == info["pid"]
@@ -136,7 +137,7 @@ def test_json_one_review_or_a_list_carries_label_probabilities_and_version(servi
     assert answer["predicted_label"] == {"negative": -1, "neutral": 0, "positive": 1}[answer["label"]]
     assert sum(answer["probabilities"].values()) == pytest.approx(1, abs=1e-4)
     assert answer["model_version"] == serving["version"]
-    many = _post(serving["url"], json.dumps({"instances": SMOKE_REVIEWS}), "application/json").json()
+    many = _post(serving["url"], json.dumps({"instances": list(SMOKE_REVIEWS)}), "application/json").json()
     assert [a["model_version"] for a in many] == [serving["version"]] * 3
 
 
@@ -182,12 +183,12 @@ def test_admin_routes_need_the_token(serving):
 def test_predict_client_and_cli(serving):
     answers = endpoint.predict(["Runs small, but lovely fabric.", "Returned it."])
     assert len(answers) == 2 and answers[0]["model_version"] == serving["version"]
-    cli = subprocess.run([sys.executable, "-m", "include.endpoint", "status"], cwd=ROOT, capture_output=True,
+    cli = subprocess.run([sys.executable, "-m", "include.serving.endpoint", "status"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     status = json.loads(cli.stdout)
     assert cli.returncode == 0 and status["serving_version"] == serving["version"]
     assert status["traffic"]["requests"] >= 1 and status["traffic"]["server_errors"] == 0
-    cli = subprocess.run([sys.executable, "-m", "include.endpoint", "predict", "Great jeans"], cwd=ROOT,
+    cli = subprocess.run([sys.executable, "-m", "include.serving.endpoint", "predict", "Great jeans"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and json.loads(cli.stdout)[0]["label"] in ("negative", "neutral", "positive")
 
@@ -206,7 +207,7 @@ class _Hammer(threading.Thread):
         with httpx.Client(timeout=30) as client:
             while not self.halt.is_set():
                 try:
-                    resp = client.post(f"{self.url}/invocations", content=json.dumps(SMOKE_REVIEWS[:2]),
+                    resp = client.post(f"{self.url}/invocations", content=json.dumps(list(SMOKE_REVIEWS[:2])),
                                        headers={"Content-Type": "application/json"})
                     self.results.append((resp.status_code, resp.headers.get("x-model-version")))
                 except httpx.HTTPError as exc:
@@ -308,14 +309,14 @@ def test_deploy_to_a_busy_port_fails_clearly_and_keeps_the_old_server(serving, p
 
 # ---------------------------------------------------------------- the deploy step (registry + endpoint)
 
-def test_deploy_model_step_refuses_unapproved_then_serves_and_marks_deployed(serving, packages):
+def test_deploy_model_refuses_unapproved_then_serves_and_marks_deployed(serving, packages):
     registry = get_registry()
     mv = registry.register(packages["b"], {"accuracy": 0.7},
                            {"dag_id": "review_sentiment_pipeline", "run_id": f"test-{time.time()}"}, PENDING)
     with pytest.raises(ModelNotApprovedError, match="PendingManualApproval"):
-        deploy_model_step(mv.version)
+        deploy_model(mv.version)
     registry.set_approval(mv.version, APPROVED, "ok")
-    info = deploy_model_step(mv.version)
+    info = deploy_model(mv.version)
     assert info["version"] == mv.version and info["approval_status"] == APPROVED
     assert registry.deployed_version().version == mv.version
     assert endpoint.status()["serving_version"] == mv.version

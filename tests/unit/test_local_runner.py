@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 import tarfile
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from review_jobs.local_runner import JobFailedError, JobRequestError, run_processing_job, run_training_job
+from include.jobs.local_runner import JobFailedError, JobRequestError, run_processing_job, run_training_job
 
 PROC = "/opt/ml/processing"
 

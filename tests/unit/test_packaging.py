@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from include.packaging import (INFERENCE_SCRIPT, MANIFEST_NAME, MODELING_SCRIPT, PackagingError, build_package, extract_package,
-                               validate_model_dir)
+from include.model.packaging import (
+    INFERENCE_SCRIPT,
+    MANIFEST_NAME,
+    MODELING_SCRIPT,
+    PackagingError,
+    build_package,
+    extract_package,
+    validate_model_dir,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

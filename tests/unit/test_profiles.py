@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from include import profiles
-from include.pipeline import PipelineError, training_settings
+from include.pipeline import profiles
+from include.pipeline.context import PipelineError
+from include.pipeline.steps import training_settings
 
 
 def test_default_is_the_quality_profile():

@@ -6,8 +6,8 @@ import json
 import great_expectations as gx
 import pytest
 
-from include import catalog, quality
-from include.synthetic import generate_reviews, write_landing
+from include.data import catalog, quality
+from include.data.synthetic import generate_reviews, write_landing
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""MLflow model registry (include/registry.py) and the register/approve steps (include/model_steps.py).
+"""MLflow model registry (include/model/registry.py) and the register/approve steps (include/pipeline/model_steps.py).
 
 One MLflow SQLite store per module (creating it runs MLflow's migrations, ~10 s); each test
 uses its own dag run ids so tests do not depend on each other.
@@ -12,10 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from include.packaging import PackagingError
-from include.model_steps import approve_model_step, flatten_evaluation, register_model_step, reject_model_step
-from include.registry import (APPROVED, PENDING, REJECTED, InvalidApprovalStatusError, MlflowModelRegistry,
-                              ModelVersionNotFoundError, RegistryError, get_registry)
+from include.model.packaging import PackagingError
+from include.model.registry import (
+    APPROVED,
+    PENDING,
+    REJECTED,
+    InvalidApprovalStatusError,
+    MlflowModelRegistry,
+    ModelVersionNotFoundError,
+    RegistryError,
+    get_registry,
+)
+from include.model.registry import flatten_evaluation
+from include.pipeline.model_steps import approve_model, register_model, reject_model
 
 EVALUATION = {"metrics": {"accuracy": {"value": 0.71}, "f1_macro": {"value": 0.70}},
               "multiclass_classification_metrics": {"negative": {"precision": 0.8, "recall": 0.6},
@@ -161,10 +170,10 @@ def model_artifact(tmp_path, tiny_dir) -> str:
     return archive.as_uri()
 
 
-def test_register_model_step_packages_registers_and_is_idempotent(registry, model_artifact, tmp_path):
+def test_register_model_packages_registers_and_is_idempotent(registry, model_artifact, tmp_path):
     lineage = _lineage()
     dest = (tmp_path / "runs" / "register").as_uri()
-    out = register_model_step(model_artifact, EVALUATION, lineage, auto_approve=False, package_dest_uri=dest)
+    out = register_model(model_artifact, EVALUATION, lineage, auto_approve=False, package_dest_uri=dest)
     assert out["created"] and out["approval_status"] == PENDING
     package = Path(out["package_uri"].removeprefix("file://"))
     assert package == tmp_path / "runs" / "register" / "model.tar.gz"
@@ -174,24 +183,24 @@ def test_register_model_step_packages_registers_and_is_idempotent(registry, mode
     assert mv.metrics["accuracy"] == 0.71
     assert mv.lineage["model_artifact_uri"] == model_artifact and mv.lineage["ds"] == "2024-06-01"
     mtime = package.stat().st_mtime_ns
-    again = register_model_step(model_artifact, EVALUATION, lineage, auto_approve=True, package_dest_uri=dest)
+    again = register_model(model_artifact, EVALUATION, lineage, auto_approve=True, package_dest_uri=dest)
     assert again["version"] == out["version"] and again["created"] is False
     assert package.stat().st_mtime_ns == mtime  # the registered package was not rebuilt
 
 
-def test_register_model_step_auto_approve_and_reject_approve_steps(registry, model_artifact, tmp_path):
-    out = register_model_step(model_artifact, EVALUATION, _lineage(), auto_approve=True,
+def test_register_model_auto_approve_and_reject_approve_steps(registry, model_artifact, tmp_path):
+    out = register_model(model_artifact, EVALUATION, _lineage(), auto_approve=True,
                               package_dest_uri=tmp_path.as_uri())
     assert out["approval_status"] == APPROVED
-    assert reject_model_step(out["version"], "not better than prod")["approval_status"] == REJECTED
+    assert reject_model(out["version"], "not better than prod")["approval_status"] == REJECTED
     assert registry.get(out["version"]).approval_note == "not better than prod"
-    assert approve_model_step(out["version"], "reconsidered")["approval_status"] == APPROVED
+    assert approve_model(out["version"], "reconsidered")["approval_status"] == APPROVED
 
 
-def test_register_model_step_refuses_an_artifact_without_a_model(tmp_path):
+def test_register_model_refuses_an_artifact_without_a_model(tmp_path):
     bad = tmp_path / "model.tar.gz"
     with tarfile.open(bad, "w:gz") as tar:
         (tmp_path / "readme.txt").write_text("x")
         tar.add(tmp_path / "readme.txt", arcname="readme.txt")
     with pytest.raises(PackagingError, match="no config.json at the archive's root"):
-        register_model_step(bad.as_uri(), EVALUATION, _lineage(), False, tmp_path.as_uri())
+        register_model(bad.as_uri(), EVALUATION, _lineage(), False, tmp_path.as_uri())

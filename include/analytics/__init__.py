@@ -1,0 +1,1 @@
+"""Analytics over the catalog: the lab's SQL questions and the drift check."""

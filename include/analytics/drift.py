@@ -1,0 +1,162 @@
+"""Drift of catalogued partitions against the data the deployed model was trained on.
+
+Three distributions are compared with the population stability index (PSI): product
+category mix, review length in words (baseline deciles as bins) and star-rating mix.
+PSI above ``threshold`` (default 0.2, the usual "significant shift") is a warning in the log
+and the report - never a failure: retraining on drifted data is the point of the pipeline.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from include.common.config import Settings
+from include.common.io import write_text_atomic
+from include.data import catalog
+
+log = logging.getLogger(__name__)
+
+DEFAULT_THRESHOLD = 0.2
+EPSILON = 1e-4  # share given to an empty bin so that PSI stays finite
+NEEDED = ("product_category", "review_body", "star_rating")
+
+
+class DriftError(ValueError):
+    """The comparison cannot be made (no baseline, no current rows, bad threshold)."""
+
+
+def psi(expected: pd.Series, actual: pd.Series) -> float:
+    """Population stability index of two share vectors indexed by bin (missing bins = 0)."""
+    bins = expected.index.union(actual.index)
+    e = expected.reindex(bins, fill_value=0).astype(float).clip(lower=EPSILON)
+    a = actual.reindex(bins, fill_value=0).astype(float).clip(lower=EPSILON)
+    return float(((a - e) * np.log(a / e)).sum())
+
+
+def _shares(values: pd.Series) -> pd.Series:
+    counts = values.value_counts()
+    return counts / counts.sum()
+
+
+def _word_counts(bodies: pd.Series) -> pd.Series:
+    return bodies.fillna("").str.strip().str.split().str.len()
+
+
+def _length_bins(baseline_words: pd.Series) -> np.ndarray:
+    edges = np.unique(np.quantile(baseline_words, np.linspace(0, 1, 11)))
+    return np.concatenate([[-math.inf], edges[1:-1], [math.inf]]) if len(edges) > 2 else np.array([-math.inf, math.inf])
+
+
+def _load_baseline(baseline: pd.DataFrame | Path | str) -> pd.DataFrame:
+    if isinstance(baseline, pd.DataFrame):
+        df = baseline
+    else:
+        path = Path(baseline)
+        if not path.exists():
+            raise DriftError(f"{path}: baseline (training data of the deployed model) not found")
+        df = pd.read_parquet(path, columns=list(NEEDED))
+    missing = [c for c in NEEDED if c not in df.columns]
+    if missing:
+        raise DriftError(f"baseline lacks column(s) {', '.join(missing)}; expected export_clean's Parquet")
+    if df.empty:
+        raise DriftError("baseline has no rows")
+    return df
+
+
+def _load_current(ds_list: list[str], settings: Settings | None) -> pd.DataFrame:
+    days = [catalog.parse_ds(d) for d in ds_list]
+    con = catalog.connect(settings)
+    try:
+        df = con.execute(
+            f"SELECT product_category, review_body, star_rating FROM {catalog.TYPED} WHERE list_contains($ds, ds)",
+            {"ds": days},
+        ).df()
+    finally:
+        con.close()
+    if df.empty:
+        raise DriftError(f"no valid catalogued reviews in partition(s) {', '.join(ds_list)}")
+    return df
+
+
+def compare(
+    current_ds_list: list[str],
+    baseline: pd.DataFrame | Path | str,
+    threshold: float = DEFAULT_THRESHOLD,
+    report_dir: Path | None = None,
+    settings: Settings | None = None,
+) -> dict:
+    """PSI per feature between partitions ``current_ds_list`` and ``baseline``.
+
+    ``baseline`` is a DataFrame or a Parquet path with ``product_category, review_body,
+    star_rating`` (an ``export_clean`` file). Writes ``drift_report.html`` and ``drift.json``
+    into ``report_dir`` when given. Returns ``{"psi": {...}, "drifted": [...], "drift": bool,
+    "threshold", "rows_current", "rows_baseline", "report_path"}``; logs a warning on drift.
+    """
+    if not current_ds_list:
+        raise DriftError("current_ds_list is empty: name the partitions to compare")
+    if threshold <= 0:
+        raise DriftError(f"threshold={threshold}: must be > 0")
+    base = _load_baseline(baseline)
+    cur = _load_current(current_ds_list, settings)
+    base_words, cur_words = _word_counts(base["review_body"]), _word_counts(cur["review_body"])
+    edges = _length_bins(base_words)
+    labels = [f"{lo:g}..{hi:g}" for lo, hi in zip(edges[:-1], edges[1:])]
+    distributions = {
+        "product_category": (_shares(base["product_category"]), _shares(cur["product_category"])),
+        "review_length_words": (
+            _shares(pd.cut(base_words, edges, labels=labels, right=True).astype(str)),
+            _shares(pd.cut(cur_words, edges, labels=labels, right=True).astype(str)),
+        ),
+        "star_rating": (_shares(base["star_rating"].astype(int)), _shares(cur["star_rating"].astype(int))),
+    }
+    scores = {name: round(psi(b, c), 4) for name, (b, c) in distributions.items()}
+    drifted = [name for name, value in scores.items() if value > threshold]
+    result = {
+        "ds_list": list(current_ds_list),
+        "psi": scores,
+        "threshold": threshold,
+        "drifted": drifted,
+        "drift": bool(drifted),
+        "rows_current": len(cur),
+        "rows_baseline": len(base),
+        "report_path": None,
+    }
+    if drifted:
+        log.warning("data drift above PSI %.2f in %s (%s) for ds %s vs the training data", threshold,
+                    ", ".join(drifted), ", ".join(f"{k}={scores[k]}" for k in drifted), ", ".join(current_ds_list))
+    else:
+        log.info("no drift above PSI %.2f: %s", threshold, scores)
+    if report_dir is not None:
+        _write_report(Path(report_dir), result, distributions)
+    return result
+
+
+def _write_report(report_dir: Path, result: dict, distributions: dict) -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    path = report_dir / "drift_report.html"
+    result["report_path"] = str(path)
+    sections = []
+    for name, (b, c) in distributions.items():
+        table = pd.DataFrame({"baseline_share": b, "current_share": c}).fillna(0).round(4)
+        flag = " - DRIFT" if name in result["drifted"] else ""
+        sections.append(f"<h2>{html.escape(name)}: PSI {result['psi'][name]}{flag}</h2>"
+                        + table.to_html(border=0, classes="t"))
+    verdict = "DRIFT (warning)" if result["drift"] else "no drift"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table.t{{border-collapse:collapse}}
+table.t td,table.t th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
+<h1>Drift vs the deployed model's training data: {verdict}</h1>
+<p>Partitions {html.escape(', '.join(result['ds_list']))}: {result['rows_current']:,} rows; baseline
+{result['rows_baseline']:,} rows; threshold PSI {result['threshold']}.
+Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>{''.join(sections)}</body></html>
+"""
+    for dest, text in ((path, page), (report_dir / "drift.json", json.dumps(result, indent=2, default=str))):
+        write_text_atomic(dest, text)
+    return path

@@ -1,0 +1,101 @@
+"""One place that knows where things live and which backend runs them.
+
+Everything the project writes at run time lives under the *state dir* (``REVIEWS_HOME``,
+default ``<project>/.state``): the local object store, the DuckDB catalog, MLflow's store,
+job folders and the endpoint's pid/log files. The backend (``local`` or ``aws``) is chosen
+here only, from ``REVIEWS_BACKEND`` or the Airflow Variable ``reviews_backend``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from include.common.errors import NonRetriableError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ("local", "aws")
+
+
+class ConfigError(NonRetriableError, ValueError):
+    """A setting has a value the project cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved locations and backend for one process."""
+
+    backend: str
+    state_dir: Path
+
+    @property
+    def store_root(self) -> Path:
+        """Root folder of the local object store (``file://`` URIs point inside it)."""
+        return self.state_dir / "store"
+
+    @property
+    def catalog_path(self) -> Path:
+        """DuckDB database file holding the data catalog and the offline feature store."""
+        return self.state_dir / "catalog.duckdb"
+
+    @property
+    def online_store_path(self) -> Path:
+        """SQLite file of the online feature store."""
+        return self.state_dir / "online_store.sqlite"
+
+    @property
+    def jobs_dir(self) -> Path:
+        """Where the local job runner lays out each job's ``/opt/ml`` tree."""
+        return self.state_dir / "jobs"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """MLflow's SQLite backend store and artifact root."""
+        return self.state_dir / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        """SQLite tracking/registry URI for MLflow."""
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def endpoint_dir(self) -> Path:
+        """pid file, port file and log of the local endpoint."""
+        return self.state_dir / "endpoint"
+
+    @property
+    def landing_uri(self) -> str:
+        """Prefix of the landing zone where daily drops arrive."""
+        return self.uri("landing/reviews")
+
+    def uri(self, key: str) -> str:
+        """The object-store URI of ``key`` (a path relative to the store root)."""
+        return (self.store_root / key).as_uri()
+
+    def run_uri(self, dag_id: str, run_id: str, step: str) -> str:
+        """Run-scoped prefix ``runs/<dag_id>/<run_id>/<step>`` for a step's outputs."""
+        return self.uri(f"runs/{dag_id}/{safe_name(run_id)}/{step}")
+
+
+def safe_name(value: str) -> str:
+    """A run id made safe for a path segment (``:`` and ``+`` appear in Airflow run ids)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
+
+
+def _airflow_variable(name: str) -> str | None:
+    # Only consulted when the env var is absent; never import Airflow for plain scripts.
+    try:
+        from airflow.sdk import Variable
+
+        return Variable.get(name, default=None)
+    except Exception:  # noqa: BLE001 - no Airflow context / no metadata DB: no variable
+        return None
+
+
+def get_settings() -> Settings:
+    """Settings from the environment (read on every call so tests can change them)."""
+    backend = os.environ.get("REVIEWS_BACKEND") or _airflow_variable("reviews_backend") or "local"
+    if backend not in BACKENDS:
+        raise ConfigError(f"REVIEWS_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+    state = Path(os.environ.get("REVIEWS_HOME", PROJECT_ROOT / ".state")).resolve()
+    return Settings(backend=backend, state_dir=state)

@@ -1,0 +1,2 @@
+"""The data concern: landing, the catalog (DuckDB), the quality gate, the feature store and the
+synthetic generator."""

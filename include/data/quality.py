@@ -1,0 +1,547 @@
+"""The data-quality gate: a great-expectations suite kept as code, quarantine and report.
+
+Rules are defined once, below. Each row-level rule carries
+- a DuckDB predicate that marks the failing rows, so all rows of a partition are checked and
+  every failing row lands in ``reviews.reviews_quarantine`` with the rule, file and line;
+- the GX expectation(s) expressing the same rule, which GX evaluates as part of the suite.
+
+Table-level expectations (schema and types, minimum row count, share of duplicate texts,
+share of unseen product categories) decide with the bad-row fraction whether the gate
+passes. GX runs on all rows of the batch, with ``review_body`` cut to 5,001 characters so a
+20 MB review cannot blow memory (the length rule still sees it is too long) - up to
+``GX_MAX_ROWS`` rows (1M, env ``REVIEWS_GX_MAX_ROWS``); above that GX checks a deterministic
+sample (noted in the report) while the SQL rules stay exact, so memory stays bounded.
+
+Decisions (see also docs/CONTRACTS.md):
+- A ``review_id`` twice in one partition: the later occurrences are quarantined
+  (``review_id_unique``). The same ``review_id`` in two daily drops is an update, not an
+  error: it is counted in ``duplicate_ids_across_partitions`` and logged, and
+  ``catalog.export_clean`` keeps the latest drop's row.
+- Unseen categories are tolerated up to ``unseen_category_tolerance``; they are not
+  quarantined, only counted.
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from include.common.config import Settings, get_settings
+from include.common.io import write_text_atomic
+from include.data import catalog
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no phoning home from a pipeline run
+
+log = logging.getLogger(__name__)
+# GX logs hundreds of INFO lines per context; keep task logs readable.
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+SUITE_NAME = "reviews_raw_suite"
+MAX_BODY_CHARS = 5000
+# GX (pandas) needs ~1.5 KB of memory per row; above this many rows it validates a
+# deterministic sample, so memory stays bounded (the SQL rules still check every row).
+GX_MAX_ROWS = int(os.environ.get("REVIEWS_GX_MAX_ROWS", "1000000"))
+DEFAULT_MIN_ROWS = 1
+DEFAULT_MAX_DUPLICATE_TEXT_FRACTION = 0.05
+DEFAULT_UNSEEN_CATEGORY_TOLERANCE = 0.05
+VALID_RATINGS = ["1", "2", "3", "4", "5"]
+# The Kaggle "Class Name" values (product_category of the real data and the synthetic one).
+EXPECTED_CATEGORIES = (
+    "Blouses", "Casual bottoms", "Chemises", "Dresses", "Fine gauge", "Intimates", "Jackets",
+    "Jeans", "Knits", "Layering", "Legwear", "Lounge", "Outerwear", "Pants", "Shorts", "Skirts",
+    "Sleep", "Sweaters", "Swim", "Trend",
+)
+GX_COLUMNS = ("review_id", "product_category", "review_body", "star_rating", "review_date", "ds")
+
+
+class DataQualityError(ValueError):
+    """The gate failed: too many bad rows or a table-level expectation failed."""
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """One row-level rule: the SQL marking failing rows and its GX expectation(s)."""
+
+    name: str
+    description: str
+    bad_sql: str  # predicate over reviews_raw (+ id_seq) true for a failing row
+    value_sql: str  # the offending value shown in the quarantine table
+    expectations: Callable[[float], list] = field(repr=False)
+
+
+def _gxe():
+    import great_expectations.expectations as gxe
+
+    return gxe
+
+
+ROW_RULES: tuple[RowRule, ...] = (
+    RowRule(
+        "review_id_not_null", "review_id is present and not blank",
+        "review_id IS NULL OR trim(review_id) = ''", "review_id",
+        lambda mostly: [_gxe().ExpectColumnValuesToNotBeNull(column="review_id", mostly=mostly)],
+    ),
+    RowRule(
+        "review_id_unique", "review_id occurs once per partition (later occurrences fail)",
+        "id_seq > 1", "review_id",
+        lambda mostly: [_gxe().ExpectCompoundColumnsToBeUnique(column_list=["ds", "review_id"], mostly=mostly)],
+    ),
+    RowRule(
+        "star_rating_integer_1_5", "star_rating is an integer 1..5",
+        "coalesce(trim(star_rating), '') NOT IN ('1', '2', '3', '4', '5')", "star_rating",
+        lambda mostly: [
+            _gxe().ExpectColumnValuesToNotBeNull(column="star_rating", mostly=mostly),
+            _gxe().ExpectColumnValuesToBeInSet(column="star_rating", value_set=VALID_RATINGS, mostly=mostly),
+        ],
+    ),
+    RowRule(
+        "review_body_not_null", "review_body is present and not blank",
+        "review_body IS NULL OR trim(review_body) = ''", "review_body",
+        lambda mostly: [_gxe().ExpectColumnValuesToNotBeNull(column="review_body", mostly=mostly)],
+    ),
+    RowRule(
+        "review_body_length_1_5000", f"review_body has 1..{MAX_BODY_CHARS} characters",
+        f"length(trim(review_body)) > {MAX_BODY_CHARS}", "review_body",
+        lambda mostly: [
+            _gxe().ExpectColumnValueLengthsToBeBetween(
+                column="review_body", min_value=1, max_value=MAX_BODY_CHARS, mostly=mostly
+            )
+        ],
+    ),
+    RowRule(
+        # Invalid byte sequences never get this far (registration refuses the file); a U+FFFD
+        # replacement character means an upstream step decoded lossily.
+        "review_body_valid_utf8", "review_body is valid UTF-8 (no U+FFFD replacement characters)",
+        "contains(review_body, chr(65533))", "review_body",
+        lambda mostly: [_gxe().ExpectColumnValuesToNotMatchRegex(column="review_body", regex="\ufffd", mostly=mostly)],
+    ),
+    RowRule(
+        "product_category_not_null", "product_category is present and not blank",
+        "product_category IS NULL OR trim(product_category) = ''", "product_category",
+        lambda mostly: [_gxe().ExpectColumnValuesToNotBeNull(column="product_category", mostly=mostly)],
+    ),
+)
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Thresholds of the table-level expectations."""
+
+    max_bad_row_fraction: float
+    min_rows: int = DEFAULT_MIN_ROWS
+    max_duplicate_text_fraction: float = DEFAULT_MAX_DUPLICATE_TEXT_FRACTION
+    unseen_category_tolerance: float = DEFAULT_UNSEEN_CATEGORY_TOLERANCE
+    expected_categories: tuple[str, ...] = EXPECTED_CATEGORIES
+
+    def __post_init__(self) -> None:
+        for name in ("max_bad_row_fraction", "max_duplicate_text_fraction", "unseen_category_tolerance"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}={value}: must be within 0..1")
+        if self.min_rows < 0:
+            raise ValueError(f"min_rows={self.min_rows}: must be >= 0")
+
+
+def build_suite(params: GateParams):
+    """The GX ``ExpectationSuite``: table-level expectations, then each row rule's mirror.
+
+    Every expectation's ``meta`` names its rule and level (``table`` fails the gate, ``row``
+    is enforced through the bad-row fraction and the quarantine).
+    """
+    import great_expectations as gx
+
+    gxe = _gxe()
+    table = [
+        ("schema", gxe.ExpectTableColumnsToMatchSet(column_set=list(GX_COLUMNS), exact_match=True)),
+        ("schema", gxe.ExpectColumnValuesToBeInTypeList(column="ds", type_list=["datetime64[us]", "datetime64[ns]"])),
+        ("row_count_min", gxe.ExpectTableRowCountToBeBetween(min_value=params.min_rows)),
+        (
+            "duplicate_texts_max",
+            gxe.ExpectColumnProportionOfUniqueValuesToBeBetween(
+                column="review_body", min_value=1.0 - params.max_duplicate_text_fraction
+            ),
+        ),
+        (
+            "product_category_expected_set",
+            gxe.ExpectColumnValuesToBeInSet(
+                column="product_category",
+                value_set=list(params.expected_categories),
+                mostly=1.0 - params.unseen_category_tolerance,
+            ),
+        ),
+    ]
+    expectations = []
+    for rule, exp in table:
+        exp.meta = {"rule": rule, "level": "table"}
+        expectations.append(exp)
+    mostly = 1.0 - params.max_bad_row_fraction
+    for rule in ROW_RULES:
+        for exp in rule.expectations(mostly):
+            exp.meta = {"rule": rule.name, "level": "row", "sql_fails_when": rule.bad_sql}
+            expectations.append(exp)
+    return gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
+
+
+# --------------------------------------------------------------------------- SQL part
+
+
+def _quarantine_sql() -> str:
+    parts = [
+        f"SELECT ds, review_id, '{r.name}', source_file, source_line, left({r.value_sql}, 200), $run_id "
+        f"FROM src WHERE {r.bad_sql}"
+        for r in ROW_RULES
+    ]
+    return (
+        f"INSERT INTO {catalog.QUARANTINE} WITH src AS ("
+        f"SELECT *, CASE WHEN review_id IS NULL OR trim(review_id) = '' THEN 1 ELSE row_number() OVER "
+        f"(PARTITION BY ds, trim(review_id) ORDER BY source_file, source_line) END AS id_seq "
+        f"FROM {catalog.RAW} WHERE list_contains($ds, ds)) " + " UNION ALL ".join(parts)
+    )
+
+
+def _apply_row_rules(con, days: list[date], run_id: str) -> dict:
+    """Replace the partitions' quarantine rows in one transaction; return counts."""
+    params = {"ds": days}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM {catalog.QUARANTINE} WHERE list_contains($ds, ds)", params)
+        # Until this validation finishes, the partitions count as not validated.
+        con.execute(
+            f"UPDATE {catalog.PARTITIONS} SET passed = NULL, validated_at = NULL WHERE list_contains($ds, ds)", params
+        )
+        con.execute(_quarantine_sql(), {**params, "run_id": run_id})
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    rows = con.execute(f"SELECT count(*) FROM {catalog.RAW} WHERE list_contains($ds, ds)", params).fetchall()[0][0]
+    rule_counts = dict.fromkeys((r.name for r in ROW_RULES), 0)
+    for rule, n in con.execute(
+        f"SELECT rule, count(*) FROM {catalog.QUARANTINE} WHERE list_contains($ds, ds) GROUP BY rule", params
+    ).fetchall():
+        rule_counts[rule] = int(n)
+    per_ds = dict(
+        con.execute(
+            f"SELECT CAST(ds AS VARCHAR), count(DISTINCT (source_file, source_line)) FROM {catalog.QUARANTINE} "
+            "WHERE list_contains($ds, ds) GROUP BY ds",
+            params,
+        ).fetchall()
+    )
+    cross = con.execute(
+        f"SELECT count(DISTINCT a.review_id) FROM {catalog.RAW} a JOIN {catalog.RAW} b "
+        "ON a.review_id = b.review_id AND a.ds <> b.ds WHERE list_contains($ds, a.ds)",
+        params,
+    ).fetchall()[0][0]
+    sample = con.execute(
+        f"SELECT CAST(ds AS VARCHAR), review_id, rule, source_file, source_line, value FROM {catalog.QUARANTINE} "
+        "WHERE list_contains($ds, ds) ORDER BY ds, source_file, source_line, rule LIMIT 50",
+        params,
+    ).fetchall()
+    return {
+        "rows": int(rows),
+        "bad_rows": int(sum(per_ds.values())),
+        "bad_rows_per_ds": {k: int(v) for k, v in per_ds.items()},
+        "rule_counts": rule_counts,
+        "duplicate_ids_across_partitions": int(cross),
+        "quarantine_sample": sample,
+    }
+
+
+def _gx_frame(con, days: list[date], rows: int):
+    """The batch GX validates: trimmed raw columns, body cut to MAX_BODY_CHARS + 1.
+
+    (File and line are left out: GX does not need them and they would double the frame.)
+    Fetched through Arrow, whose buffers are freed while pandas takes them over.
+    """
+    sample = ""
+    if rows > GX_MAX_ROWS:
+        log.info("GX validates a sample of %d of %d rows (REVIEWS_GX_MAX_ROWS)", GX_MAX_ROWS, rows)
+        sample = f" USING SAMPLE reservoir({GX_MAX_ROWS} ROWS) REPEATABLE (42)"
+    table = con.sql(
+        "SELECT nullif(trim(review_id), '') AS review_id, nullif(trim(product_category), '') AS product_category, "
+        f"nullif(left(trim(review_body), {MAX_BODY_CHARS + 1}), '') AS review_body, "
+        "nullif(trim(star_rating), '') AS star_rating, review_date, CAST(ds AS TIMESTAMP) AS ds "
+        f"FROM {catalog.RAW} WHERE list_contains($ds, ds){sample}",
+        params={"ds": days},
+    ).to_arrow_table()
+    return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
+def _run_gx(df, params: GateParams, docs_dir: Path):
+    """Validate ``df`` with the suite through a GX checkpoint in an ephemeral context.
+
+    The checkpoint's ``UpdateDataDocsAction`` renders GX data docs into ``docs_dir``.
+    Returns (validation result, suite).
+    """
+    import shutil
+
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # Replace the ephemeral context's temp-dir docs site with one inside the run's report dir.
+    for name, site in list(context.get_config().data_docs_sites.items()):
+        base = site.get("store_backend", {}).get("base_directory")
+        context.delete_data_docs_site(name)
+        if base and Path(base).is_dir() and Path(base).name.startswith("tmp"):
+            shutil.rmtree(base, ignore_errors=True)
+    context.add_data_docs_site(
+        site_name="run_report",
+        site_config={
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+        },
+    )
+    suite = context.suites.add(build_suite(params))
+    batch_def = (
+        context.data_sources.add_pandas("reviews_catalog")
+        .add_dataframe_asset("reviews_raw")
+        .add_batch_definition_whole_dataframe("partitions")
+    )
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(name="reviews_raw_gate", data=batch_def, suite=suite)
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="reviews_quality_gate",
+            validation_definitions=[validation],
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=["run_report"])],
+            result_format="SUMMARY",
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": df})
+    return next(iter(result.run_results.values())), suite
+
+
+def _gx_rows(result) -> list[dict]:
+    rows = []
+    for r in result.results:
+        cfg = r.expectation_config
+        res = r.result or {}
+        kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+        if "value_set" in kwargs and len(kwargs["value_set"]) > 6:
+            kwargs["value_set"] = kwargs["value_set"][:6] + [f"... {len(kwargs['value_set'])} values"]
+        rows.append(
+            {
+                "rule": (cfg.meta or {}).get("rule"),
+                "level": (cfg.meta or {}).get("level"),
+                "expectation": cfg.type,
+                "kwargs": kwargs,
+                "success": bool(r.success),
+                "observed_value": _jsonable(res.get("observed_value")),
+                "unexpected_count": res.get("unexpected_count"),
+                "unexpected_percent": res.get("unexpected_percent"),
+                "partial_unexpected": [_cut(v) for v in (res.get("partial_unexpected_list") or [])[:5]],
+                "exception": (r.exception_info or {}).get("exception_message")
+                if isinstance(r.exception_info, dict) and r.exception_info.get("raised_exception") else None,
+            }
+        )
+    return rows
+
+
+def _jsonable(value):
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value][:20]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return _cut(value) if isinstance(value, str) else value
+    return _cut(str(value))
+
+
+def _cut(value, limit: int = 120):
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"...({len(value)} chars)"
+    return value
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def validate_partitions(
+    ds_list: list[str],
+    run_id: str,
+    max_bad_row_fraction: float,
+    report_dir: Path,
+    settings: Settings | None = None,
+    *,
+    min_rows: int = DEFAULT_MIN_ROWS,
+    max_duplicate_text_fraction: float = DEFAULT_MAX_DUPLICATE_TEXT_FRACTION,
+    unseen_category_tolerance: float = DEFAULT_UNSEEN_CATEGORY_TOLERANCE,
+    expected_categories: tuple[str, ...] | None = None,
+) -> dict:
+    """Run the suite over registered partitions ``ds_list`` and gate on the result.
+
+    Rows failing a row-level rule replace the partitions' earlier rows in
+    ``reviews.reviews_quarantine``. Writes ``validation_report.html``, ``validation.json``,
+    ``expectation_suite.json`` and ``gx_validation_result.json`` into ``report_dir``; marks
+    the partitions passed/failed in ``reviews.partitions`` (only passed ones are exported).
+    Returns ``{"rows", "bad_rows", "bad_fraction", "rule_counts", "report_path", "passed", ...}``.
+    Raises ``DataQualityError`` naming the worst rules when the bad fraction exceeds
+    ``max_bad_row_fraction`` or a table-level expectation fails (after writing the report).
+    """
+    settings = settings or get_settings()
+    params = GateParams(
+        max_bad_row_fraction=max_bad_row_fraction,
+        min_rows=min_rows,
+        max_duplicate_text_fraction=max_duplicate_text_fraction,
+        unseen_category_tolerance=unseen_category_tolerance,
+        expected_categories=tuple(expected_categories or EXPECTED_CATEGORIES),
+    )
+    if not ds_list:
+        raise ValueError("ds_list is empty: name at least one registered partition")
+    days = sorted({catalog.parse_ds(d) for d in ds_list})
+    started = time.monotonic()
+    con = catalog.connect(settings)
+    try:
+        registered = {r[0] for r in con.execute(f"SELECT ds FROM {catalog.PARTITIONS}").fetchall()}
+        missing = [d.isoformat() for d in days if d not in registered]
+        if missing:
+            raise catalog.CatalogError(
+                f"partition(s) {', '.join(missing)} not registered; run catalog.register_partition first"
+            )
+        sql_part = _apply_row_rules(con, days, run_id)
+        t_sql = time.monotonic() - started
+        df = _gx_frame(con, days, sql_part["rows"])
+    finally:
+        con.close()
+    t0 = time.monotonic()
+    report_dir = Path(report_dir)
+    gx_result, suite = _run_gx(df, params, report_dir / "gx_data_docs")
+    gx_rows_validated = len(df)
+    del df
+    t_gx = time.monotonic() - t0
+
+    gx_rows = _gx_rows(gx_result)
+    table_failures = [g for g in gx_rows if g["level"] == "table" and not g["success"]]
+    rows, bad = sql_part["rows"], sql_part["bad_rows"]
+    bad_fraction = bad / rows if rows else 0.0
+    passed = bad_fraction <= params.max_bad_row_fraction and not table_failures
+    worst = sorted(((n, r) for r, n in sql_part["rule_counts"].items() if n), reverse=True)
+
+    con = catalog.connect(settings)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        for d in days:
+            con.execute(
+                f"UPDATE {catalog.PARTITIONS} SET validated_at = now()::TIMESTAMP, validation_run_id = ?, "
+                "bad_rows = ?, passed = ? WHERE ds = ?",
+                [run_id, sql_part["bad_rows_per_ds"].get(d.isoformat(), 0), passed, d],
+            )
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+    summary = {
+        "ds_list": [d.isoformat() for d in days],
+        "run_id": run_id,
+        "rows": rows,
+        "bad_rows": bad,
+        "bad_fraction": bad_fraction,
+        "max_bad_row_fraction": params.max_bad_row_fraction,
+        "rule_counts": sql_part["rule_counts"],
+        "bad_rows_per_ds": sql_part["bad_rows_per_ds"],
+        "duplicate_ids_across_partitions": sql_part["duplicate_ids_across_partitions"],
+        "table_failures": [f"{g['rule']}: {g['expectation']} observed {g['observed_value']}" for g in table_failures],
+        "gx_success": bool(gx_result.success),
+        "gx_rows_validated": gx_rows_validated,
+        "passed": passed,
+        "seconds": {"sql_rules": round(t_sql, 3), "gx": round(t_gx, 3), "total": round(time.monotonic() - started, 3)},
+        "report_path": str(report_dir / "validation_report.html"),
+        "gx_data_docs": str(report_dir / "gx_data_docs" / "index.html"),
+    }
+    _write_report(report_dir, summary, gx_rows, sql_part["quarantine_sample"], params, suite, gx_result)
+    if sql_part["duplicate_ids_across_partitions"]:
+        log.warning(
+            "%d review_id(s) of ds %s also occur in another partition; export_clean keeps the latest ds",
+            sql_part["duplicate_ids_across_partitions"], summary["ds_list"],
+        )
+    log.info(
+        "validated ds %s: %d rows, %d bad (%.4f, max %.4f), table failures %d, passed=%s in %.1fs; report %s",
+        summary["ds_list"], rows, bad, bad_fraction, params.max_bad_row_fraction, len(table_failures), passed,
+        summary["seconds"]["total"], summary["report_path"],
+    )
+    if not passed:
+        reasons = []
+        if bad_fraction > params.max_bad_row_fraction:
+            reasons.append(
+                f"bad row fraction {bad_fraction:.4f} ({bad:,} of {rows:,} rows) > max_bad_row_fraction "
+                f"{params.max_bad_row_fraction}"
+            )
+        reasons += [f"table-level expectation failed: {t}" for t in summary["table_failures"]]
+        worst_text = ", ".join(f"{r}={n:,}" for n, r in worst[:3]) or "none"
+        raise DataQualityError(
+            f"data-quality gate failed for ds {', '.join(summary['ds_list'])}: {'; '.join(reasons)}. "
+            f"Worst rules: {worst_text}. Failing rows are in {catalog.QUARANTINE} (run_id={run_id}); "
+            f"report: {summary['report_path']}"
+        )
+    return summary
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _write_report(report_dir, summary, gx_rows, sample, params, suite, gx_result) -> None:
+    write_text_atomic(report_dir / "validation.json", json.dumps({**summary, "gx_results": gx_rows}, indent=2, default=str))
+    write_text_atomic(report_dir / "expectation_suite.json", json.dumps(suite.to_json_dict(), indent=2, default=str))
+    write_text_atomic(report_dir / "gx_validation_result.json", json.dumps(gx_result.to_json_dict(), indent=2, default=str))
+    write_text_atomic(Path(summary["report_path"]), render_html(summary, gx_rows, sample, params))
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(_cut(c, 200)))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(summary: dict, gx_rows: list[dict], sample: list, params: GateParams) -> str:
+    """A self-contained HTML validation report (what GX data docs show, plus the quarantine)."""
+    verdict = "PASSED" if summary["passed"] else "FAILED"
+    colour = "#1b7f3b" if summary["passed"] else "#b00020"
+    rule_rows = [
+        [r.name, r.description, r.bad_sql, summary["rule_counts"].get(r.name, 0)] for r in ROW_RULES
+    ]
+    gx_table = [
+        [g["rule"], g["level"], g["expectation"], json.dumps(g["kwargs"], default=str),
+         "yes" if g["success"] else "NO", g["observed_value"] if g["observed_value"] is not None else "",
+         "" if g["unexpected_count"] is None else g["unexpected_count"],
+         "" if g["unexpected_percent"] is None else f"{g['unexpected_percent']:.3f}",
+         ", ".join(map(str, g["partial_unexpected"]))]
+        for g in gx_rows
+    ]
+    gx_note = ""
+    if summary["gx_rows_validated"] < summary["rows"]:
+        gx_note = (f"<p>GX validated a deterministic sample of {summary['gx_rows_validated']:,} rows; "
+                   "the SQL rules above checked every row.</p>")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation {html.escape(summary['run_id'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}th{{background:#eee}}
+.v{{color:{colour};font-weight:bold}}</style></head><body>
+<h1>Data-quality validation: <span class="v">{verdict}</span></h1>
+<p>Suite <code>{SUITE_NAME}</code>, run <code>{html.escape(summary['run_id'])}</code>,
+partitions {html.escape(', '.join(summary['ds_list']))}.</p>
+{_table(["rows", "bad rows", "bad fraction", "max_bad_row_fraction", "duplicate ids across partitions",
+         "seconds (SQL rules / GX / total)"],
+        [[f"{summary['rows']:,}", f"{summary['bad_rows']:,}", f"{summary['bad_fraction']:.4%}",
+          params.max_bad_row_fraction, summary["duplicate_ids_across_partitions"],
+          " / ".join(str(summary['seconds'][k]) for k in ("sql_rules", "gx", "total"))]])}
+<h2>Table-level failures</h2><p>{html.escape('; '.join(summary['table_failures']) or 'none')}</p>
+<h2>Row-level rules (every row, DuckDB SQL; failing rows are quarantined)</h2>
+{_table(["rule", "meaning", "row fails when (SQL)", "failing rows"], rule_rows)}
+<h2>Great Expectations results</h2>{gx_note}
+<p>Full GX data docs: <a href="gx_data_docs/index.html">gx_data_docs/index.html</a>.</p>
+{_table(["rule", "level", "expectation", "kwargs", "success", "observed", "unexpected", "unexpected %",
+         "sample unexpected"], gx_table)}
+<h2>Quarantine sample (first {len(sample)} rows)</h2>
+{_table(["ds", "review_id", "rule", "source_file", "source_line", "value"], [list(r) for r in sample])}
+<p>Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p></body></html>
+"""

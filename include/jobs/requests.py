@@ -1,0 +1,109 @@
+"""Job requests in SageMaker's API shape.
+
+Each builder returns ONE plain dict (``CreateProcessingJob`` / ``CreateTrainingJob``), as
+the Amazon provider's system tests do: reviewing a step means reading a dict. A runner
+(``include/jobs/runner.py``) executes it unchanged: the local runner here, the provider's
+SageMaker operators on the aws backend.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+# Images the aws backend runs the same scripts in (Hugging Face DLCs, PyTorch 2.x).
+PROCESSING_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
+TRAINING_IMAGE = ("763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-training:"
+                  "2.5.1-transformers4.49.0-cpu-py311-ubuntu22.04")
+ROLE_ARN = "arn:aws:iam::000000000000:role/review-sentiment-sagemaker"
+PROC = "/opt/ml/processing"
+
+
+def job_name(step: str, run_id: str, try_number: int) -> str:
+    """Unique per (run, attempt), within SageMaker's 63 characters of ``[a-zA-Z0-9-]``."""
+    digest = hashlib.sha1(run_id.encode()).hexdigest()[:10]
+    stamp = re.sub(r"[^0-9]", "", run_id)[:8] or "manual"
+    return f"rs-{step}-{stamp}-{digest}-a{try_number}"[:63]
+
+
+def _input(name: str, uri: str, local: str) -> dict:
+    return {"InputName": name, "S3Input": {"S3Uri": uri, "LocalPath": local, "S3DataType": "S3Prefix",
+                                           "S3InputMode": "File", "S3DataDistributionType": "FullyReplicated"}}
+
+
+def _output(name: str, uri: str, local: str) -> dict:
+    return {"OutputName": name, "S3Output": {"S3Uri": uri, "LocalPath": local, "S3UploadMode": "EndOfJob"}}
+
+
+def _resources(instance_type: str) -> dict:
+    return {"ClusterConfig": {"InstanceCount": 1, "InstanceType": instance_type, "VolumeSizeInGB": 30}}
+
+
+def preprocess_request(*, name: str, input_uri: str, output_uri: str, code_uri: str, model_name_or_path: str,
+                       max_seq_length: int, train_split_percentage: float, validation_split_percentage: float,
+                       balance_dataset: str, seed: int = 42, timeout_s: int = 1800,
+                       instance_type: str = "ml.c5.2xlarge") -> dict:
+    """``CreateProcessingJob`` for ``preprocess.py``: clean, balance, split, tokenize."""
+    args = ["--input-data", f"{PROC}/input/data", "--output-data", f"{PROC}/output/features",
+            "--max-seq-length", str(max_seq_length), "--train-split-percentage", str(train_split_percentage),
+            "--validation-split-percentage", str(validation_split_percentage),
+            "--balance-dataset", str(balance_dataset).lower(), "--seed", str(seed)]
+    if model_name_or_path:
+        args += ["--model-name-or-path", model_name_or_path]
+    return {
+        "ProcessingJobName": name,
+        "ProcessingInputs": [_input("code", code_uri, f"{PROC}/input/code"), _input("data", input_uri, f"{PROC}/input/data")],
+        "ProcessingOutputConfig": {"Outputs": [_output("features", output_uri, f"{PROC}/output/features")]},
+        "ProcessingResources": _resources(instance_type),
+        "StoppingCondition": {"MaxRuntimeInSeconds": timeout_s},
+        "AppSpecification": {"ImageUri": PROCESSING_IMAGE, "ContainerEntrypoint": ["python3", f"{PROC}/input/code/preprocess.py"],
+                             "ContainerArguments": args},
+        "Environment": {"HF_HUB_OFFLINE": "1"},
+        "RoleArn": ROLE_ARN,
+    }
+
+
+def training_request(*, name: str, train_uri: str, validation_uri: str, output_uri: str, checkpoint_uri: str,
+                     code_uri: str, hyperparameters: dict, environment: dict | None = None, timeout_s: int = 3600,
+                     instance_type: str = "ml.c5.9xlarge") -> dict:
+    """``CreateTrainingJob`` for ``train.py`` in script mode (Hugging Face container)."""
+    def channel(cname: str, uri: str) -> dict:
+        return {"ChannelName": cname, "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}}
+
+    hps = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in hyperparameters.items()}
+    hps.update({"sagemaker_program": "train.py", "sagemaker_submit_directory": code_uri})
+    return {
+        "TrainingJobName": name,
+        "AlgorithmSpecification": {"TrainingImage": TRAINING_IMAGE, "TrainingInputMode": "File"},
+        "HyperParameters": hps,
+        "InputDataConfig": [channel("train", train_uri), channel("validation", validation_uri)],
+        "OutputDataConfig": {"S3OutputPath": output_uri},
+        "CheckpointConfig": {"S3Uri": checkpoint_uri, "LocalPath": "/opt/ml/checkpoints"},
+        "ResourceConfig": {"InstanceCount": 1, "InstanceType": instance_type, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": timeout_s},
+        "Environment": {"HF_HUB_OFFLINE": "1", **(environment or {})},
+        "RoleArn": ROLE_ARN,
+    }
+
+
+def evaluation_request(*, name: str, model_uri: str, test_uri: str, training_output_uri: str | None,
+                       output_uri: str, code_uri: str, timeout_s: int = 1800,
+                       instance_type: str = "ml.c5.2xlarge") -> dict:
+    """``CreateProcessingJob`` for ``evaluate.py``: evaluation.json + confusion matrix."""
+    inputs = [_input("code", code_uri, f"{PROC}/input/code"), _input("model", model_uri, f"{PROC}/input/model"),
+              _input("data", test_uri, f"{PROC}/input/data")]
+    if training_output_uri:
+        inputs.append(_input("training", training_output_uri, f"{PROC}/input/training"))
+    return {
+        "ProcessingJobName": name,
+        "ProcessingInputs": inputs,
+        "ProcessingOutputConfig": {"Outputs": [_output("metrics", output_uri, f"{PROC}/output/metrics")]},
+        "ProcessingResources": _resources(instance_type),
+        "StoppingCondition": {"MaxRuntimeInSeconds": timeout_s},
+        "AppSpecification": {"ImageUri": PROCESSING_IMAGE, "ContainerEntrypoint": ["python3", f"{PROC}/input/code/evaluate.py"],
+                             "ContainerArguments": ["--model", f"{PROC}/input/model", "--test-data", f"{PROC}/input/data",
+                                                    "--training-output", f"{PROC}/input/training",
+                                                    "--output-data", f"{PROC}/output/metrics"]},
+        "Environment": {"HF_HUB_OFFLINE": "1"},
+        "RoleArn": ROLE_ARN,
+    }

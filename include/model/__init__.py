@@ -1,0 +1,1 @@
+"""The model concern: the model registry (MLflow) and the deployable package."""

@@ -1,0 +1,187 @@
+"""Build and unpack the deployable model package (``model.tar.gz``).
+
+The archive has the layout SageMaker's "create model" / repack step produces and its
+PyTorch / Hugging Face serving containers expect::
+
+    model.safetensors, config.json (with id2label), tokenizer files   <- at the root
+    classifier_head.safetensors (mean-pooling head, see scripts/modeling.py)
+    code/inference.py, code/modeling.py                                <- the handler
+    package-manifest.json                                              <- sha256 of every file
+
+The manifest lets :func:`extract_package` refuse a package that was damaged after it was
+built (a corrupted model file is caught before anything tries to serve it).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+from include.common.io import GZIP_LEVEL, atomic_path, uri_to_path
+
+PACKAGE_NAME = "model.tar.gz"
+MANIFEST_NAME = "package-manifest.json"
+INFERENCE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "inference.py"
+MODELING_SCRIPT = INFERENCE_SCRIPT.with_name("modeling.py")  # the classifier class inference.py loads
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # at least one of them (fast or slow tokenizer)
+
+
+class PackagingError(ValueError):
+    """A model folder or package that cannot be turned into a deployable model."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def validate_model_dir(model_dir: Path) -> None:
+    """Check ``model_dir`` is a save_pretrained folder a classifier can be served from."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise PackagingError(f"{model_dir}: not a folder - pass the save_pretrained output folder")
+    config_path = model_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise PackagingError(f"{config_path}: missing - the model folder needs config.json") from None
+    except json.JSONDecodeError as exc:
+        raise PackagingError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not config.get("id2label"):
+        raise PackagingError(f"{config_path}: no id2label - save the model with id2label/label2id set")
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not weights:
+        raise PackagingError(f"{model_dir}: no *.safetensors file - save with safe_serialization (the default)")
+    for path in weights:
+        _check_safetensors_header(path)
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise PackagingError(
+            f"{model_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}) - call tokenizer.save_pretrained "
+            "into the same folder")
+
+
+def _check_safetensors_header(path: Path) -> None:
+    # Cheap structural check (header JSON + declared size), no tensor is read.
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+        if n <= 0 or n > size - 8:
+            raise PackagingError(f"{path}: not a safetensors file (bad header length) - re-save the model")
+        try:
+            header = json.loads(fh.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise PackagingError(f"{path}: safetensors header is not JSON - the file is damaged") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise PackagingError(f"{path}: {size} bytes but its header describes {8 + n + end} - "
+                             "the file is truncated or damaged")
+
+
+def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFERENCE_SCRIPT) -> str:
+    """Write ``model.tar.gz`` (model files + ``code/inference.py`` + ``code/modeling.py``); return its URI.
+
+    ``dest_uri`` is either the archive's URI (ending in ``.tar.gz``) or a prefix under which
+    ``model.tar.gz`` is written. The archive is written under a temporary name and renamed,
+    so a retry replaces it and a reader never sees half an archive.
+    """
+    model_dir = Path(model_dir)
+    validate_model_dir(model_dir)
+    dest = uri_to_path(dest_uri)
+    if not dest.name.endswith(".tar.gz"):
+        dest = dest / PACKAGE_NAME
+    files = sorted(p for p in model_dir.rglob("*")
+                   if p.is_file() and p.relative_to(model_dir).parts[0] not in ("code", MANIFEST_NAME))
+    members = [(p, p.relative_to(model_dir).as_posix()) for p in files]
+    members.append((Path(inference_script), "code/inference.py"))
+    members.append((MODELING_SCRIPT, "code/modeling.py"))
+    manifest = {"format": 1, "files": {arc: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                                       for p, arc in members}}
+    with atomic_path(dest) as tmp, tarfile.open(tmp, "w:gz", compresslevel=GZIP_LEVEL) as tar:
+        for path, arcname in members:
+            tar.add(path, arcname=arcname, recursive=False, filter=_normalise)
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = _normalise(tarfile.TarInfo(MANIFEST_NAME))
+        info.size, info.mtime = len(data), int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return dest.as_uri()
+
+
+def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Reproducible members: no owner names, readable by the serving user.
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def extract_package(package_uri: str, dest_dir: Path) -> Path:
+    """Unpack ``package_uri`` into ``dest_dir`` (replaced atomically) and verify it.
+
+    Unpacks into a sibling temporary folder, checks every file against the package
+    manifest and that ``code/inference.py`` and ``config.json`` are there, then renames it
+    into place (an existing ``dest_dir`` is swapped out, not overwritten in place, so a
+    process still mapping its files is unaffected). Returns ``dest_dir``.
+    """
+    src = uri_to_path(package_uri)
+    if not src.is_file():
+        raise PackagingError(f"{package_uri}: no such package file")
+    dest_dir = Path(dest_dir)
+    with atomic_path(dest_dir) as tmp:
+        tmp.mkdir(mode=0o755)
+        try:
+            with tarfile.open(src, "r:gz") as tar:
+                tar.extractall(tmp, filter="data")  # refuses absolute paths, .., devices
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise PackagingError(f"{package_uri}: cannot be unpacked ({exc}) - rebuild the package") from None
+        verify_extracted(tmp, package_uri)
+    return dest_dir
+
+
+def verify_extracted(folder: Path, package_uri: str = "") -> None:
+    """Check an unpacked package: required files and (when present) manifest checksums."""
+    where = package_uri or str(folder)
+    for required in ("config.json", "code/inference.py"):
+        if not (folder / required).is_file():
+            raise PackagingError(f"{where}: {required} is missing from the package - rebuild it with build_package")
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return  # a package from elsewhere (e.g. SageMaker's own repack) has no manifest
+    manifest = json.loads(manifest_path.read_text())
+    for arcname, meta in manifest["files"].items():
+        path = folder / arcname
+        if not path.is_file():
+            raise PackagingError(f"{where}: {arcname} is listed in the manifest but missing")
+        if _sha256(path) != meta["sha256"]:
+            raise PackagingError(
+                f"{where}: {arcname} does not match its checksum - the package is corrupted; rebuild it")
+
+
+def package_sha256(package_uri: str) -> str:
+    """sha256 of the package archive (identifies exactly what a version serves)."""
+    return _sha256(uri_to_path(package_uri))
+
+
+def model_dir_from_artifact(model_artifact_uri: str, workdir: Path) -> Path:
+    """Unpack the training job's ``model.tar.gz`` into ``workdir``; the save_pretrained folder."""
+    src = uri_to_path(model_artifact_uri)
+    if not src.is_file():
+        raise PackagingError(f"{model_artifact_uri}: no such model artifact (the training job's model.tar.gz)")
+    try:
+        with tarfile.open(src, "r:*") as tar:
+            tar.extractall(workdir, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise PackagingError(f"{model_artifact_uri}: cannot be unpacked ({exc})") from None
+    if (workdir / "config.json").is_file():
+        return workdir
+    nested = [p.parent for p in workdir.glob("*/config.json")]
+    if len(nested) == 1:  # tolerate a tarball holding one folder
+        return nested[0]
+    raise PackagingError(f"{model_artifact_uri}: no config.json at the archive's root - expected the "
+                         "save_pretrained folder of the training job (SM_MODEL_DIR)")

@@ -1,0 +1,25 @@
+"""What every DAG of the project shares: task defaults and the assets that link the DAGs.
+
+``REVIEWS_LANDING``: a landing partition was registered in the catalog. The main pipeline's
+``register_dataset`` task declares it as an outlet; ``review_catalog_analysis`` is
+scheduled on it, so the analysis refreshes after each new partition.
+``REVIEWS_CATALOG``: the catalog was updated by ``review_catalog_analysis``'s register task.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Asset
+
+START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+DEFAULT_ARGS = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+REVIEWS_LANDING = Asset(name="reviews_landing", uri="reviews://landing/reviews", group="reviews")
+REVIEWS_CATALOG = Asset(name="reviews_catalog", uri="reviews://catalog/reviews_raw", group="reviews")

@@ -1,0 +1,132 @@
+"""Steps 7-9 of ``review_sentiment_pipeline``: register, approve or reject, deploy.
+
+Each is idempotent (a re-run of the same Airflow run registers no second version; deploying
+the version already served only smoke-tests it) and returns a small JSON-able dict for XCom.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from include.common.errors import NonRetriableError
+from include.common.io import uri_to_path
+from include.model.packaging import build_package, model_dir_from_artifact
+from include.model.registry import (
+    APPROVED,
+    PENDING,
+    REJECTED,
+    REQUIRED_LINEAGE,
+    ModelVersion,
+    RegistryError,
+    flatten_evaluation,
+    get_registry,
+)
+from include.pipeline.context import RunInfo, git_commit
+from include.serving import endpoint
+from include.serving.protocol import SMOKE_REVIEWS
+
+log = logging.getLogger("airflow.task")
+
+
+class ModelNotApprovedError(NonRetriableError, RegistryError):
+    """A version that is not Approved was asked to be deployed."""
+
+
+def summary(version: ModelVersion, created: bool | None = None) -> dict:
+    """The XCom-sized view of a registered version."""
+    out = {"model_name": version.name, "version": version.version, "approval_status": version.approval_status,
+           "package_uri": version.package_uri, "metrics": version.metrics}
+    if created is not None:
+        out["created"] = created
+    return out
+
+
+def run_lineage(info: RunInfo, registered: dict, features: dict, trained: dict, evaluation: dict) -> dict:
+    """What a registered version records about the run that made it."""
+    return {
+        "dag_id": info.dag_id, "run_id": info.run_id, "ds": info.ds,
+        "partitions": ",".join(registered["partitions"]),
+        "feature_group": features["feature_snapshot"]["feature_group"],
+        "feature_snapshot_id": features["feature_snapshot"]["snapshot_id"],
+        "git_commit": git_commit(),
+        "preprocess_job": features["job"]["job_name"], "training_job": trained["job"]["job_name"],
+        "evaluation_job": evaluation["job"]["job_name"], "evaluation_uri": evaluation["evaluation_uri"],
+        "train_data_uri": features["train_uri"], "clean_data_uri": features["export_uri"],
+    }
+
+
+def register_model(model_artifact_uri: str, evaluation: dict, lineage: dict, auto_approve: bool,
+                   package_dest_uri: str) -> dict:
+    """Step 7: package the trained model and register it as a new version (once per dag run).
+
+    ``lineage`` must carry ``dag_id`` and ``run_id`` (see :func:`run_lineage`). Returns
+    ``{"model_name", "version", "approval_status", "package_uri", "metrics", "created"}``;
+    ``created`` is false when this run had already registered its version (the package is
+    then not rebuilt, so a registered version's package never changes).
+    """
+    missing = [k for k in REQUIRED_LINEAGE if not (lineage or {}).get(k)]
+    if missing:
+        raise RegistryError(f"lineage lacks {', '.join(missing)}: pass the Airflow dag_id and run_id")
+    registry = get_registry()
+    existing = registry.find_by_run(lineage["dag_id"], lineage["run_id"])
+    if existing is not None:
+        log.info("run %s already registered version %s (%s); nothing to do",
+                 lineage["run_id"], existing.version, existing.approval_status)
+        return summary(existing, created=False)
+    metrics = flatten_evaluation(evaluation)
+    with tempfile.TemporaryDirectory(prefix="register-model-") as tmp:
+        package_uri = build_package(model_dir_from_artifact(model_artifact_uri, Path(tmp)), package_dest_uri)
+    status = APPROVED if auto_approve else PENDING
+    version = registry.register(package_uri, metrics,
+                                {**lineage, "model_artifact_uri": model_artifact_uri, "package_uri": package_uri,
+                                 "auto_approve": str(bool(auto_approve)).lower()}, status)
+    log.info("registered version %s as %s with %d metrics (accuracy %s)", version.version,
+             version.approval_status, len(metrics), metrics.get("accuracy"))
+    return summary(version, created=True)
+
+
+def register_run_model(info: RunInfo, registered: dict, features: dict, trained: dict, evaluation: dict,
+                       auto_approve: bool) -> dict:
+    """Step 7 for a pipeline run: the run's model, evaluation report and lineage."""
+    report = json.loads(uri_to_path(evaluation["evaluation_uri"]).read_text())
+    return register_model(trained["model_uri"], report, run_lineage(info, registered, features, trained, evaluation),
+                          auto_approve, info.uri("register_model") + "/model.tar.gz")
+
+
+def approve_model(version: str, note: str = "") -> dict:
+    """Step 8 (Approve): mark ``version`` Approved."""
+    return summary(get_registry().set_approval(version, APPROVED, note))
+
+
+def reject_model(version: str, note: str = "") -> dict:
+    """Step 8 (Reject): mark ``version`` Rejected with the reviewer's note; it can never be deployed."""
+    return summary(get_registry().set_approval(version, REJECTED, note))
+
+
+def deployed_accuracy() -> float | None:
+    """Test accuracy of the version the endpoint serves now (None when nothing is deployed)."""
+    deployed = get_registry().deployed_version()
+    return deployed.metrics.get("accuracy") if deployed else None
+
+
+def deploy_model(version: str, smoke_texts: list[str] | tuple[str, ...] = SMOKE_REVIEWS, port: int | None = None,
+                 timeout_s: float = 120) -> dict:
+    """Step 9: serve an Approved ``version`` on the endpoint and record it as deployed.
+
+    Refuses (:class:`ModelNotApprovedError`) unless the registry says Approved. On a failed
+    load or smoke test the previous version keeps serving and the error propagates (the
+    task fails with the reason). Returns the endpoint info (url, pid, version, smoke answers).
+    """
+    registry = get_registry()
+    mv = registry.get(version)
+    if mv.approval_status != APPROVED:
+        raise ModelNotApprovedError(f"version {version} of {mv.name} is {mv.approval_status}, not Approved; "
+                                    "approve it (approve_model task) before deploying")
+    info = endpoint.deploy(mv.package_uri, mv.version, list(smoke_texts or SMOKE_REVIEWS), port=port,
+                           timeout_s=timeout_s)
+    registry.mark_deployed(mv.version)
+    log.info("version %s serves at %s (pid %s, %s in %.1fs)", mv.version, info["url"], info["pid"],
+             info["mode"], info["seconds"])
+    return {**info, "model_name": mv.name, "approval_status": mv.approval_status}

@@ -1,0 +1,218 @@
+"""Steps 1-6 of ``review_sentiment_pipeline`` and the analysis DAG's steps, as plain functions.
+
+Every step writes under the run-scoped prefix ``runs/<dag_id>/<run_id>/<step>/`` and
+publishes atomically, so a retried or re-run task replaces its outputs. Each returns a
+small JSON-able dict that goes to XCom and into the lineage listing. The Airflow glue that
+calls them is ``include/pipeline/tasks.py``; steps 7-9 are in ``model_steps.py``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from datetime import date, timedelta
+from pathlib import Path
+
+from include.analytics import analysis, drift
+from include.common.config import Settings, get_settings
+from include.common.io import publish_dir, uri_to_path
+from include.data import catalog, feature_store, quality
+from include.jobs import requests
+from include.jobs.runner import get_runner
+from include.model.registry import RegistryError, get_registry
+from include.pipeline import profiles
+from include.pipeline.context import PipelineError, RunInfo
+
+log = logging.getLogger("airflow.task")
+EXPERIMENT = "review-sentiment"
+TRAIN_HPS = ("epochs", "learning_rate", "train_batch_size", "max_seq_length", "max_train_samples",
+             "class_weights", "max_class_ratio", "rating_aux_weight")
+
+
+def register_backlog(ds: str | None, input_data_uri: str = "", settings: Settings | None = None) -> dict:
+    """Register partitions in the catalog; the one registration both DAGs use.
+
+    With ``input_data_uri``: that file/folder becomes partition ``ds``. Otherwise every landed
+    partition the catalog lacks (up to ``ds`` when given) is registered, and ``ds`` itself is
+    (re-)registered, so a first run (or one after missed nights) sees all history.
+    """
+    if input_data_uri:
+        todo = [ds]
+    else:
+        known = set(catalog.registered_partitions(settings))
+        todo = [d for d in catalog.landing_partitions(settings) if d not in known and (not ds or d < ds)]
+        if ds:
+            todo.append(catalog.parse_ds(ds).isoformat())
+    results = [catalog.register_partition(d, input_data_uri or None, settings=settings) for d in todo]
+    rows = sum(r["rows"] for r in results)
+    if results:
+        log.info("registered %d partition(s) %s..%s, %d rows", len(results), results[0]["ds"], results[-1]["ds"], rows)
+    else:
+        log.info("no landed partition missing from the catalog")
+    return {"ds": ds or "", "partitions": [r["ds"] for r in results], "rows": rows,
+            "files": [f for r in results for f in r["files"]],
+            "catalog_partitions": catalog.registered_partitions(settings)}
+
+
+def validate_dataset(info: RunInfo, partitions: list[str], max_bad_row_fraction: float) -> dict:
+    """Step 2: the quality suite over the newly registered partitions; report as run artifact."""
+    dest = info.uri("validate")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = quality.validate_partitions(partitions, info.run_id, max_bad_row_fraction, Path(tmp))
+        report_name = Path(result["report_path"]).name
+        uri = publish_dir(Path(tmp), dest)
+    result["report_path"] = str(uri_to_path(uri) / report_name)
+    log.info("validation: %d rows, %d bad (%.2f%%); report %s", result["rows"], result["bad_rows"],
+             100 * result["bad_fraction"], result["report_path"])
+    return result
+
+
+def training_settings(params: dict) -> dict:
+    """The run's profile settings with the params that override them (see profiles.py)."""
+    try:
+        prof = profiles.resolve(params)
+    except profiles.ProfileError as exc:
+        raise PipelineError(str(exc)) from None
+    log.info("profile %s%s: %s", prof["profile"],
+             f" (overridden: {', '.join(prof['overrides'])})" if prof["overrides"] else "",
+             ", ".join(f"{k}={prof[k]}" for k in profiles.SETTINGS))
+    return prof
+
+
+def preprocess(info: RunInfo, params: dict) -> dict:
+    """Step 3: export the clean rows, run the processing job, ingest the feature snapshot."""
+    settings = get_settings()
+    runner = get_runner(settings)
+    prof = training_settings(params)
+    window = int(params.get("training_window_days") or 0)
+    ds_from = (date.fromisoformat(info.ds) - timedelta(days=window - 1)).isoformat() if window > 0 else None
+    export_uri = info.uri("export")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = catalog.export_clean(info.ds, Path(tmp) / "clean.parquet", ds_from=ds_from)
+        if rows == 0:
+            raise PipelineError(f"no valid reviews up to ds={info.ds}: nothing to train on")
+        publish_dir(Path(tmp), export_uri)
+    log.info("exported %d clean reviews (ds %s..%s) to %s", rows, ds_from or "first", info.ds, export_uri)
+    features_uri = info.uri("preprocess") + "/features"
+    request = requests.preprocess_request(
+        name=info.job("preprocess"), input_uri=export_uri, output_uri=features_uri, code_uri=runner.code_uri(),
+        model_name_or_path=params.get("model_name_or_path") or "", max_seq_length=prof["max_seq_length"],
+        train_split_percentage=prof["train_split_percentage"],
+        validation_split_percentage=prof["validation_split_percentage"],
+        balance_dataset=prof["balance_dataset"])
+    result = runner.run(request)
+    features_dir = uri_to_path(features_uri)
+    snapshot = feature_store.ingest(features_dir, info.run_id, settings)
+    stats = json.loads((features_dir / "stats.json").read_text())
+    return {"job": result, "export_uri": export_uri, "clean_rows": rows, "features_uri": features_uri,
+            "train_uri": f"{features_uri}/train", "validation_uri": f"{features_uri}/validation",
+            "test_uri": f"{features_uri}/test", "feature_snapshot": snapshot, "stats": stats}
+
+
+def ensure_experiment(settings: Settings, name: str) -> None:
+    """Create the MLflow experiment with its artifact root in the state dir (not ./mlruns)."""
+    import mlflow
+
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, artifact_location=(settings.mlflow_dir / "artifacts").as_uri())
+
+
+def train(info: RunInfo, params: dict, features: dict) -> dict:
+    """Step 4: the training job; model.tar.gz under the run's ``train/`` prefix."""
+    settings = get_settings()
+    runner = get_runner(settings)
+    prof = training_settings(params)
+    hps = {k: prof[k] for k in TRAIN_HPS}
+    if prof.get("train_time_budget_s"):
+        hps["time_budget_s"] = prof["train_time_budget_s"]
+    if params.get("model_name_or_path"):
+        hps["model_name_or_path"] = params["model_name_or_path"]
+    name = info.job("train")
+    output_uri = info.uri("train")
+    checkpoint_uri = output_uri + "/checkpoints"
+    request = requests.training_request(
+        name=name, train_uri=features["train_uri"], validation_uri=features["validation_uri"],
+        output_uri=output_uri, checkpoint_uri=checkpoint_uri, code_uri=runner.code_uri(),
+        hyperparameters=hps, environment={"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+                                          "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_RUN_NAME": name})
+    ensure_experiment(settings, EXPERIMENT)
+    result = runner.run(request)
+    _drop_other_attempts(uri_to_path(output_uri), keep=name)
+    # Checkpoints only serve a retry of an unfinished job; the model is published now.
+    shutil.rmtree(uri_to_path(checkpoint_uri), ignore_errors=True)
+    return {"job": result, "model_uri": result["outputs"]["model"], "output_uri": result["outputs"]["output"],
+            "hyperparameters": hps, "profile": prof["profile"], "overrides": prof["overrides"]}
+
+
+def _drop_other_attempts(prefix: Path, keep: str) -> None:
+    # A cleared-and-rerun task must replace, not add: keep only this attempt's job folder.
+    for child in prefix.glob("rs-train-*"):
+        if child.name != keep and child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
+    """Step 5: the evaluation job; returns the evaluation report and where it lies."""
+    runner = get_runner()
+    output_uri = info.uri("evaluate")
+    request = requests.evaluation_request(
+        name=info.job("evaluate"), model_uri=trained["model_uri"], test_uri=features["test_uri"],
+        training_output_uri=trained["output_uri"], output_uri=output_uri, code_uri=runner.code_uri())
+    result = runner.run(request)
+    report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
+    for rule in (report.get("debugger") or {}).get("triggered") or []:
+        log.warning("debugger rule triggered during training: %s", rule)
+    return {"job": result, "evaluation_uri": f"{output_uri}/evaluation.json",
+            "confusion_matrix_uri": f"{output_uri}/confusion_matrix.png",
+            "accuracy": report["metrics"]["accuracy"]["value"], "macro_f1": report["metrics"]["macro_f1"]["value"],
+            "accuracy_ci95": report["accuracy_ci95"], "test_rows": report["test_rows"]}
+
+
+def accuracy_gate(evaluation: dict, min_accuracy: float, deployed_accuracy: float | None = None) -> tuple[bool, str]:
+    """Step 6: pass only when accuracy >= ``min_accuracy`` and not behind the deployed model."""
+    acc = evaluation["accuracy"]
+    if acc < min_accuracy:
+        return False, f"accuracy {acc:.4f} < min_accuracy {min_accuracy:.4f}: not registering this model"
+    if deployed_accuracy is not None and acc < deployed_accuracy:
+        return False, f"accuracy {acc:.4f} is behind the deployed model's {deployed_accuracy:.4f}: keeping it"
+    return True, f"accuracy {acc:.4f} >= min_accuracy {min_accuracy:.4f}: registering"
+
+
+# ------------------------------------------------------------------ review_catalog_analysis
+
+
+def analyse(info: RunInfo, ds_from: str | None, ds_to: str | None, top_n: int) -> dict:
+    """The lab's SQL questions over the catalog: plots + ``report.html`` under ``analysis/``."""
+    result = analysis.run_analysis(uri_to_path(info.uri("analysis")), ds_from, ds_to, top_n=top_n)
+    print(f"analysis report: {result['report_path']}", flush=True)
+    return result
+
+
+def deployed_training_data_uri() -> str | None:
+    """The clean data the deployed model was trained on (its registry lineage), if any."""
+    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: nothing deployed
+        return None
+    try:
+        deployed = get_registry().deployed_version()
+    except RegistryError:
+        return None
+    folder = (deployed.lineage.get("clean_data_uri") if deployed else None) or None
+    return f"{folder.rstrip('/')}/clean.parquet" if folder else None
+
+
+def check_drift(info: RunInfo, registered: dict, baseline_uri: str, threshold: float) -> dict:
+    """Drift of the newly registered partitions against ``baseline_uri`` (default: the deployed
+    model's training data). Above the threshold it is a warning, never a failure; without a
+    baseline the check is skipped."""
+    baseline = baseline_uri or deployed_training_data_uri() or ""
+    if not baseline:
+        log.info("no drift_baseline_uri and no deployed model with recorded training data: drift check skipped")
+        return {"skipped": True}
+    ds_list = registered.get("partitions") or registered.get("catalog_partitions", [])[-1:]
+    result = drift.compare(ds_list, uri_to_path(baseline), threshold=threshold,
+                           report_dir=uri_to_path(info.uri("drift")))
+    print(f"drift report: {result['report_path']}", flush=True)
+    return result

@@ -1,0 +1,189 @@
+"""The Airflow glue of both DAGs: task context in, a step call, one error policy out.
+
+Every task of ``review_sentiment_pipeline`` and ``review_catalog_analysis`` is one function
+here, wrapped by :func:`airflow_step`, which applies the project's failure policy by
+exception type: a :class:`~include.common.errors.NonRetriableError` (or ``ValueError``) -
+bad data, bad parameters, a job that refused its input, a model that may not be deployed -
+fails the task at once with its message (``AirflowFailException``: a retry cannot fix it);
+anything else goes through the task's retries with back-off. It also records the step's
+result in the run's lineage folder.
+
+DAG parsing imports this module, so it imports no heavy library at module level: the steps
+(pandas, duckdb, mlflow, ...) are imported when a task runs.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable
+
+from airflow.sdk import get_current_context
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.common.errors import NonRetriableError
+from include.pipeline.context import PipelineError, RunInfo, record_step, resolve_ds
+
+log = logging.getLogger("airflow.task")
+NON_RETRIABLE = (NonRetriableError, ValueError)
+
+
+def run_info(context: dict[str, Any]) -> RunInfo:
+    """``RunInfo`` of the running task: DAG run, partition (``ds`` param / data interval) and attempt."""
+    ti, params = context["ti"], context["params"]
+    ds_param, interval = params.get("ds"), context.get("data_interval_start")
+    landed = None
+    if not ds_param and interval is None:  # a manual run without a logical date: the latest landed day
+        from include.data.catalog import landing_partitions
+
+        landed = landing_partitions()
+    return RunInfo(dag_id=ti.dag_id, run_id=context["run_id"], ds=resolve_ds(interval, ds_param, landed),
+                   try_number=ti.try_number)
+
+
+def _lineage_info(context: dict[str, Any]) -> RunInfo:
+    # The analysis DAG may run with no partition at all: its lineage then has an empty ds.
+    try:
+        return run_info(context)
+    except PipelineError:
+        return RunInfo(dag_id=context["ti"].dag_id, run_id=context["run_id"], ds="",
+                       try_number=context["ti"].try_number)
+
+
+def airflow_step(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Apply the failure policy to a task function and record its result as lineage."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = fn(*args, **kwargs)
+        except NON_RETRIABLE as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(result, dict):
+            record_step(_lineage_info(get_current_context()), fn.__name__, result)
+        return result
+    return wrapper
+
+
+def _context() -> tuple[dict[str, Any], RunInfo]:
+    ctx = get_current_context()
+    return ctx["params"], run_info(ctx)
+
+
+# ------------------------------------------------------------------ review_sentiment_pipeline
+
+
+@airflow_step
+def register_dataset() -> dict:
+    """Step 1: the day's drop (or ``input_data_uri``) and the landed backlog into the catalog."""
+    from include.pipeline import steps
+
+    params, info = _context()
+    return steps.register_backlog(info.ds, params.get("input_data_uri") or "")
+
+
+@airflow_step
+def validate_dataset(registered: dict) -> dict:
+    """Step 2: the quality gate over the registered partitions."""
+    from include.pipeline import steps
+
+    params, info = _context()
+    return steps.validate_dataset(info, registered["partitions"], params["max_bad_row_fraction"])
+
+
+@airflow_step
+def preprocess(validated: dict) -> dict:
+    """Step 3 (``validated`` orders it after the gate)."""
+    from include.pipeline import steps
+
+    params, info = _context()
+    return steps.preprocess(info, params)
+
+
+@airflow_step
+def train(features: dict) -> dict:
+    """Step 4: the training job."""
+    from include.pipeline import steps
+
+    params, info = _context()
+    return steps.train(info, params, features)
+
+
+@airflow_step
+def evaluate(features: dict, trained: dict) -> dict:
+    """Step 5: the evaluation job."""
+    from include.pipeline import steps
+
+    _, info = _context()
+    return steps.evaluate(info, features, trained)
+
+
+@airflow_step
+def check_accuracy(evaluation: dict, pass_task: str, fail_task: str) -> str:
+    """Step 6 (branch): register only a model good enough and not behind the deployed one."""
+    from include.pipeline import model_steps, steps
+
+    params, _ = _context()
+    deployed = model_steps.deployed_accuracy()
+    tolerance = params.get("max_accuracy_drop", 0.02)
+    ok, note = steps.accuracy_gate(evaluation, params["min_accuracy"],
+                                   None if deployed is None else deployed - tolerance)
+    log.info(note)
+    return pass_task if ok else fail_task
+
+
+@airflow_step
+def register_model(registered: dict, features: dict, trained: dict, evaluation: dict) -> dict:
+    """Step 7: package and register the model version."""
+    from include.pipeline import model_steps
+
+    params, info = _context()
+    return model_steps.register_run_model(info, registered, features, trained, evaluation,
+                                          bool(params["auto_approve"]))
+
+
+@airflow_step
+def approval_gate(registration: dict, manual_task: str, auto_task: str) -> str:
+    """Branch: a version registered as Approved (auto_approve) skips the human approval."""
+    from include.model.registry import APPROVED
+
+    log.info("model version %s is %s", registration["version"], registration["approval_status"])
+    return auto_task if registration["approval_status"] == APPROVED else manual_task
+
+
+@airflow_step
+def deploy_model(registration: dict) -> dict:
+    """Step 9: serve the approved version (smoke-tested; the old one keeps serving on failure)."""
+    from include.pipeline import model_steps
+
+    return model_steps.deploy_model(registration["version"])
+
+
+# ------------------------------------------------------------------ review_catalog_analysis
+
+
+@airflow_step
+def register() -> dict:
+    """Register the ``ds`` param's partition, or every landed partition the catalog lacks."""
+    from include.pipeline import steps
+
+    params = get_current_context()["params"]
+    return steps.register_backlog(params.get("ds") or None)
+
+
+@airflow_step
+def analyse(registered: dict) -> dict:
+    """The lab's SQL questions; prints the report's path."""
+    from include.pipeline import steps
+
+    params, info = _context()
+    return steps.analyse(info, params.get("ds_from") or None, params.get("ds_to") or None,
+                         int(params.get("top_n") or 3))
+
+
+@airflow_step
+def check_drift(registered: dict) -> dict:
+    """Drift against the deployed model's training data; a warning, never a failure."""
+    from include.pipeline import steps
+
+    params, info = _context()
+    return steps.check_drift(info, registered, params.get("drift_baseline_uri") or "",
+                             float(params.get("drift_threshold") or 0.2))
