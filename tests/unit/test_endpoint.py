@@ -26,9 +26,9 @@ from safetensors.torch import load_file, save_file
 from include.model.packaging import build_package
 from include.model.registry import APPROVED, PENDING, get_registry
 from include.pipeline.model_steps import ModelNotApprovedError, deploy_model
-from include.serving.protocol import SMOKE_REVIEWS
 from include.serving import endpoint
 from include.serving.endpoint import EndpointDeployError, EndpointNotRunningError
+from include.serving.protocol import SMOKE_REVIEWS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,9 +21,9 @@ from include.model.registry import (
     MlflowModelRegistry,
     ModelVersionNotFoundError,
     RegistryError,
+    flatten_evaluation,
     get_registry,
 )
-from include.model.registry import flatten_evaluation
 from include.pipeline.model_steps import approve_model, register_model, reject_model
 
 EVALUATION = {"metrics": {"accuracy": {"value": 0.71}, "f1_macro": {"value": 0.70}},
