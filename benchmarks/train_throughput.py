@@ -20,6 +20,7 @@ Writes ``benchmarks/results/train_throughput.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -130,6 +131,17 @@ def padding_equivalence(model_dir: str, split, pad_id: int, width: int) -> float
     return float((outs[0] - outs[1]).abs().max())
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD/matrix flags (avx*, amx*, fma, sse4*) from /proc/cpuinfo: they decide bf16 or fp32."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "sse4")))
+    except OSError:
+        pass
+    return []
+
+
 def main(argv: list[str] | None = None) -> dict:
     a = parse_args(argv)
     import torch
@@ -171,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_padding_share": round(1 - base.tokens / base.padded, 4),
         "steps_per_arm": ours.i, "batch_size": a.batch_size, "max_seq_length": a.max_seq_length, "threads": threads,
         "seconds_ours": round(ours.seconds, 1), "seconds_baseline": round(base.seconds, 1),
+        "cpu_flags": cpu_flags(), "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "mixed_precision": "bf16" if amp is not None else "fp32", "freeze_word_embeddings": True,
         "eval_rows": len(ev), "accuracy": round(acc["ours"]["accuracy"], 4),
         "baseline_accuracy": round(acc["baseline"]["accuracy"], 4),
