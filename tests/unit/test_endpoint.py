@@ -347,3 +347,11 @@ def test_failed_first_start_leaves_nothing_running(state_dir, model_dirs, tmp_pa
         endpoint.deploy(package, "301", SMOKE_REVIEWS, timeout_s=120)
     assert endpoint.status() is None
     assert not (state_dir / "endpoint" / "pid").exists()
+
+
+def test_client_server_and_the_package_handler_agree_on_the_json_lines_media_type():
+    # The handler ships inside model.tar.gz and cannot import include/; it must agree with protocol.py.
+    from include.scripts import inference
+    from include.serving import protocol
+
+    assert inference.JSONLINES == protocol.JSONLINES
