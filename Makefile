@@ -49,11 +49,11 @@ lint: install
 readme: install
 	@$(ENV) $(BIN)/python tools/readme_tables.py
 
-# Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Log in with the
-# user/password printed by `airflow standalone` (also in .state/airflow/simple_auth_manager_passwords.json.generated).
+# Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Login admin / admin:
+# tools/env.sh names the user, `cli ui-login` writes its password (AIRFLOW_UI_PASSWORD, default admin).
 ui: install .state/airflow/.migrated
-	@$(ENV) AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$${AIRFLOW_PORT:-8081} \
-	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin airflow standalone
+	@$(ENV) $(BIN)/python -m include.pipeline.cli ui-login && \
+	  AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$${AIRFLOW_PORT:-8081} airflow standalone
 
 artifacts: install
 	@$(ENV) $(BIN)/python -m include.pipeline.cli artifacts $(if $(RUN),--run-id '$(RUN)',)
