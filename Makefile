@@ -18,7 +18,7 @@ help:
 	@echo "make test       - install, lint (ruff) and run the whole test suite"
 	@echo "make lint       - ruff check (config in pyproject.toml)"
 	@echo "make readme     - regenerate the README's profile/param tables from the code"
-	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081"
+	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081, login admin / admin"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
