@@ -18,7 +18,7 @@ help:
 	@echo "make test       - install, lint (ruff) and run the whole test suite"
 	@echo "make lint       - ruff check (config in pyproject.toml)"
 	@echo "make readme     - regenerate the README's profile/param tables from the code"
-	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081"
+	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081, login admin / admin"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
@@ -49,11 +49,11 @@ lint: install
 readme: install
 	@$(ENV) $(BIN)/python tools/readme_tables.py
 
-# Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Log in with the
-# user/password printed by `airflow standalone` (also in .state/airflow/simple_auth_manager_passwords.json.generated).
+# Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Login admin / admin:
+# tools/env.sh names the user, `cli ui-login` writes its password (AIRFLOW_UI_PASSWORD, default admin).
 ui: install .state/airflow/.migrated
-	@$(ENV) AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$${AIRFLOW_PORT:-8081} \
-	  AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin airflow standalone
+	@$(ENV) $(BIN)/python -m include.pipeline.cli ui-login && \
+	  AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$${AIRFLOW_PORT:-8081} airflow standalone
 
 artifacts: install
 	@$(ENV) $(BIN)/python -m include.pipeline.cli artifacts $(if $(RUN),--run-id '$(RUN)',)

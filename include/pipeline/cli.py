@@ -4,6 +4,7 @@
 ``review_sentiment_pipeline`` with ``dag.test()`` (no scheduler needed) and prints where the
 artifacts are and the metrics. It runs the ``quick`` profile unless told otherwise (the whole
 run in under 10 minutes); the DAG's own default, for scheduled runs, is ``quality``.
+``python -m include.pipeline.cli ui-login`` sets the Airflow UI's login before ``make ui`` starts it.
 ``python -m include.pipeline.cli artifacts [--run-id ID]`` lists a run's steps with their inputs,
 outputs, job names and metrics (default: the latest run).
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 from include.common.config import PROJECT_ROOT, get_settings, safe_name
 from include.common.io import uri_to_path
@@ -38,15 +41,41 @@ def logical_date_for(day: date) -> datetime:
 
 
 def run(ds: str | None, conf: dict, profile: str = "quick") -> int:
-    """Run the pipeline for partition ``ds`` (default: yesterday UTC); print a summary."""
+    """Run the pipeline for partition ``ds`` (default: yesterday UTC); print a summary.
+
+    Fails the stale ``dag.test()`` runs an earlier, killed run left ``running`` (they would block
+    every later run), then runs :func:`run_in_process` in a supervised child process, so that a
+    Ctrl-C or a ``kill`` marks the run failed instead of leaving it ``running``
+    (include/pipeline/local_runs.py)."""
+    from include.pipeline import local_runs
+
     day = date.fromisoformat(ds) if ds else yesterday_utc()
+    local_runs.fail_stale_runs()
+    argv = [sys.executable, "-m", "include.pipeline.cli", "dag-test", "--ds", day.isoformat(),
+            "--profile", profile, "--conf", json.dumps(conf)]
+    return local_runs.supervise(argv, DAG_ID, logical_date_for(day))
+
+
+def run_in_process(ds: str, conf: dict, profile: str = "quick") -> int:
+    """Run the pipeline for partition ``ds`` with ``dag.test()`` in this process; print a summary.
+
+    Holds the run's owner lock meanwhile (a second run of the same day is refused, and a later
+    ``make run`` can tell this run's owner is alive)."""
+    from include.pipeline.local_runs import RunAlreadyActiveError, owner_lock
+
+    day = date.fromisoformat(ds)
     # Nobody is there to click "Approve" in a terminal run: approve automatically unless asked.
     conf = {"ds": day.isoformat(), "auto_approve": True, "profile": profile, **conf}
-    dag = load_dag()
-    print(f"==> running {DAG_ID} for ds={day} (conf {json.dumps(conf)})", flush=True)
-    start = time.monotonic()
-    dr = dag.test(logical_date=logical_date_for(day), run_conf=conf)
-    wall = time.monotonic() - start
+    try:
+        with owner_lock(DAG_ID, logical_date_for(day)):
+            dag = load_dag()
+            print(f"==> running {DAG_ID} for ds={day} (conf {json.dumps(conf)})", flush=True)
+            start = time.monotonic()
+            dr = dag.test(logical_date=logical_date_for(day), run_conf=conf)
+            wall = time.monotonic() - start
+    except RunAlreadyActiveError as exc:
+        print(f"==> {exc}", file=sys.stderr)
+        return 1
     state = str(getattr(dr, "state", "unknown"))
     print(f"\n==> run {dr.run_id}: {state} in {wall:.0f}s")
     print_artifacts(dr.run_id)
@@ -74,6 +103,35 @@ def print_served_model() -> None:
     print(f"  live prediction for {review[:60]!r}...:\n    {json.dumps(answer)}")
     print(f"  try it:  curl -s -X POST {info['url'].rstrip('/')}/invocations -H 'Content-Type: application/jsonlines' "
           "--data-binary '{\"features\": [\"I love this dress\"]}'")
+
+
+def ui_login() -> tuple[str, str]:
+    """Set the Airflow UI's login to what the README promises, before ``make ui`` starts Airflow.
+
+    Airflow's simple auth manager takes its users from ``[core] simple_auth_manager_users``
+    (``admin:admin`` = user ``admin`` with role ``admin``, set by tools/env.sh) and their passwords
+    from ``[core] simple_auth_manager_passwords_file``; it generates a random password only for
+    a user missing there. This writes ``AIRFLOW_UI_PASSWORD`` (default ``admin``) for every
+    configured user into that file (atomically, mode 600) and returns (first user, password)."""
+    from airflow.configuration import conf
+
+    from include.common.io import write_text_atomic
+
+    users = [u.split(":")[0] for u in conf.getlist("core", "simple_auth_manager_users") if u.strip()]
+    path = conf.get("core", "simple_auth_manager_passwords_file", fallback=None)
+    if not users or not path:
+        raise SystemExit("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS and AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE "
+                         "must be set (source tools/env.sh sets both)")
+    password = os.environ.get("AIRFLOW_UI_PASSWORD", "admin")
+    if not password.strip():
+        raise SystemExit("AIRFLOW_UI_PASSWORD is empty: set a password, or unset it for the default 'admin'")
+    target = Path(path)
+    try:
+        existing = json.loads(target.read_text() or "{}") if target.exists() else {}
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{target} is not JSON ({exc}); delete it and run make ui again") from None
+    write_text_atomic(target, json.dumps({**existing, **dict.fromkeys(users, password)}) + "\n", mode=0o600)
+    return users[0], password
 
 
 def lineage(run_id: str | None = None) -> tuple[str, list[dict]]:
@@ -124,11 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--profile", default="quick", choices=["quick", "quality"],
                        help="training profile (include/profiles.py): quick = whole run < 10 min on 2 cores, "
                             "quality = the best accuracy, ~20-minute training job")
+    p_child = sub.add_parser("dag-test", help="what `run` supervises: dag.test() in this process (no signal handling)")
+    p_child.add_argument("--ds", required=True, help="partition YYYY-MM-DD")
+    p_child.add_argument("--conf", default="{}", help="JSON of DAG params")
+    p_child.add_argument("--profile", default="quick", choices=["quick", "quality"])
+    sub.add_parser("ui-login", help="write the Airflow UI password (AIRFLOW_UI_PASSWORD, default admin); make ui runs it")
     p_art = sub.add_parser("artifacts", help="list a run's lineage")
     p_art.add_argument("--run-id", default=None, help="run id (default: the latest run)")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return run(args.ds, json.loads(args.conf), args.profile)
+    if args.cmd == "ui-login":
+        user, password = ui_login()
+        port = os.environ.get("AIRFLOW_PORT", "8081")
+        print(f"==> Airflow UI: http://127.0.0.1:{port}  login {user} / {password}  (AIRFLOW_UI_PASSWORD sets another)")
+        return 0
+    if args.cmd == "dag-test":
+        return run_in_process(args.ds, json.loads(args.conf), args.profile)
     print_artifacts(args.run_id)
     return 0
 
