@@ -48,6 +48,7 @@ MAX_BODY_CHARS = 5000
 # deterministic sample, so memory stays bounded (the SQL rules still check every row).
 GX_MAX_ROWS = int(os.environ.get("REVIEWS_GX_MAX_ROWS", "1000000"))
 DEFAULT_MIN_ROWS = 1
+DEFAULT_MAX_BAD_ROW_FRACTION = 0.05  # the DAG param's default
 DEFAULT_MAX_DUPLICATE_TEXT_FRACTION = 0.05
 DEFAULT_UNSEEN_CATEGORY_TOLERANCE = 0.05
 VALID_RATINGS = ["1", "2", "3", "4", "5"]
