@@ -701,7 +701,8 @@ def staged_delivery(con: duckdb.DuckDBPyConnection, day: date) -> dict | None:
 def publish_deliveries(con: duckdb.DuckDBPyConnection, audits: list[dict], run_id: str, report_path: str) -> None:
     """Swap each audited delivery into ``reviews_raw`` - ALL in one transaction.
 
-    ``audits``: ``{"delivery_id", "bad_rows"}`` per delivery that passed the gate. Readers see
+    ``audits``: ``{"delivery_id", "bad_rows"}`` per staged (or re-audited rejected) delivery that
+    passed the gate. Readers see
     the previous partitions or the new ones, never a mix or none (DuckDB's MVCC). The staged
     rows move to ``reviews_raw``; the day's earlier published delivery becomes ``superseded``
     and its quarantine rows go.
@@ -711,7 +712,7 @@ def publish_deliveries(con: duckdb.DuckDBPyConnection, audits: list[dict], run_i
     try:
         for audit in audits:
             d = _delivery(con, audit["delivery_id"])
-            if d is None or d["status"] != STAGED:
+            if d is None or d["status"] not in (STAGED, REJECTED):  # a rejected one may be audited again
                 raise CatalogError(f"delivery {audit['delivery_id']} is not staged (status "
                                    f"{d and d['status']}); register it again")
             day, ids = d["ds"], {"id": d["delivery_id"]}

@@ -241,8 +241,8 @@ def _apply_row_rules(con, ids: list[str], run_id: str) -> dict:
         ).fetchall()
     )
     cross = con.execute(
-        f"SELECT count(DISTINCT a.review_id) FROM {_source_sql()} a JOIN {catalog.RAW} b "
-        "ON a.review_id = b.review_id AND a.ds <> b.ds",
+        f"SELECT count(DISTINCT a.review_id) FROM {_source_sql()} a JOIN (SELECT review_id, ds FROM {_source_sql()} "
+        f"UNION ALL SELECT review_id, ds FROM {catalog.RAW}) b ON a.review_id = b.review_id AND a.ds <> b.ds",
         params,
     ).fetchall()[0][0]
     sample = con.execute(
@@ -285,18 +285,18 @@ def _explain_table_failure(rule: str, facts: dict, rows: int, params: GateParams
     if rule == "product_category_expected_set":
         n, total = facts["unseen_total"], facts["categorised"]
         values = ", ".join(f"{v!r}: {c:,} of {total:,} rows" for v, c in facts["unseen"])
-        return (f"product_category has values outside the expected set ({values}); {n:,} of {total:,} rows "
+        return (f"{rule}: product_category has values outside the expected set ({values}); {n:,} of {total:,} rows "
                 f"({n / max(total, 1):.1%}) > tolerance {params.unseen_category_tolerance:.1%} - fix the category, "
                 "or raise the DAG param unseen_category_tolerance")
     if rule == "duplicate_texts_max":
         texts, distinct = facts["texts"], facts["distinct_texts"]
         dupes = texts - distinct
         examples = ", ".join(f"{t!r} x{c}" for t, c in facts["repeated"])
-        return (f"review_body repeats another row's text in {dupes:,} of {texts:,} rows ({dupes / max(texts, 1):.1%}; "
+        return (f"{rule}: review_body repeats another row's text in {dupes:,} of {texts:,} rows ({dupes / max(texts, 1):.1%}; "
                 f"most repeated: {examples or 'none'}) > tolerance {params.max_duplicate_text_fraction:.1%} - "
                 "remove the duplicates, or raise the DAG param max_duplicate_text_fraction")
     if rule == "row_count_min":
-        return f"the delivery has {rows:,} rows, fewer than min_rows={params.min_rows}"
+        return f"{rule}: the delivery has {rows:,} rows, fewer than min_rows={params.min_rows}"
     return fallback
 
 
