@@ -276,8 +276,24 @@ def _table_facts(con, ids: list[str], params: GateParams) -> dict:
     repeated = con.execute(
         f"SELECT left({body}, 60) AS t, count(*) FROM {src} WHERE {body} IS NOT NULL GROUP BY {body} "
         "HAVING count(*) > 1 ORDER BY count(*) DESC, t LIMIT 3", bind).fetchall()
+    per_delivery = con.execute(
+        f"SELECT delivery_id, count(*), count(*) FILTER (WHERE nullif(trim(product_category), '') IS NOT NULL AND NOT "
+        "list_contains($expected, trim(product_category))), count(nullif(trim(product_category), '')), "
+        f"count({body}), count(DISTINCT {body}) FROM {src} GROUP BY delivery_id",
+        {**bind, "expected": list(params.expected_categories)}).fetchall()
     return {"unseen": unseen, "unseen_total": int(unseen_total), "categorised": int(categorised),
-            "texts": int(texts), "distinct_texts": int(distinct), "repeated": repeated}
+            "texts": int(texts), "distinct_texts": int(distinct), "repeated": repeated,
+            "per_delivery": {r[0]: dict(zip(("rows", "unseen", "categorised", "texts", "distinct"), map(int, r[1:])))
+                             for r in per_delivery}}
+
+
+def _fails_on_its_own(facts: dict, bad_rows: int, params: GateParams) -> bool:
+    """Whether one delivery of a failed batch breaks a rule by itself (then it is rejected;
+    one that does not stays staged for the next audit instead of being rejected with the batch)."""
+    rows = facts["rows"]
+    return (rows < params.min_rows or bad_rows / max(rows, 1) > params.max_bad_row_fraction
+            or facts["unseen"] / max(facts["categorised"], 1) > params.unseen_category_tolerance
+            or (facts["texts"] - facts["distinct"]) / max(facts["texts"], 1) > params.max_duplicate_text_fraction)
 
 
 def _explain_table_failure(rule: str, facts: dict, rows: int, params: GateParams, fallback: str) -> str:
@@ -528,6 +544,14 @@ def validate_partitions(
             f"{params.max_bad_row_fraction} (worst rules: {', '.join(f'{r}={n:,}' for n, r in worst[:3])})"
         )
     reasons += table_failures
+    if not passed:
+        for t in targets:
+            t["own_failure"] = _fails_on_its_own(facts["per_delivery"].get(t["delivery_id"], {"rows": 0, "unseen": 0,
+                                                 "categorised": 0, "texts": 0, "distinct": 0}),
+                                                 sql_part["bad_rows_per_delivery"].get(t["delivery_id"], 0), params)
+        if not any(t["own_failure"] for t in targets):
+            for t in targets:  # only the batch as a whole fails (e.g. texts repeated across days)
+                t["own_failure"] = True
     _record_verdict(settings, targets, summary, "; ".join(reasons))
     summary["seconds"]["total"] = round(time.monotonic() - started, 3)
     if sql_part["duplicate_ids_across_partitions"]:
@@ -541,13 +565,16 @@ def validate_partitions(
         summary["seconds"]["total"], summary["report_path"],
     )
     if not passed:
-        staged = [t["delivery_id"] for t in targets if t["staged"]]
+        staged = [t["delivery_id"] for t in targets if t["staged"] and t["own_failure"]]
+        waiting = [t["delivery_id"] for t in targets if t["staged"] and not t["own_failure"]]
         raise DataQualityError(
             f"data-quality gate failed for ds {', '.join(summary['ds_list'])}: {'; '.join(reasons)}. "
             + (f"Rejected deliver{'y' if len(staged) == 1 else 'ies'} {', '.join(staged)}: the published partitions "
                f"are unchanged; the rejected rows stay in {catalog.STAGING} and {catalog.QUARANTINE} "
                f"(run_id={run_id}) for {catalog.retention_days()} days (`make data-status`). " if staged else
                f"Failing rows are in {catalog.QUARANTINE} (run_id={run_id}). ")
+            + (f"Not rejected (no failure of their own, still staged for the next audit): {', '.join(waiting)}. "
+               if waiting else "")
             + f"Report: {summary['report_path']}"
         )
     return summary
@@ -557,7 +584,7 @@ def _record_verdict(settings: Settings, targets: list[dict], summary: dict, reas
     """Publish the staged deliveries that passed (one transaction), or mark them rejected;
     a re-audited published partition only gets its validation bookkeeping updated."""
     staged = [{"delivery_id": t["delivery_id"], "bad_rows": summary["bad_rows_per_ds"][t["ds"].isoformat()]}
-              for t in targets if t["staged"]]
+              for t in targets if t["staged"] and (summary["passed"] or t["own_failure"])]
     con = catalog.connect(settings)
     try:
         if staged and summary["passed"]:
