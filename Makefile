@@ -9,7 +9,7 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test lint readme ui land artifacts lock clean
+.PHONY: help install run test lint readme ui land artifacts data-status lock clean
 
 include mk/serve.mk
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make readme     - regenerate the README's profile/param tables from the code"
 	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081, login admin / admin"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
+	@echo "make data-status - catalog partitions (published delivery, rows, last audit) and rejected deliveries"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
 
@@ -57,6 +58,9 @@ ui: install .state/airflow/.migrated
 
 artifacts: install
 	@$(ENV) $(BIN)/python -m include.pipeline.cli artifacts $(if $(RUN),--run-id '$(RUN)',)
+
+data-status: install
+	@$(ENV) $(BIN)/python -m include.pipeline.cli data-status
 
 lock:
 	UV=$${UV:-uv} tools/lock.sh

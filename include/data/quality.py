@@ -33,7 +33,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from include.common.config import Settings, get_settings
-from include.common.io import write_text_atomic
+from include.common.io import atomic_path, write_text_atomic
 from include.data import catalog
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no phoning home from a pipeline run
@@ -48,6 +48,7 @@ MAX_BODY_CHARS = 5000
 # deterministic sample, so memory stays bounded (the SQL rules still check every row).
 GX_MAX_ROWS = int(os.environ.get("REVIEWS_GX_MAX_ROWS", "1000000"))
 DEFAULT_MIN_ROWS = 1
+DEFAULT_MAX_BAD_ROW_FRACTION = 0.05  # the DAG param's default
 DEFAULT_MAX_DUPLICATE_TEXT_FRACTION = 0.05
 DEFAULT_UNSEEN_CATEGORY_TOLERANCE = 0.05
 VALID_RATINGS = ["1", "2", "3", "4", "5"]
@@ -190,70 +191,132 @@ def build_suite(params: GateParams):
 
 # --------------------------------------------------------------------------- SQL part
 
+_SOURCE_COLS = "review_id, product_category, review_body, star_rating, review_date, ds, source_file, source_line, delivery_id"
+
+
+def _source_sql() -> str:
+    """The audited rows: staged deliveries (write-audit-publish) or re-audited published ones,
+    selected by ``$ids`` (delivery ids)."""
+    return (f"(SELECT {_SOURCE_COLS} FROM {catalog.STAGING} WHERE list_contains($ids, delivery_id) "
+            f"UNION ALL SELECT {_SOURCE_COLS} FROM {catalog.RAW} WHERE list_contains($ids, delivery_id))")
+
 
 def _quarantine_sql() -> str:
     parts = [
-        f"SELECT ds, review_id, '{r.name}', source_file, source_line, left({r.value_sql}, 200), $run_id "
+        f"SELECT ds, review_id, '{r.name}', source_file, source_line, left({r.value_sql}, 200), $run_id, delivery_id "
         f"FROM src WHERE {r.bad_sql}"
         for r in ROW_RULES
     ]
     return (
-        f"INSERT INTO {catalog.QUARANTINE} WITH src AS ("
+        f"INSERT INTO {catalog.QUARANTINE} (ds, review_id, rule, source_file, source_line, value, run_id, delivery_id) "
+        f"WITH src AS ("
         f"SELECT *, CASE WHEN review_id IS NULL OR trim(review_id) = '' THEN 1 ELSE row_number() OVER "
-        f"(PARTITION BY ds, trim(review_id) ORDER BY source_file, source_line) END AS id_seq "
-        f"FROM {catalog.RAW} WHERE list_contains($ds, ds)) " + " UNION ALL ".join(parts)
+        f"(PARTITION BY delivery_id, trim(review_id) ORDER BY source_file, source_line) END AS id_seq "
+        f"FROM {_source_sql()}) " + " UNION ALL ".join(parts)
     )
 
 
-def _apply_row_rules(con, days: list[date], run_id: str) -> dict:
-    """Replace the partitions' quarantine rows in one transaction; return counts."""
-    params = {"ds": days}
+def _apply_row_rules(con, ids: list[str], run_id: str) -> dict:
+    """Replace the audited deliveries' quarantine rows in one transaction; return counts."""
+    params = {"ids": ids}
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM {catalog.QUARANTINE} WHERE list_contains($ds, ds)", params)
-        # Until this validation finishes, the partitions count as not validated.
-        con.execute(
-            f"UPDATE {catalog.PARTITIONS} SET passed = NULL, validated_at = NULL WHERE list_contains($ds, ds)", params
-        )
+        con.execute(f"DELETE FROM {catalog.QUARANTINE} WHERE list_contains($ids, delivery_id)", params)
         con.execute(_quarantine_sql(), {**params, "run_id": run_id})
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-    rows = con.execute(f"SELECT count(*) FROM {catalog.RAW} WHERE list_contains($ds, ds)", params).fetchall()[0][0]
+    rows = con.execute(f"SELECT count(*) FROM {_source_sql()}", params).fetchall()[0][0]
     rule_counts = dict.fromkeys((r.name for r in ROW_RULES), 0)
     for rule, n in con.execute(
-        f"SELECT rule, count(*) FROM {catalog.QUARANTINE} WHERE list_contains($ds, ds) GROUP BY rule", params
+        f"SELECT rule, count(*) FROM {catalog.QUARANTINE} WHERE list_contains($ids, delivery_id) GROUP BY rule", params
     ).fetchall():
         rule_counts[rule] = int(n)
-    per_ds = dict(
+    per_delivery = dict(
         con.execute(
-            f"SELECT CAST(ds AS VARCHAR), count(DISTINCT (source_file, source_line)) FROM {catalog.QUARANTINE} "
-            "WHERE list_contains($ds, ds) GROUP BY ds",
+            f"SELECT delivery_id, count(DISTINCT (source_file, source_line)) FROM {catalog.QUARANTINE} "
+            "WHERE list_contains($ids, delivery_id) GROUP BY delivery_id",
             params,
         ).fetchall()
     )
     cross = con.execute(
-        f"SELECT count(DISTINCT a.review_id) FROM {catalog.RAW} a JOIN {catalog.RAW} b "
-        "ON a.review_id = b.review_id AND a.ds <> b.ds WHERE list_contains($ds, a.ds)",
+        f"SELECT count(DISTINCT a.review_id) FROM {_source_sql()} a JOIN (SELECT review_id, ds FROM {_source_sql()} "
+        f"UNION ALL SELECT review_id, ds FROM {catalog.RAW}) b ON a.review_id = b.review_id AND a.ds <> b.ds",
         params,
     ).fetchall()[0][0]
     sample = con.execute(
         f"SELECT CAST(ds AS VARCHAR), review_id, rule, source_file, source_line, value FROM {catalog.QUARANTINE} "
-        "WHERE list_contains($ds, ds) ORDER BY ds, source_file, source_line, rule LIMIT 50",
+        "WHERE list_contains($ids, delivery_id) ORDER BY ds, source_file, source_line, rule LIMIT 50",
         params,
     ).fetchall()
     return {
         "rows": int(rows),
-        "bad_rows": int(sum(per_ds.values())),
-        "bad_rows_per_ds": {k: int(v) for k, v in per_ds.items()},
+        "bad_rows": int(sum(per_delivery.values())),
+        "bad_rows_per_delivery": {k: int(v) for k, v in per_delivery.items()},
         "rule_counts": rule_counts,
         "duplicate_ids_across_partitions": int(cross),
         "quarantine_sample": sample,
     }
 
 
-def _gx_frame(con, days: list[date], rows: int):
+def _table_facts(con, ids: list[str], params: GateParams) -> dict:
+    """What a user needs to act on a table-level failure, counted in SQL over the audited rows."""
+    src, bind = _source_sql(), {"ids": ids}
+    unseen = con.execute(
+        f"SELECT trim(product_category) AS c, count(*) FROM {src} WHERE nullif(trim(product_category), '') IS NOT NULL "
+        "AND NOT list_contains($expected, trim(product_category)) GROUP BY c ORDER BY count(*) DESC, c LIMIT 5",
+        {**bind, "expected": list(params.expected_categories)}).fetchall()
+    unseen_total, categorised = con.execute(
+        f"SELECT count(*) FILTER (WHERE NOT list_contains($expected, trim(product_category))), count(*) "
+        f"FROM {src} WHERE nullif(trim(product_category), '') IS NOT NULL",
+        {**bind, "expected": list(params.expected_categories)}).fetchone()
+    body = f"nullif(left(trim(review_body), {MAX_BODY_CHARS + 1}), '')"
+    texts, distinct = con.execute(f"SELECT count({body}), count(DISTINCT {body}) FROM {src}", bind).fetchone()
+    repeated = con.execute(
+        f"SELECT left({body}, 60) AS t, count(*) FROM {src} WHERE {body} IS NOT NULL GROUP BY {body} "
+        "HAVING count(*) > 1 ORDER BY count(*) DESC, t LIMIT 3", bind).fetchall()
+    per_delivery = con.execute(
+        f"SELECT delivery_id, count(*), count(*) FILTER (WHERE nullif(trim(product_category), '') IS NOT NULL AND NOT "
+        "list_contains($expected, trim(product_category))), count(nullif(trim(product_category), '')), "
+        f"count({body}), count(DISTINCT {body}) FROM {src} GROUP BY delivery_id",
+        {**bind, "expected": list(params.expected_categories)}).fetchall()
+    return {"unseen": unseen, "unseen_total": int(unseen_total), "categorised": int(categorised),
+            "texts": int(texts), "distinct_texts": int(distinct), "repeated": repeated,
+            "per_delivery": {r[0]: dict(zip(("rows", "unseen", "categorised", "texts", "distinct"), map(int, r[1:])))
+                             for r in per_delivery}}
+
+
+def _fails_on_its_own(facts: dict, bad_rows: int, params: GateParams) -> bool:
+    """Whether one delivery of a failed batch breaks a rule by itself (then it is rejected;
+    one that does not stays staged for the next audit instead of being rejected with the batch)."""
+    rows = facts["rows"]
+    return (rows < params.min_rows or bad_rows / max(rows, 1) > params.max_bad_row_fraction
+            or facts["unseen"] / max(facts["categorised"], 1) > params.unseen_category_tolerance
+            or (facts["texts"] - facts["distinct"]) / max(facts["texts"], 1) > params.max_duplicate_text_fraction)
+
+
+def _explain_table_failure(rule: str, facts: dict, rows: int, params: GateParams, fallback: str) -> str:
+    """A table-level failure in words a user acts on: column, values with counts, share, tolerance, param."""
+    if rule == "product_category_expected_set":
+        n, total = facts["unseen_total"], facts["categorised"]
+        values = ", ".join(f"{v!r}: {c:,} of {total:,} rows" for v, c in facts["unseen"])
+        return (f"{rule}: product_category has values outside the expected set ({values}); {n:,} of {total:,} rows "
+                f"({n / max(total, 1):.1%}) > tolerance {params.unseen_category_tolerance:.1%} - fix the category, "
+                "or raise the DAG param unseen_category_tolerance")
+    if rule == "duplicate_texts_max":
+        texts, distinct = facts["texts"], facts["distinct_texts"]
+        dupes = texts - distinct
+        examples = ", ".join(f"{t!r} x{c}" for t, c in facts["repeated"])
+        return (f"{rule}: review_body repeats another row's text in {dupes:,} of {texts:,} rows ({dupes / max(texts, 1):.1%}; "
+                f"most repeated: {examples or 'none'}) > tolerance {params.max_duplicate_text_fraction:.1%} - "
+                "remove the duplicates, or raise the DAG param max_duplicate_text_fraction")
+    if rule == "row_count_min":
+        return f"{rule}: the delivery has {rows:,} rows, fewer than min_rows={params.min_rows}"
+    return fallback
+
+
+def _gx_frame(con, ids: list[str], rows: int):
     """The batch GX validates: trimmed raw columns, body cut to MAX_BODY_CHARS + 1.
 
     (File and line are left out: GX does not need them and they would double the frame.)
@@ -267,8 +330,8 @@ def _gx_frame(con, days: list[date], rows: int):
         "SELECT nullif(trim(review_id), '') AS review_id, nullif(trim(product_category), '') AS product_category, "
         f"nullif(left(trim(review_body), {MAX_BODY_CHARS + 1}), '') AS review_body, "
         "nullif(trim(star_rating), '') AS star_rating, review_date, CAST(ds AS TIMESTAMP) AS ds "
-        f"FROM {catalog.RAW} WHERE list_contains($ds, ds){sample}",
-        params={"ds": days},
+        f"FROM {_source_sql()} src{sample}",
+        params={"ids": ids},
     ).to_arrow_table()
     return table.to_pandas(self_destruct=True, split_blocks=True)
 
@@ -365,6 +428,26 @@ def _cut(value, limit: int = 120):
 # --------------------------------------------------------------------------- the gate
 
 
+def _audit_targets(con, days: list[date]) -> list[dict]:
+    """Per day, what the gate audits: its newest delivery still staged (or rejected but still
+    inspectable: audited again, e.g. with new thresholds), else its published partition."""
+    targets = []
+    for day in days:
+        newest = con.execute(
+            f"SELECT delivery_id, status FROM {catalog.DELIVERIES} WHERE ds = ? AND status IN (?, ?, ?) "
+            "ORDER BY staged_at DESC LIMIT 1", [day, catalog.STAGED, catalog.REJECTED, catalog.PUBLISHED]).fetchone()
+        if newest and newest[1] in (catalog.STAGED, catalog.REJECTED):
+            targets.append({"ds": day, "delivery_id": newest[0], "staged": True})
+            continue
+        published = con.execute(f"SELECT delivery_id FROM {catalog.PARTITIONS} WHERE ds = ?", [day]).fetchone()
+        if not published:
+            raise catalog.CatalogError(
+                f"partition {day} not registered (no staged delivery, nothing published); run "
+                "catalog.register_partition first")
+        targets.append({"ds": day, "delivery_id": published[0], "staged": False})
+    return targets
+
+
 def validate_partitions(
     ds_list: list[str],
     run_id: str,
@@ -377,15 +460,19 @@ def validate_partitions(
     unseen_category_tolerance: float = DEFAULT_UNSEEN_CATEGORY_TOLERANCE,
     expected_categories: tuple[str, ...] | None = None,
 ) -> dict:
-    """Run the suite over registered partitions ``ds_list`` and gate on the result.
+    """Audit the deliveries of ``ds_list`` and publish them only when they pass (write-audit-publish).
 
-    Rows failing a row-level rule replace the partitions' earlier rows in
-    ``reviews.reviews_quarantine``. Writes ``validation_report.html``, ``validation.json``,
-    ``expectation_suite.json`` and ``gx_validation_result.json`` into ``report_dir``; marks
-    the partitions passed/failed in ``reviews.partitions`` (only passed ones are exported).
-    Returns ``{"rows", "bad_rows", "bad_fraction", "rule_counts", "report_path", "passed", ...}``.
-    Raises ``DataQualityError`` naming the worst rules when the bad fraction exceeds
-    ``max_bad_row_fraction`` or a table-level expectation fails (after writing the report).
+    For each day the gate audits its staged delivery (``catalog.register_partition``), or
+    re-audits the published partition when nothing is staged. Rows failing a row-level rule
+    replace the delivery's earlier rows in ``reviews.reviews_quarantine``. The report
+    (``validation_report.html``, ``validation.json``, ``expectation_suite.json``,
+    ``gx_validation_result.json``, ``gx_data_docs/``) is published to ``report_dir``
+    (a temporary folder renamed into place) BEFORE the verdict is acted upon, so a failed gate's
+    report is there to read. Passing: every staged delivery replaces its day in one
+    transaction. Failing: the deliveries are marked rejected, their rows stay staged for
+    inspection, the published partitions are not touched, and ``DataQualityError`` names
+    the failures and the report's path.
+    Returns ``{"rows", "bad_rows", "bad_fraction", "rule_counts", "report_path", "passed", "deliveries", ...}``.
     """
     settings = settings or get_settings()
     params = GateParams(
@@ -401,88 +488,120 @@ def validate_partitions(
     started = time.monotonic()
     con = catalog.connect(settings)
     try:
-        registered = {r[0] for r in con.execute(f"SELECT ds FROM {catalog.PARTITIONS}").fetchall()}
-        missing = [d.isoformat() for d in days if d not in registered]
-        if missing:
-            raise catalog.CatalogError(
-                f"partition(s) {', '.join(missing)} not registered; run catalog.register_partition first"
-            )
-        sql_part = _apply_row_rules(con, days, run_id)
+        targets = _audit_targets(con, days)
+        ids = [t["delivery_id"] for t in targets]
+        sql_part = _apply_row_rules(con, ids, run_id)
+        facts = _table_facts(con, ids, params)
         t_sql = time.monotonic() - started
-        df = _gx_frame(con, days, sql_part["rows"])
+        df = _gx_frame(con, ids, sql_part["rows"])
     finally:
         con.close()
-    t0 = time.monotonic()
-    report_dir = Path(report_dir)
-    gx_result, suite = _run_gx(df, params, report_dir / "gx_data_docs")
-    gx_rows_validated = len(df)
-    del df
-    t_gx = time.monotonic() - t0
+    report_dir = Path(report_dir).absolute()  # GX wants an absolute docs folder
+    with atomic_path(report_dir) as work:  # published by rename below, whatever the verdict
+        work.mkdir(parents=True)
+        t0 = time.monotonic()
+        gx_result, suite = _run_gx(df, params, work / "gx_data_docs")
+        gx_rows_validated = len(df)
+        del df
+        t_gx = time.monotonic() - t0
+        gx_rows = _gx_rows(gx_result)
+        rows, bad = sql_part["rows"], sql_part["bad_rows"]
+        table_failures = [
+            _explain_table_failure(g["rule"], facts, rows, params,
+                                   f"{g['rule']}: {g['expectation']} observed {g['observed_value']}")
+            for g in gx_rows if g["level"] == "table" and not g["success"]]
+        bad_fraction = bad / rows if rows else 0.0
+        passed = bad_fraction <= params.max_bad_row_fraction and not table_failures
+        summary = {
+            "ds_list": [d.isoformat() for d in days],
+            "run_id": run_id,
+            "deliveries": [{"ds": t["ds"].isoformat(), "delivery_id": t["delivery_id"],
+                            "audited": "staged delivery" if t["staged"] else "published partition",
+                            "bad_rows": sql_part["bad_rows_per_delivery"].get(t["delivery_id"], 0)} for t in targets],
+            "rows": rows,
+            "bad_rows": bad,
+            "bad_fraction": bad_fraction,
+            "max_bad_row_fraction": params.max_bad_row_fraction,
+            "rule_counts": sql_part["rule_counts"],
+            "bad_rows_per_ds": {t["ds"].isoformat(): sql_part["bad_rows_per_delivery"].get(t["delivery_id"], 0)
+                                for t in targets},
+            "duplicate_ids_across_partitions": sql_part["duplicate_ids_across_partitions"],
+            "table_failures": table_failures,
+            "gx_success": bool(gx_result.success),
+            "gx_rows_validated": gx_rows_validated,
+            "passed": passed,
+            "seconds": {"sql_rules": round(t_sql, 3), "gx": round(t_gx, 3)},
+            "report_path": str(report_dir / "validation_report.html"),
+            "gx_data_docs": str(report_dir / "gx_data_docs" / "index.html"),
+        }
+        _write_report(work, summary, gx_rows, sql_part["quarantine_sample"], params, suite, gx_result)
 
-    gx_rows = _gx_rows(gx_result)
-    table_failures = [g for g in gx_rows if g["level"] == "table" and not g["success"]]
-    rows, bad = sql_part["rows"], sql_part["bad_rows"]
-    bad_fraction = bad / rows if rows else 0.0
-    passed = bad_fraction <= params.max_bad_row_fraction and not table_failures
-    worst = sorted(((n, r) for r, n in sql_part["rule_counts"].items() if n), reverse=True)
-
-    con = catalog.connect(settings)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        for d in days:
-            con.execute(
-                f"UPDATE {catalog.PARTITIONS} SET validated_at = now()::TIMESTAMP, validation_run_id = ?, "
-                "bad_rows = ?, passed = ? WHERE ds = ?",
-                [run_id, sql_part["bad_rows_per_ds"].get(d.isoformat(), 0), passed, d],
-            )
-        con.execute("COMMIT")
-    finally:
-        con.close()
-
-    summary = {
-        "ds_list": [d.isoformat() for d in days],
-        "run_id": run_id,
-        "rows": rows,
-        "bad_rows": bad,
-        "bad_fraction": bad_fraction,
-        "max_bad_row_fraction": params.max_bad_row_fraction,
-        "rule_counts": sql_part["rule_counts"],
-        "bad_rows_per_ds": sql_part["bad_rows_per_ds"],
-        "duplicate_ids_across_partitions": sql_part["duplicate_ids_across_partitions"],
-        "table_failures": [f"{g['rule']}: {g['expectation']} observed {g['observed_value']}" for g in table_failures],
-        "gx_success": bool(gx_result.success),
-        "gx_rows_validated": gx_rows_validated,
-        "passed": passed,
-        "seconds": {"sql_rules": round(t_sql, 3), "gx": round(t_gx, 3), "total": round(time.monotonic() - started, 3)},
-        "report_path": str(report_dir / "validation_report.html"),
-        "gx_data_docs": str(report_dir / "gx_data_docs" / "index.html"),
-    }
-    _write_report(report_dir, summary, gx_rows, sql_part["quarantine_sample"], params, suite, gx_result)
+    reasons = []
+    if bad_fraction > params.max_bad_row_fraction:
+        worst = sorted(((n, r) for r, n in sql_part["rule_counts"].items() if n), reverse=True)
+        reasons.append(
+            f"bad row fraction {bad_fraction:.4f} ({bad:,} of {rows:,} rows) > max_bad_row_fraction "
+            f"{params.max_bad_row_fraction} (worst rules: {', '.join(f'{r}={n:,}' for n, r in worst[:3])})"
+        )
+    reasons += table_failures
+    if not passed:
+        for t in targets:
+            t["own_failure"] = _fails_on_its_own(facts["per_delivery"].get(t["delivery_id"], {"rows": 0, "unseen": 0,
+                                                 "categorised": 0, "texts": 0, "distinct": 0}),
+                                                 sql_part["bad_rows_per_delivery"].get(t["delivery_id"], 0), params)
+        if not any(t["own_failure"] for t in targets):
+            for t in targets:  # only the batch as a whole fails (e.g. texts repeated across days)
+                t["own_failure"] = True
+    _record_verdict(settings, targets, summary, "; ".join(reasons))
+    summary["seconds"]["total"] = round(time.monotonic() - started, 3)
     if sql_part["duplicate_ids_across_partitions"]:
         log.warning(
             "%d review_id(s) of ds %s also occur in another partition; export_clean keeps the latest ds",
             sql_part["duplicate_ids_across_partitions"], summary["ds_list"],
         )
     log.info(
-        "validated ds %s: %d rows, %d bad (%.4f, max %.4f), table failures %d, passed=%s in %.1fs; report %s",
+        "audited ds %s: %d rows, %d bad (%.4f, max %.4f), table failures %d, passed=%s in %.1fs; report %s",
         summary["ds_list"], rows, bad, bad_fraction, params.max_bad_row_fraction, len(table_failures), passed,
         summary["seconds"]["total"], summary["report_path"],
     )
     if not passed:
-        reasons = []
-        if bad_fraction > params.max_bad_row_fraction:
-            reasons.append(
-                f"bad row fraction {bad_fraction:.4f} ({bad:,} of {rows:,} rows) > max_bad_row_fraction "
-                f"{params.max_bad_row_fraction}"
-            )
-        reasons += [f"table-level expectation failed: {t}" for t in summary["table_failures"]]
-        worst_text = ", ".join(f"{r}={n:,}" for n, r in worst[:3]) or "none"
+        staged = [t["delivery_id"] for t in targets if t["staged"] and t["own_failure"]]
+        waiting = [t["delivery_id"] for t in targets if t["staged"] and not t["own_failure"]]
         raise DataQualityError(
             f"data-quality gate failed for ds {', '.join(summary['ds_list'])}: {'; '.join(reasons)}. "
-            f"Worst rules: {worst_text}. Failing rows are in {catalog.QUARANTINE} (run_id={run_id}); "
-            f"report: {summary['report_path']}"
+            + (f"Rejected deliver{'y' if len(staged) == 1 else 'ies'} {', '.join(staged)}: the published partitions "
+               f"are unchanged; the rejected rows stay in {catalog.STAGING} and {catalog.QUARANTINE} "
+               f"(run_id={run_id}) for {catalog.retention_days()} days (`make data-status`). " if staged else
+               f"Failing rows are in {catalog.QUARANTINE} (run_id={run_id}). ")
+            + (f"Not rejected (no failure of their own, still staged for the next audit): {', '.join(waiting)}. "
+               if waiting else "")
+            + f"Report: {summary['report_path']}"
         )
     return summary
+
+
+def _record_verdict(settings: Settings, targets: list[dict], summary: dict, reason: str) -> None:
+    """Publish the staged deliveries that passed (one transaction), or mark them rejected;
+    a re-audited published partition only gets its validation bookkeeping updated."""
+    staged = [{"delivery_id": t["delivery_id"], "bad_rows": summary["bad_rows_per_ds"][t["ds"].isoformat()]}
+              for t in targets if t["staged"] and (summary["passed"] or t["own_failure"])]
+    con = catalog.connect(settings)
+    try:
+        if staged and summary["passed"]:
+            catalog.publish_deliveries(con, staged, summary["run_id"], summary["report_path"])
+        elif staged:
+            catalog.reject_deliveries(con, staged, summary["run_id"], reason, summary["report_path"])
+        con.execute("BEGIN TRANSACTION")
+        for t in targets:
+            if not t["staged"]:
+                con.execute(
+                    f"UPDATE {catalog.PARTITIONS} SET validated_at = now()::TIMESTAMP, validation_run_id = ?, "
+                    "bad_rows = ?, passed = ? WHERE ds = ?",
+                    [summary["run_id"], summary["bad_rows_per_ds"][t["ds"].isoformat()], summary["passed"], t["ds"]],
+                )
+        con.execute("COMMIT")
+    finally:
+        con.close()
 
 
 # --------------------------------------------------------------------------- report
@@ -492,7 +611,7 @@ def _write_report(report_dir, summary, gx_rows, sample, params, suite, gx_result
     write_text_atomic(report_dir / "validation.json", json.dumps({**summary, "gx_results": gx_rows}, indent=2, default=str))
     write_text_atomic(report_dir / "expectation_suite.json", json.dumps(suite.to_json_dict(), indent=2, default=str))
     write_text_atomic(report_dir / "gx_validation_result.json", json.dumps(gx_result.to_json_dict(), indent=2, default=str))
-    write_text_atomic(Path(summary["report_path"]), render_html(summary, gx_rows, sample, params))
+    write_text_atomic(report_dir / Path(summary["report_path"]).name, render_html(summary, gx_rows, sample, params))
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -528,12 +647,14 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
 .v{{color:{colour};font-weight:bold}}</style></head><body>
 <h1>Data-quality validation: <span class="v">{verdict}</span></h1>
 <p>Suite <code>{SUITE_NAME}</code>, run <code>{html.escape(summary['run_id'])}</code>,
-partitions {html.escape(', '.join(summary['ds_list']))}.</p>
+partitions {html.escape(', '.join(summary['ds_list']))}; deliveries audited:
+{html.escape('; '.join(f"{d['delivery_id']} ({d['audited']})" for d in summary.get('deliveries', [])))}.
+{'Passed: published.' if summary['passed'] else 'Failed: staged deliveries rejected, published partitions unchanged.'}</p>
 {_table(["rows", "bad rows", "bad fraction", "max_bad_row_fraction", "duplicate ids across partitions",
          "seconds (SQL rules / GX / total)"],
         [[f"{summary['rows']:,}", f"{summary['bad_rows']:,}", f"{summary['bad_fraction']:.4%}",
           params.max_bad_row_fraction, summary["duplicate_ids_across_partitions"],
-          " / ".join(str(summary['seconds'][k]) for k in ("sql_rules", "gx", "total"))]])}
+          " / ".join(str(summary['seconds'].get(k, "")) for k in ("sql_rules", "gx", "total"))]])}
 <h2>Table-level failures</h2><p>{html.escape('; '.join(summary['table_failures']) or 'none')}</p>
 <h2>Row-level rules (every row, DuckDB SQL; failing rows are quarantined)</h2>
 {_table(["rule", "meaning", "row fails when (SQL)", "failing rows"], rule_rows)}

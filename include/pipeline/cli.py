@@ -7,6 +7,8 @@ run in under 10 minutes); the DAG's own default, for scheduled runs, is ``qualit
 ``python -m include.pipeline.cli ui-login`` sets the Airflow UI's login before ``make ui`` starts it.
 ``python -m include.pipeline.cli artifacts [--run-id ID]`` lists a run's steps with their inputs,
 outputs, job names and metrics (default: the latest run).
+``python -m include.pipeline.cli data-status`` lists the catalog's published partitions (delivery,
+rows, last audit) and the deliveries waiting for the gate or rejected by it (``make data-status``).
 """
 from __future__ import annotations
 
@@ -172,6 +174,33 @@ def print_artifacts(run_id: str | None = None) -> None:
         print(f"  confusion matrix:  {uri_to_path(evaluation['confusion_matrix_uri'])}")
 
 
+def print_data_status() -> None:
+    """Every published partition and every delivery staged, rejected (inspectable) or expired."""
+    from include.data import catalog
+
+    status = catalog.data_status()
+    print(f"Catalog {get_settings().catalog_path}")
+    print(f"\n  published partitions ({len(status['partitions'])}):")
+    print(f"    {'ds':<11} {'delivery':<24} {'rows':>8} {'bad':>6}  {'last audit':<20} {'result':<7} run")
+    for p in status["partitions"]:
+        audited = str(p["validated_at"] or "-")[:19]
+        result = {True: "passed", False: "FAILED", None: "-"}[p["passed"]]
+        print(f"    {p['ds']:<11} {p['delivery_id'] or '-':<24} {p['rows']:>8,} {p['bad_rows'] or 0:>6,}  {audited:<20} "
+              f"{result:<7} {p['validation_run_id'] or '-'}")
+    waiting = status["deliveries"]
+    print(f"\n  deliveries waiting or rejected ({len(waiting)}; rejected rows kept {status['retention_days']} days):")
+    for d in waiting:
+        print(f"    {d['ds']:<11} {d['delivery_id']:<24} {d['status']:<9} {d['rows']:>8,} rows  staged by "
+              f"{d['staged_by_run'] or '-'}  ({d['staged_rows']:,} staged / {d['quarantined_rows']:,} quarantined "
+              f"rows in the catalog)")
+        if d["status"] != catalog.STAGED:
+            print(f"      audit {d['audit_run_id']}: {d['reason']}")
+            print(f"      report {d['report_path']}")
+        print(f"      inspect: SELECT * FROM {catalog.STAGING} WHERE delivery_id = '{d['delivery_id']}'")
+    if not waiting:
+        print("    none")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m include.pipeline.cli", description=__doc__.splitlines()[0])
@@ -189,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ui-login", help="write the Airflow UI password (AIRFLOW_UI_PASSWORD, default admin); make ui runs it")
     p_art = sub.add_parser("artifacts", help="list a run's lineage")
     p_art.add_argument("--run-id", default=None, help="run id (default: the latest run)")
+    sub.add_parser("data-status", help="list published partitions and waiting/rejected deliveries")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return run(args.ds, json.loads(args.conf), args.profile)
@@ -199,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.cmd == "dag-test":
         return run_in_process(args.ds, json.loads(args.conf), args.profile)
+    if args.cmd == "data-status":
+        print_data_status()
+        return 0
     print_artifacts(args.run_id)
     return 0
 

@@ -30,12 +30,17 @@ TRAIN_HPS = ("epochs", "learning_rate", "train_batch_size", "max_seq_length", "m
              "class_weights", "max_class_ratio", "rating_aux_weight")
 
 
-def register_backlog(ds: str | None, input_data_uri: str = "", settings: Settings | None = None) -> dict:
-    """Register partitions in the catalog; the one registration both DAGs use.
+def register_backlog(ds: str | None, input_data_uri: str = "", settings: Settings | None = None,
+                     run_id: str = "") -> dict:
+    """Stage deliveries in the catalog (write-audit-publish); the one registration both DAGs use.
 
-    With ``input_data_uri``: that file/folder becomes partition ``ds``. Otherwise every landed
-    partition the catalog lacks (up to ``ds`` when given) is registered, and ``ds`` itself is
-    (re-)registered, so a first run (or one after missed nights) sees all history.
+    With ``input_data_uri``: that file/folder is staged as a delivery for partition ``ds``.
+    Otherwise every landed partition the catalog has not published (up to ``ds`` when given)
+    is staged, and ``ds`` itself too, so a first run (or one after missed nights) sees all
+    history. Nothing is published here: the quality gate (:func:`validate_dataset`) publishes
+    the staged deliveries that pass. A delivery identical to the published one is a no-op
+    (``unchanged``); a backlog day identical to a rejected delivery is not staged again.
+    ``partitions`` lists the days staged for the gate.
     """
     if input_data_uri:
         todo = [ds]
@@ -44,28 +49,58 @@ def register_backlog(ds: str | None, input_data_uri: str = "", settings: Setting
         todo = [d for d in catalog.landing_partitions(settings) if d not in known and (not ds or d < ds)]
         if ds:
             todo.append(catalog.parse_ds(ds).isoformat())
-    results = [catalog.register_partition(d, input_data_uri or None, settings=settings) for d in todo]
-    rows = sum(r["rows"] for r in results)
-    if results:
-        log.info("registered %d partition(s) %s..%s, %d rows", len(results), results[0]["ds"], results[-1]["ds"], rows)
-    else:
-        log.info("no landed partition missing from the catalog")
-    return {"ds": ds or "", "partitions": [r["ds"] for r in results], "rows": rows,
-            "files": [f for r in results for f in r["files"]],
+    # The run's own day is audited again even when rejected before (the user asked for it);
+    # a rejected backlog day is not, or one bad landed file would fail every nightly run.
+    results = [catalog.register_partition(d, input_data_uri or None, settings=settings, run_id=run_id,
+                                          retry_rejected=(d == ds)) for d in todo]
+    staged = [r for r in results if r["status"] == catalog.STAGED]
+    for r in results:
+        if r["status"] == "unchanged":
+            print(f"ds={r['ds']}: delivery identical to the published one ({r['delivery_id']}): nothing to do", flush=True)
+    log.info("staged %d delivery(ies) %s (%d rows); unchanged %d; previously rejected %d",
+             len(staged), [r["ds"] for r in staged], sum(r["rows"] for r in staged),
+             sum(r["status"] == "unchanged" for r in results), sum(r["status"] == catalog.REJECTED for r in results))
+    return {"ds": ds or "", "partitions": [r["ds"] for r in staged], "rows": sum(r["rows"] for r in staged),
+            "files": [f for r in staged for f in r["files"]],
+            "deliveries": [{k: r[k] for k in ("ds", "delivery_id", "status", "rows")} for r in results],
             "catalog_partitions": catalog.registered_partitions(settings)}
 
 
-def validate_dataset(info: RunInfo, partitions: list[str], max_bad_row_fraction: float) -> dict:
-    """Step 2: the quality suite over the newly registered partitions; report as run artifact."""
-    dest = info.uri("validate")
-    with tempfile.TemporaryDirectory() as tmp:
-        result = quality.validate_partitions(partitions, info.run_id, max_bad_row_fraction, Path(tmp))
-        report_name = Path(result["report_path"]).name
-        uri = publish_dir(Path(tmp), dest)
-    result["report_path"] = str(uri_to_path(uri) / report_name)
-    log.info("validation: %d rows, %d bad (%.2f%%); report %s", result["rows"], result["bad_rows"],
-             100 * result["bad_fraction"], result["report_path"])
+def validate_dataset(info: RunInfo, partitions: list[str], max_bad_row_fraction: float, **tolerances: float) -> dict:
+    """Step 2: audit the staged deliveries; publish them only when they pass (write-audit-publish).
+
+    The report goes to the run's ``validate/`` folder whatever the verdict (before a failure is
+    raised), and its path is printed. ``tolerances``: ``unseen_category_tolerance``,
+    ``max_duplicate_text_fraction`` (see ``quality.validate_partitions``).
+    """
+    if not partitions:
+        log.info("no staged delivery to audit (nothing new, or identical to the published data): gate skipped")
+        return {"skipped": True, "passed": True, "partitions": [], "rows": 0, "bad_rows": 0}
+    report_dir = uri_to_path(info.uri("validate"))
+    try:
+        result = quality.validate_partitions(partitions, info.run_id, max_bad_row_fraction, report_dir,
+                                             **{k: v for k, v in tolerances.items() if v is not None})
+    except quality.DataQualityError:
+        print(f"validation report: {report_dir / 'validation_report.html'}", flush=True)
+        raise
+    print(f"validation report: {result['report_path']}", flush=True)
+    log.info("validation: %d rows, %d bad (%.2f%%); published %s", result["rows"], result["bad_rows"],
+             100 * result["bad_fraction"], [d["delivery_id"] for d in result["deliveries"]])
     return result
+
+
+def audit_and_publish(info: RunInfo, registered: dict) -> dict:
+    """The analysis DAG's gate (it has no validate task): audit what ``register_backlog`` staged
+    with the default thresholds. A failure is a warning there - the analysis runs on the
+    published data - and the rejected deliveries wait in ``make data-status``."""
+    try:
+        result = validate_dataset(info, registered["partitions"], quality.DEFAULT_MAX_BAD_ROW_FRACTION)
+    except quality.DataQualityError as exc:
+        log.warning("%s", exc)
+        return {**registered, "partitions": [], "audit": {"passed": False, "reason": str(exc)},
+                "catalog_partitions": catalog.registered_partitions()}
+    return {**registered, "audit": {"passed": True, "report_path": result.get("report_path")},
+            "catalog_partitions": catalog.registered_partitions()}
 
 
 def training_settings(params: dict) -> dict:

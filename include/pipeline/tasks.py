@@ -77,7 +77,7 @@ def register_dataset() -> dict:
     from include.pipeline import steps
 
     params, info = _context()
-    return steps.register_backlog(info.ds, params.get("input_data_uri") or "")
+    return steps.register_backlog(info.ds, params.get("input_data_uri") or "", run_id=info.run_id)
 
 
 @airflow_step
@@ -86,7 +86,9 @@ def validate_dataset(registered: dict) -> dict:
     from include.pipeline import steps
 
     params, info = _context()
-    return steps.validate_dataset(info, registered["partitions"], params["max_bad_row_fraction"])
+    return steps.validate_dataset(info, registered["partitions"], params["max_bad_row_fraction"],
+                                  unseen_category_tolerance=params.get("unseen_category_tolerance"),
+                                  max_duplicate_text_fraction=params.get("max_duplicate_text_fraction"))
 
 
 @airflow_step
@@ -162,11 +164,14 @@ def deploy_model(registration: dict) -> dict:
 
 @airflow_step
 def register() -> dict:
-    """Register the ``ds`` param's partition, or every landed partition the catalog lacks."""
+    """Stage the ``ds`` param's partition, or every landed partition the catalog lacks, and
+    publish what passes the quality gate (write-audit-publish)."""
     from include.pipeline import steps
 
-    params = get_current_context()["params"]
-    return steps.register_backlog(params.get("ds") or None)
+    ctx = get_current_context()
+    info = _lineage_info(ctx)
+    staged = steps.register_backlog(ctx["params"].get("ds") or None, run_id=info.run_id)
+    return steps.audit_and_publish(info, staged)
 
 
 @airflow_step

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.data import catalog
+from include.data import catalog, quality
 from tests.integration.conftest import DS, TINY, run_dag
 
 HEADER = "review_id,product_category,review_body,star_rating,review_date\n"
@@ -33,7 +33,8 @@ def _bad_files(folder):
     ("latin1.csv", "UTF-8"),
 ])
 def test_bad_input_fails_at_register_and_leaves_catalog_unchanged(landed, tmp_path, capfd, case, expected):
-    catalog.register_partition(DS)  # something already catalogued that must survive
+    catalog.register_partition(DS)  # something already catalogued (staged, then published) that must survive
+    quality.validate_partitions([DS], "setup", 0.05, tmp_path / "setup-report")
     before = _catalog_snapshot()
     assert before
     bad = _bad_files(tmp_path / "bad") / case

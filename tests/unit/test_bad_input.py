@@ -105,7 +105,7 @@ def test_quoted_newlines_load_with_the_line_each_record_starts_on(reviews_home, 
     src = _write(tmp_path / "multi.csv", text)
     assert catalog.register_partition("2026-01-03", str(src))["rows"] == 4
     con = catalog.connect()
-    rows = con.execute(f"SELECT review_id, review_body, source_line FROM {catalog.RAW} ORDER BY source_line").fetchall()
+    rows = con.execute(f"SELECT review_id, review_body, source_line FROM {catalog.STAGING} ORDER BY source_line").fetchall()
     con.close()
     assert rows == [("q1", "first line\nsecond line\nthird", 2), ("q2", 'one "quoted" word', 5),
                     ("q3", "a\r\nb", 6), ("q4", "plain", 8)]
@@ -115,7 +115,7 @@ def test_blank_lines_take_the_exact_slow_path_for_line_numbers(reviews_home, tmp
     src = _write(tmp_path / "blank.csv", HEADER + "b1,Dresses,x,5,\n\n\nb2,Knits,\"y\nz\",4,\nb3,Pants,w,3,\n")
     catalog.register_partition("2026-01-03", str(src))
     con = catalog.connect()
-    lines = con.execute(f"SELECT review_id, source_line FROM {catalog.RAW} ORDER BY source_line").fetchall()
+    lines = con.execute(f"SELECT review_id, source_line FROM {catalog.STAGING} ORDER BY source_line").fetchall()
     con.close()
     assert lines == [("b1", 2), ("b2", 5), ("b3", 7)]
 

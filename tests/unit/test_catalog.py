@@ -27,10 +27,12 @@ def test_register_landing_partition_reads_every_csv_of_the_day(reviews_home):
     expected = int((df["review_date"] == "2026-01-01").sum()) + 50
     assert result["ds"] == "2026-01-01" and result["rows"] == expected and len(result["files"]) == 2
     assert result["bytes"] == sum(Path(f).stat().st_size for f in result["files"])
-    assert catalog.registered_partitions() == ["2026-01-01"]
+    # write-audit-publish: registration only stages; the gate publishes
+    assert result["status"] == "staged" and catalog.registered_partitions() == []
+    assert catalog.table_counts()["reviews_staging"] == expected and catalog.table_counts()["reviews_raw"] == 0
 
 
-def test_reregistering_a_partition_replaces_it_and_resets_validation(reviews_home, tmp_path):
+def test_reregistering_a_partition_stages_it_and_the_published_one_stays_until_the_gate_passes(reviews_home, tmp_path):
     first = _csv(tmp_path / "a.csv", HEADER + "a,Dresses,x,5,\nb,Dresses,y,4,\n")
     catalog.register_partition("2026-02-01", str(first))
     quality.validate_partitions(["2026-02-01"], "r1", 0.0, tmp_path / "rep")
@@ -38,10 +40,12 @@ def test_reregistering_a_partition_replaces_it_and_resets_validation(reviews_hom
     second = _csv(tmp_path / "b.csv", HEADER + "c,Knits,z,3,\n")
     catalog.register_partition("2026-02-01", second.as_uri())  # file:// URIs work too
     status = catalog.partition_status()
-    assert len(status) == 1 and status[0]["rows"] == 1 and status[0]["passed"] is None
-    assert catalog.table_counts()["reviews_raw"] == 1
-    with pytest.raises(catalog.CatalogError, match="no validated partition"):
-        catalog.export_clean("2026-02-01", tmp_path / "x.parquet")
+    assert len(status) == 1 and status[0]["rows"] == 2 and status[0]["passed"] is True
+    assert catalog.export_clean("2026-02-01", tmp_path / "x.parquet") == 2
+    quality.validate_partitions(["2026-02-01"], "r2", 0.0, tmp_path / "rep2")
+    status = catalog.partition_status()
+    assert len(status) == 1 and status[0]["rows"] == 1 and status[0]["validation_run_id"] == "r2"
+    assert catalog.table_counts()["reviews_raw"] == 1 and catalog.table_counts()["reviews_staging"] == 0
 
 
 def test_review_date_column_is_optional(reviews_home, tmp_path):
@@ -63,8 +67,9 @@ def test_tables_and_columns_carry_comments_in_the_reviews_schema(reviews_home):
     cols = con.execute("SELECT column_name, comment FROM duckdb_columns() "
                        "WHERE schema_name = 'reviews' AND table_name = 'reviews_raw'").fetchall()
     con.close()
-    assert set(tables) == {"reviews_raw", "reviews_quarantine", "partitions"} and all(tables.values())
-    assert len(cols) == 8 and all(comment for _, comment in cols)
+    assert set(tables) == {"reviews_raw", "reviews_quarantine", "partitions", "reviews_staging", "deliveries"}
+    assert all(tables.values())
+    assert len(cols) == 9 and all(comment for _, comment in cols)
 
 
 def test_export_clean_is_typed_filtered_by_range_and_skips_quarantine(reviews_home, tmp_path):
@@ -92,7 +97,8 @@ def test_failed_gate_keeps_partition_out_of_export(reviews_home, tmp_path):
     with pytest.raises(quality.DataQualityError):
         quality.validate_partitions(["2026-03-06"], "r", 0.0, tmp_path / "rep2")
     assert catalog.export_clean("2026-03-06", tmp_path / "c.parquet") == 1
-    assert [p["passed"] for p in catalog.partition_status()] == [True, False]
+    assert [(p["ds"], p["passed"]) for p in catalog.partition_status()] == [("2026-03-05", True)]
+    assert [(d["ds"], d["status"]) for d in catalog.data_status()["deliveries"]] == [("2026-03-06", "rejected")]
 
 
 def test_registered_partitions_of_an_empty_state_dir_is_empty(reviews_home):

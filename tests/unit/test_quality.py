@@ -62,7 +62,8 @@ def test_gate_fails_above_max_bad_fraction_naming_the_worst_rules(synthetic_part
     assert "bad row fraction 0.0400" in message and "max_bad_row_fraction 0.01" in message
     assert "star_rating_integer_1_5=" in message and "validation_report.html" in message
     assert (tmp_path / "rep" / "validation_report.html").exists()  # the report is written anyway
-    assert catalog.partition_status()[0]["passed"] is False
+    assert catalog.partition_status() == []  # nothing published
+    assert [d["status"] for d in catalog.data_status()["deliveries"]] == ["rejected"]
 
 
 def test_table_level_expectations_fail_the_gate(reviews_home, tmp_path):
