@@ -114,8 +114,9 @@ def test_drift_report_says_the_verdict_first_and_orders_the_bins(catalogued, tmp
     worst = max(res["psi"], key=res["psi"].get)
     first = re.search(r'<p class="verdict" id="verdict">([^<]*)</p>', body)
     assert body.lstrip().startswith('<p class="verdict"') and first
-    assert html.unescape(first.group(1)) == (f"DRIFT (warning): worst feature {worst}, PSI {res['psi'][worst]:.4f} > threshold 0.2"
-                              f" ({len(res['drifted'])} of 3 features above it)")
+    assert html.unescape(first.group(1)) == (
+        f"DRIFT (warning): worst feature {worst}, PSI {res['psi'][worst]:.4f} > threshold 0.2"
+        f" ({len(res['drifted'])} of 3 features above it)")
     # the length table lists its bins in numeric order, from -inf up to inf
     section = body.split('<section id="review_length_words">')[1].split("</section>")[0]
     labels = re.findall(r"<th>(-?[\d.e+]+|-inf)\.\.([\d.e+]+|inf)</th>", section)
