@@ -33,10 +33,9 @@ def api_base_url() -> str:
     """The Airflow API server's public base URL (``[api] base_url``), '' when unset (links stay relative)."""
     try:
         from airflow.configuration import conf
-
-        return (conf.get("api", "base_url", fallback="") or "").rstrip("/")
-    except Exception:  # noqa: BLE001 - outside an Airflow install the relative link is still right
+    except ImportError:  # outside an Airflow install (a plain script): the relative link is still right
         return ""
+    return (conf.get("api", "base_url", fallback="") or "").rstrip("/")
 
 
 def report_url(dag_id: str, run_id: str, step: str, name: str, base_url: str | None = None) -> str:
