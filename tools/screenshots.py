@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     print("run 1 (auto-approved, deployed) ...", flush=True)
     _run(env, {**CONF, "auto_approve": True})
     print("run 2 (waits for approval) ...", flush=True)
-    waiting_run = _run(env, {**CONF, "auto_approve": False}, background=True)
+    # Other settings than run 1 (same data, same seed would train the very same weights), so the
+    # request has a difference to show.
+    waiting_run = _run(env, {**CONF, "learning_rate": 2e-4, "max_train_samples": 960, "auto_approve": False},
+                       background=True)
     port = free_port()
     api = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-m", "airflow", "api-server", "--host", "127.0.0.1", "--port", str(port)],
