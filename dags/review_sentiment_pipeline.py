@@ -126,11 +126,8 @@ def review_sentiment_pipeline():
         registration, manual_task="approve_model", auto_task="auto_approved")
     approve = ModelApprovalOperator(
         task_id="approve_model",
+        # subject and body (candidate vs deployed, report link) are built by include/pipeline/review.py
         model_version="{{ ti.xcom_pull(task_ids='register_model')['version'] }}",
-        subject="Approve review-sentiment model version {{ ti.xcom_pull(task_ids='register_model')['version'] }}?",
-        body="Accuracy {{ ti.xcom_pull(task_ids='evaluate')['accuracy'] | round(4) }} on "
-             "{{ ti.xcom_pull(task_ids='evaluate')['test_rows'] }} test reviews (partition {{ params.ds or ds }}). "
-             "Report: {{ ti.xcom_pull(task_ids='evaluate')['evaluation_uri'] }}. Approve deploys it to the endpoint.",
         response_timeout=timedelta(days=3),
     )
     deploy = task(task_id="deploy_model", trigger_rule="none_failed_min_one_success")(tasks.deploy_model)(registration)

@@ -15,9 +15,21 @@ class ModelApprovalOperator(ApprovalOperator):
 
     template_fields = (*ApprovalOperator.template_fields, "model_version")
 
-    def __init__(self, *, model_version: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, model_version: str, subject: str = "Approve review-sentiment model?",
+                 **kwargs: Any) -> None:
+        super().__init__(subject=subject, **kwargs)
         self.model_version = model_version
+
+    def execute(self, context: Any) -> Any:
+        """Write the request (subject and body built from the registry and the evaluation
+        report: candidate vs deployed, per class, data range, debugger warnings, report link),
+        then wait. A ``body`` given to the operator is kept and added below."""
+        from include.pipeline.review import approval_request
+
+        subject, body = approval_request(str(self.model_version))
+        self.subject, self.body = subject, body + (f"\n\n{self.body}" if self.body else "")
+        self.log.info("approval request: %s\n%s", self.subject, self.body)
+        return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         """Record the decision, then let the base class proceed (it raises to skip on Reject)."""

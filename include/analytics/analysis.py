@@ -234,8 +234,15 @@ def run_analysis(
     return {k: summary[k] for k in ("report_path", "plots", "rows", "reviews")}
 
 
-def render_report(answers: dict[str, pd.DataFrame], plots: dict[str, Path], params: dict, total: int) -> str:
-    """One HTML page: per question the SQL, the bound parameters, the plot and the table."""
+# check_drift writes its report beside this one in the same run (runs/<dag>/<run>/drift/); the
+# link is relative so it works from the file system and through the Airflow UI's reports plugin.
+DRIFT_REPORT_LINK = "../drift/drift_report.html"
+
+
+def render_report(answers: dict[str, pd.DataFrame], plots: dict[str, Path], params: dict, total: int,
+                  drift_link: str | None = DRIFT_REPORT_LINK) -> str:
+    """One HTML page: per question the SQL, the bound parameters, the plot and the table; a link
+    to the run's drift report (``drift_link``; None leaves it out)."""
     sections = []
     for q in QUESTIONS:
         png = base64.b64encode(plots[q.name].read_bytes()).decode("ascii")
@@ -247,6 +254,9 @@ def render_report(answers: dict[str, pd.DataFrame], plots: dict[str, Path], para
             f"{answers[q.name].to_html(index=False, border=0, classes='result')}</section>"
         )
     toc = "".join(f'<li><a href="#{q.name}">{html.escape(q.title)}</a></li>' for q in QUESTIONS)
+    drift_html = (f'<p id="drift-link"><a href="{html.escape(drift_link)}">Drift report</a>: this data vs the deployed '
+                  "model's training data (written by the run's <code>check_drift</code> task; absent when there is "
+                  "no baseline).</p>" if drift_link else "")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Review catalog analysis</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}pre{{background:#f4f4f4;padding:8px;white-space:pre-wrap}}
 img{{max-width:100%;border:1px solid #ddd}}table.result{{border-collapse:collapse;margin:1em 0}}
@@ -254,6 +264,6 @@ table.result td,table.result th{{border:1px solid #ccc;padding:3px 8px;font-size
 <h1>Review catalog analysis</h1>
 <p>{total:,} reviews from <code>{VIEW}</code> (valid, not quarantined, latest drop per review_id),
 ds {html.escape(str(params['ds_from']))} .. {html.escape(str(params['ds_to']))};
-generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p><ol>{toc}</ol>
+generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>{drift_html}<ol>{toc}</ol>
 {''.join(sections)}</body></html>
 """

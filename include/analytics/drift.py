@@ -7,6 +7,7 @@ and the report - never a failure: retraining on drifted data is the point of the
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import logging
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from include.common.config import Settings
-from include.common.io import write_text_atomic
+from include.common.io import atomic_path, write_text_atomic
 from include.data import catalog
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,10 @@ def compare(
     }
     scores = {name: round(psi(b, c), 4) for name, (b, c) in distributions.items()}
     drifted = [name for name, value in scores.items() if value > threshold]
+    worst = max(scores, key=lambda k: scores[k])
     result = {
+        "worst_feature": worst,
+        "worst_psi": scores[worst],
         "ds_list": list(current_ds_list),
         "psi": scores,
         "threshold": threshold,
@@ -134,25 +138,80 @@ def compare(
     else:
         log.info("no drift above PSI %.2f: %s", threshold, scores)
     if report_dir is not None:
-        _write_report(Path(report_dir), result, distributions)
+        tables = {name: share_table(b, c, labels if name == "review_length_words" else None)
+                  for name, (b, c) in distributions.items()}
+        _write_report(Path(report_dir), result, tables)
     return result
 
 
-def _write_report(report_dir: Path, result: dict, distributions: dict) -> Path:
+def share_table(baseline: pd.Series, current: pd.Series, order: list[str] | None = None) -> pd.DataFrame:
+    """Baseline and current share per bin, in the bins' natural order: ``order`` when given
+    (the length bins, numeric), numeric values ascending (star ratings), else by baseline share."""
+    table = pd.DataFrame({"baseline_share": baseline, "current_share": current}).fillna(0.0)
+    if order is not None:
+        return table.reindex([b for b in order if b in table.index])
+    if all(isinstance(i, (int, np.integer)) for i in table.index):
+        return table.sort_index()
+    return table.sort_values(["baseline_share", "current_share"], ascending=False)
+
+
+def verdict_line(result: dict) -> str:
+    """The report's first line: verdict, worst feature, its PSI and the threshold."""
+    worst, value, threshold = result["worst_feature"], result["worst_psi"], result["threshold"]
+    if result["drift"]:
+        return (f"DRIFT (warning): worst feature {worst}, PSI {value:.4f} > threshold {threshold:g}"
+                f" ({len(result['drifted'])} of {len(result['psi'])} features above it)")
+    return f"No drift: worst feature {worst}, PSI {value:.4f} <= threshold {threshold:g}"
+
+
+def _chart(name: str, table: pd.DataFrame, psi_value: float, dest: Path) -> bytes:
+    """Baseline vs current shares side by side, one bar pair per bin; PNG bytes (also written to ``dest``)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a worker
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(table) + 2), 3.4))
+    try:
+        ax.bar(x - 0.2, table["baseline_share"], 0.4, label="baseline (training data)", color="#8aa")
+        ax.bar(x + 0.2, table["current_share"], 0.4, label="current", color="#d73")
+        ax.set_xticks(x, [str(i) for i in table.index], rotation=45 if len(table) > 6 else 0, ha="right"
+                      if len(table) > 6 else "center", fontsize=8)
+        ax.set_ylabel("share of reviews")
+        ax.set_title(f"{name}: PSI {psi_value:.4f}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=90, format="png")
+    finally:
+        plt.close(fig)
+    data = buf.getvalue()
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return data
+
+
+def _write_report(report_dir: Path, result: dict, tables: dict[str, pd.DataFrame]) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "drift_report.html"
     result["report_path"] = str(path)
     sections = []
-    for name, (b, c) in distributions.items():
-        table = pd.DataFrame({"baseline_share": b, "current_share": c}).fillna(0).round(4)
+    for name, table in tables.items():
+        png = _chart(name, table, result["psi"][name], report_dir / f"drift_{name}.png")
         flag = " - DRIFT" if name in result["drifted"] else ""
-        sections.append(f"<h2>{html.escape(name)}: PSI {result['psi'][name]}{flag}</h2>"
-                        + table.to_html(border=0, classes="t"))
-    verdict = "DRIFT (warning)" if result["drift"] else "no drift"
+        sections.append(f'<section id="{html.escape(name)}"><h2>{html.escape(name)}: PSI {result["psi"][name]}{flag}</h2>'
+                        f'<img alt="{html.escape(name)}: baseline vs current shares" '
+                        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+                        + table.round(4).to_html(border=0, classes="t") + "</section>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table.t{{border-collapse:collapse}}
-table.t td,table.t th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
-<h1>Drift vs the deployed model's training data: {verdict}</h1>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table.t{{border-collapse:collapse}}
+table.t td,table.t th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}img{{max-width:100%;display:block}}
+.verdict{{font-size:18px;font-weight:bold;color:{'#a40' if result['drift'] else '#262'}}}</style></head><body>
+<p class="verdict" id="verdict">{html.escape(verdict_line(result))}</p>
+<h1>Drift vs the deployed model's training data</h1>
 <p>Partitions {html.escape(', '.join(result['ds_list']))}: {result['rows_current']:,} rows; baseline
 {result['rows_baseline']:,} rows; threshold PSI {result['threshold']}.
 Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>{''.join(sections)}</body></html>

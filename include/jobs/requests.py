@@ -88,12 +88,19 @@ def training_request(*, name: str, train_uri: str, validation_uri: str, output_u
 
 def evaluation_request(*, name: str, model_uri: str, test_uri: str, training_output_uri: str | None,
                        output_uri: str, code_uri: str, timeout_s: int = 1800,
-                       instance_type: str = "ml.c5.2xlarge") -> dict:
-    """``CreateProcessingJob`` for ``evaluate.py``: evaluation.json + confusion matrix."""
+                       instance_type: str = "ml.c5.2xlarge", deployed_model_uri: str | None = None,
+                       deployed_version: str = "") -> dict:
+    """``CreateProcessingJob`` for ``evaluate.py``: evaluation.json + confusion matrix; with
+    ``deployed_model_uri`` (the served version's ``model.tar.gz``) also that model's figures on
+    the same test split (``comparison.json``)."""
     inputs = [_input("code", code_uri, f"{PROC}/input/code"), _input("model", model_uri, f"{PROC}/input/model"),
               _input("data", test_uri, f"{PROC}/input/data")]
     if training_output_uri:
         inputs.append(_input("training", training_output_uri, f"{PROC}/input/training"))
+    extra_args = []
+    if deployed_model_uri:
+        inputs.append(_input("deployed", deployed_model_uri, f"{PROC}/input/deployed"))
+        extra_args = ["--deployed-model", f"{PROC}/input/deployed", "--deployed-version", str(deployed_version)]
     return {
         "ProcessingJobName": name,
         "ProcessingInputs": inputs,
@@ -103,7 +110,7 @@ def evaluation_request(*, name: str, model_uri: str, test_uri: str, training_out
         "AppSpecification": {"ImageUri": PROCESSING_IMAGE, "ContainerEntrypoint": ["python3", f"{PROC}/input/code/evaluate.py"],
                              "ContainerArguments": ["--model", f"{PROC}/input/model", "--test-data", f"{PROC}/input/data",
                                                     "--training-output", f"{PROC}/input/training",
-                                                    "--output-data", f"{PROC}/output/metrics"]},
+                                                    "--output-data", f"{PROC}/output/metrics", *extra_args]},
         "Environment": {"HF_HUB_OFFLINE": "1"},
         "RoleArn": ROLE_ARN,
     }

@@ -304,7 +304,9 @@ class MlflowModelRegistry(ModelRegistry):
                     **{_METRIC + k: repr(v) for k, v in metrics.items()}}
             mv = self._client.create_model_version(
                 self.name, source=package_uri, run_id=run_id, tags=tags,
-                description=f"{lineage['dag_id']} run {lineage['run_id']}")
+                description=f"{lineage['dag_id']} run {lineage['run_id']}" + "".join(
+                    f"; evaluation report: {lineage[k]}" for k in ("evaluation_report_url", "evaluation_report_uri")
+                    if lineage.get(k)))
         logger.info("registered %s version %s (%s) from %s", self.name, mv.version, approval_status, package_uri)
         return self._to_version(mv)
 

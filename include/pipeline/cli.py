@@ -170,7 +170,13 @@ def print_artifacts(run_id: str | None = None) -> None:
         lo, hi = evaluation["accuracy_ci95"]
         print(f"\n  accuracy {evaluation['accuracy']:.4f} (95% CI {lo:.3f}-{hi:.3f}, {evaluation['test_rows']} test reviews),"
               f" macro F1 {evaluation['macro_f1']:.4f}")
-        print(f"  evaluation report: {uri_to_path(evaluation['evaluation_uri'])}")
+        if evaluation.get("report_uri"):
+            print(f"  evaluation report: {uri_to_path(evaluation['report_uri'])}")
+            url = evaluation["report_url"]
+            if url.startswith("/"):  # no [api] base_url: the address of `make ui`
+                url = f"http://127.0.0.1:{os.environ.get('AIRFLOW_PORT', '8081')}{url}"
+            print(f"    in the Airflow UI (make ui): {url}")
+        print(f"  evaluation.json:   {uri_to_path(evaluation['evaluation_uri'])}")
         print(f"  confusion matrix:  {uri_to_path(evaluation['confusion_matrix_uri'])}")
 
 

@@ -54,6 +54,11 @@ def run_lineage(info: RunInfo, registered: dict, features: dict, trained: dict, 
         "preprocess_job": features["job"]["job_name"], "training_job": trained["job"]["job_name"],
         "evaluation_job": evaluation["job"]["job_name"], "evaluation_uri": evaluation["evaluation_uri"],
         "train_data_uri": features["train_uri"], "clean_data_uri": features["export_uri"],
+        # what the approval request and the registry entry show a reviewer
+        "data_from": features.get("data_from", ""), "data_to": features.get("data_to", ""),
+        "clean_rows": str(features.get("clean_rows", "")),
+        "evaluation_report_uri": evaluation.get("report_uri", ""),
+        "evaluation_report_url": evaluation.get("report_url", ""),
     }
 
 

@@ -140,7 +140,9 @@ def preprocess(info: RunInfo, params: dict) -> dict:
     features_dir = uri_to_path(features_uri)
     snapshot = feature_store.ingest(features_dir, info.run_id, settings)
     stats = json.loads((features_dir / "stats.json").read_text())
+    first = catalog.registered_partitions(settings)[:1]
     return {"job": result, "export_uri": export_uri, "clean_rows": rows, "features_uri": features_uri,
+            "data_from": ds_from or (first[0] if first else info.ds), "data_to": info.ds,
             "train_uri": f"{features_uri}/train", "validation_uri": f"{features_uri}/validation",
             "test_uri": f"{features_uri}/test", "feature_snapshot": snapshot, "stats": stats}
 
@@ -191,19 +193,40 @@ def _drop_other_attempts(prefix: Path, keep: str) -> None:
 
 def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
     """Step 5: the evaluation job; returns the evaluation report and where it lies."""
+    from include.pipeline import review
+
     runner = get_runner()
     output_uri = info.uri("evaluate")
+    deployed = deployed_package()
     request = requests.evaluation_request(
         name=info.job("evaluate"), model_uri=trained["model_uri"], test_uri=features["test_uri"],
-        training_output_uri=trained["output_uri"], output_uri=output_uri, code_uri=runner.code_uri())
+        training_output_uri=trained["output_uri"], output_uri=output_uri, code_uri=runner.code_uri(),
+        deployed_model_uri=deployed[1] if deployed else None, deployed_version=deployed[0] if deployed else "")
     result = runner.run(request)
     report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
     for rule in (report.get("debugger") or {}).get("triggered") or []:
         log.warning("debugger rule triggered during training: %s", rule)
+    # Rendered here, not in the job: the job knows no run, registry or partitions.
+    page = review.write_evaluation_report(uri_to_path(output_uri), info.dag_id, info.run_id,
+                                          review.data_range(features.get("data_from"), features.get("data_to") or info.ds,
+                                                            features.get("clean_rows")))
     return {"job": result, "evaluation_uri": f"{output_uri}/evaluation.json",
             "confusion_matrix_uri": f"{output_uri}/confusion_matrix.png",
+            "report_uri": f"{output_uri}/{Path(page['report_path']).name}", "report_url": page["report_url"],
+            "deployed_version": deployed[0] if deployed else None,
             "accuracy": report["metrics"]["accuracy"]["value"], "macro_f1": report["metrics"]["macro_f1"]["value"],
             "accuracy_ci95": report["accuracy_ci95"], "test_rows": report["test_rows"]}
+
+
+def deployed_package() -> tuple[str, str] | None:
+    """(version, package URI) of the version the endpoint serves, to score it on the same test split."""
+    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: nothing deployed
+        return None
+    try:
+        deployed = get_registry().deployed_version()
+    except RegistryError:
+        return None
+    return (deployed.version, deployed.package_uri) if deployed else None
 
 
 def accuracy_gate(evaluation: dict, min_accuracy: float, deployed_accuracy: float | None = None) -> tuple[bool, str]:

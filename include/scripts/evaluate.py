@@ -9,7 +9,10 @@ copied into the report). Writes to ``--output-data``:
   {"value": ...}, ...}}`` (what the course's pipeline and our accuracy check read) and
   ``multiclass_classification_metrics`` (Model Monitor's shape: accuracy, weighted and
   macro precision/recall/F1, confusion matrix), plus per-class precision/recall/F1;
-- ``confusion_matrix.png``.
+- ``confusion_matrix.png``;
+- ``misclassified.json``: a few misclassified test reviews per (true, predicted) pair;
+- with ``--deployed-model`` (the package the endpoint serves now), ``comparison.json``: that
+  model's metrics on the very same test split, so a reviewer compares like with like.
 """
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--training-output", default="/opt/ml/processing/input/training",
                    help="optional output.tar.gz folder")
     p.add_argument("--output-data", default="/opt/ml/processing/output/metrics", help="where evaluation.json goes")
+    p.add_argument("--deployed-model", default="/opt/ml/processing/input/deployed",
+                   help="optional folder with the deployed version's model.tar.gz (compared on the same split)")
+    p.add_argument("--deployed-version", default="", help="registry version of --deployed-model (for the report)")
+    p.add_argument("--samples-per-pair", type=int, default=3,
+                   help="misclassified reviews kept per (true, predicted) pair")
     p.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
     return p.parse_args(argv)
 
@@ -65,7 +73,13 @@ def load_test(folder: Path) -> pd.DataFrame:
     files = sorted(folder.rglob("*.parquet"))
     if not files:
         raise EvaluationError(f"{folder}: no test shards (*.parquet)")
-    df = pd.concat([pd.read_parquet(f, columns=["review_id", "input_ids", "label_id"]) for f in files])
+    import pyarrow.parquet as pq
+
+    # review_body is optional (older shards lack it): it only feeds the misclassified samples.
+    cols = ["review_id", "input_ids", "label_id"]
+    if "review_body" in pq.read_schema(files[0]).names:
+        cols.append("review_body")
+    df = pd.concat([pd.read_parquet(f, columns=cols) for f in files])
     if df.empty:
         raise EvaluationError(f"{folder}: the test split is empty")
     return df.reset_index(drop=True)
@@ -147,6 +161,30 @@ def evaluation_json(m: dict, debugger: dict | None) -> dict:
     return report
 
 
+def misclassified_samples(test: pd.DataFrame, probs: np.ndarray, per_pair: int) -> list[dict]:
+    """Up to ``per_pair`` misclassified reviews per (true, predicted) pair, most confident first
+    (the errors a reviewer learns most from)."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != test["label_id"].to_numpy())
+    out = []
+    for i in sorted(wrong, key=lambda i: (int(test["label_id"].iat[i]), int(pred[i]), -float(probs[i, pred[i]]))):
+        true, got = ID2LABEL[int(test["label_id"].iat[i])], ID2LABEL[int(pred[i])]
+        if sum(1 for s in out if s["true"] == true and s["predicted"] == got) >= per_pair:
+            continue
+        body = test["review_body"].iat[i] if "review_body" in test.columns else None
+        out.append({"review_id": str(test["review_id"].iat[i]), "true": true, "predicted": got,
+                    "probability": round(float(probs[i, pred[i]]), 4),
+                    "review_body": None if body is None else str(body)[:600]})
+    return out
+
+
+def comparison_json(m: dict, version: str) -> dict:
+    """The deployed version's figures on the candidate's test split."""
+    return {"version": version, "test_rows": m["n"], "accuracy": m["accuracy"], "accuracy_ci95": m["accuracy_ci95"],
+            "macro_f1": m["avg"]["macro"]["f1"], "weighted_f1": m["avg"]["weighted"]["f1"],
+            "per_class": m["per_class"], "confusion_matrix": {"labels": m["labels"], "matrix": m["confusion_matrix"]}}
+
+
 def plot_confusion(m: dict, dest: Path) -> None:
     """Confusion matrix as a labelled heat map."""
     import matplotlib
@@ -186,9 +224,25 @@ def main(argv: list[str] | None = None) -> dict:
         train_out = _extract(Path(args.training_output), "output.tar.gz", Path(tmp) / "training")
         rules_file = train_out / "debugger" / "rule_results.json" if train_out else None
         debugger = json.loads(rules_file.read_text()) if rules_file and rules_file.exists() else None
+        profile_file = train_out / "profiler" / "summary.json" if train_out else None
+        profiler = json.loads(profile_file.read_text()) if profile_file and profile_file.exists() else None
+        deployed_dir = _extract(Path(args.deployed_model), "model.tar.gz", Path(tmp) / "deployed")
+        deployed_probs = None
+        if deployed_dir is not None:
+            log.info("evaluating the deployed version %s on the same %d test reviews", args.deployed_version or "?",
+                     len(test))
+            deployed_probs = predict(deployed_dir, test["input_ids"].tolist(), args.batch_size)
     m = metrics(test["label_id"].to_numpy(), probs.argmax(1))
     report = evaluation_json(m, debugger)
+    if profiler is not None:
+        report["profiler"] = profiler
     write_json_atomic(out / "evaluation.json", report)
+    write_json_atomic(out / "misclassified.json", misclassified_samples(test, probs, args.samples_per_pair))
+    if deployed_probs is not None:
+        dm = metrics(test["label_id"].to_numpy(), deployed_probs.argmax(1))
+        write_json_atomic(out / "comparison.json", {"deployed": comparison_json(dm, args.deployed_version)})
+        log.info("deployed version %s on the same split: accuracy %.4f, macro F1 %.4f", args.deployed_version or "?",
+                 dm["accuracy"], dm["avg"]["macro"]["f1"])
     plot_confusion(m, out / "confusion_matrix.png")
     pd.DataFrame({"review_id": test["review_id"], "label_id": test["label_id"], "predicted": probs.argmax(1),
                   **{f"p_{ID2LABEL[k]}": probs[:, k] for k in sorted(ID2LABEL)}}

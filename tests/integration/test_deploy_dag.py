@@ -1,6 +1,8 @@
 """Step 8 through the real DAG: the run waits for a person, who rejects over the REST API."""
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 
@@ -23,11 +25,22 @@ def _reject_when_asked(result: dict, stop: threading.Event) -> None:
         if pending:
             ti = pending[0]["task_instance"]
             result["seen"] = ti
+            result["subject"], result["body"] = pending[0]["subject"], pending[0]["body"]
+            # the link in the request opens in the same API server (the review_reports plugin)
+            link = re.search(r"\]\((/reports/[^)]+)\)", pending[0]["body"] or "")
+            page = client.get(link.group(1)) if link else None
+            result["report"] = (page.status_code, page.text) if page is not None else None
             url = f"{base}/{ti['dag_run_id']}/taskInstances/{ti['task_id']}/{ti['map_index']}/hitlDetails"
             reply = client.patch(url, json={"chosen_options": ["Reject"], "params_input": {}})
             result["reply"] = (reply.status_code, reply.text)
             return
         time.sleep(2)
+
+
+def run_evaluation_uri(run_id: str) -> str:
+    from include.common.config import get_settings
+
+    return get_settings().run_uri("review_sentiment_pipeline", run_id, "evaluate") + "/evaluation.json"
 
 
 def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
@@ -42,6 +55,17 @@ def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
         reviewer.join(10)
     assert result.get("seen", {}).get("task_id") == "approve_model", result
     assert result["reply"][0] == 200, result["reply"]
+    # the request a reviewer reads: the figures of evaluation.json, the data range, a report the UI opens
+    from include.common.io import uri_to_path
+
+    evaluation = json.loads(uri_to_path(run_evaluation_uri(dr.run_id)).read_text())
+    acc = f"{evaluation['metrics']['accuracy']['value']:.4f}"
+    assert result["subject"] == f"Approve review-sentiment model v1? Accuracy {acc} (nothing deployed yet)"
+    assert f"| accuracy | {acc} |" in result["body"] and "| macro-F1 |" in result["body"]
+    assert "No version is deployed yet" in result["body"] and "**Trained on**: ds " in result["body"]
+    assert "file://" not in result["body"]
+    assert result["report"] is not None and result["report"][0] == 200, result.get("report")
+    assert f"Accuracy <b>{acc}</b>" in result["report"][1]
     assert states["approve_model"].endswith("success"), states
     assert states["deploy_model"].endswith("skipped"), states
     versions = get_registry().list_versions()

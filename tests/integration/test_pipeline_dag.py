@@ -58,6 +58,10 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     assert version is not None and version.approval_status == APPROVED
     assert version.lineage["run_id"] == dr.run_id and version.lineage["ds"] == DS
     assert version.lineage["feature_snapshot_id"] == dr.run_id and version.lineage["git_commit"]
+    # the registry entry links the run's evaluation report (file and Airflow UI address)
+    assert uri_to_path(version.lineage["evaluation_report_uri"]).name == "report.html"
+    assert uri_to_path(version.lineage["evaluation_report_uri"]).is_file()
+    assert version.lineage["evaluation_report_url"].endswith("/evaluate/report.html")
     answer = _invoke_jsonlines(endpoint_port, ["I love this dress", "It fell apart after one wash"])
     assert answer.status_code == 200, answer.text
     lines = [json.loads(line) for line in answer.text.strip().splitlines()]
@@ -67,6 +71,12 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     # A threshold above 1 takes the no-register branch and must not touch what is served.
     dr2, states2 = run_dag("review_sentiment_pipeline", **{**DEPLOY, "min_accuracy": 1.01}, auto_approve=True)
     assert states2["evaluate"].endswith("success")
+    # the second run's evaluation also scored the deployed version on its own test split
+    evaluate_dir = uri_to_path(get_settings().run_uri("review_sentiment_pipeline", dr2.run_id, "evaluate"))
+    deployed = json.loads((evaluate_dir / "comparison.json").read_text())["deployed"]
+    candidate = json.loads((evaluate_dir / "evaluation.json").read_text())
+    assert deployed["version"] == str(version.version) and deployed["test_rows"] == candidate["test_rows"]
+    assert f"deployed v{version.version} (same test split)" in (evaluate_dir / "report.html").read_text()
     assert states2["skip_registration"].endswith("success"), states2
     for task in ("register_model", "deploy_model"):
         assert states2[task].endswith("skipped"), (task, states2)

@@ -108,3 +108,60 @@ def test_drift_baseline_defaults_to_the_deployed_models_training_data(reviews_ho
     assert steps.deployed_training_data_uri() is None, "registered but not deployed"
     registry.mark_deployed(version.version)
     assert steps.deployed_training_data_uri() == f"{clean}/clean.parquet"
+
+
+def _length_bin_starts(labels: list[str]) -> list[float]:
+    return [float(label.split("..")[0]) for label in labels]
+
+
+def test_drift_report_says_the_verdict_first_and_orders_the_bins(catalogued, tmp_path):
+    import html
+    import re
+
+    valid = catalogued[catalogued["star_rating"].isin(list("12345")) & catalogued["review_body"].notna()]
+    shifted = valid[valid["star_rating"].isin(["1", "2"])].assign(star_rating=lambda d: d["star_rating"].astype(int))
+    res = drift.compare(["2026-01-01"], shifted, threshold=0.2, report_dir=tmp_path / "drift")
+    page = (tmp_path / "drift" / "drift_report.html").read_text()
+    body = page.split("<body>", 1)[1]
+    worst = max(res["psi"], key=res["psi"].get)
+    first = re.search(r'<p class="verdict" id="verdict">([^<]*)</p>', body)
+    assert body.lstrip().startswith('<p class="verdict"') and first
+    assert html.unescape(first.group(1)) == (
+        f"DRIFT (warning): worst feature {worst}, PSI {res['psi'][worst]:.4f} > threshold 0.2"
+        f" ({len(res['drifted'])} of 3 features above it)")
+    # the length table lists its bins in numeric order, from -inf up to inf
+    section = body.split('<section id="review_length_words">')[1].split("</section>")[0]
+    labels = re.findall(r"<th>(-?[\d.e+]+|-inf)\.\.([\d.e+]+|inf)</th>", section)
+    starts = _length_bin_starts([f"{lo}..{hi}" for lo, hi in labels])
+    assert len(starts) >= 3 and starts == sorted(starts) and labels[0][0] == "-inf" and labels[-1][1] == "inf"
+    ratings = re.findall(r"<th>([1-5])</th>", body.split('<section id="star_rating">')[1].split("</section>")[0])
+    assert ratings == sorted(ratings) and len(ratings) == 5
+    # one chart per feature, inlined and also kept as a PNG
+    assert body.count("data:image/png;base64,") == 3
+    for name in res["psi"]:
+        assert (tmp_path / "drift" / f"drift_{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_no_drift_verdict_names_the_worst_feature_too(catalogued, tmp_path):
+    valid = catalogued[catalogued["star_rating"].isin(list("12345")) & catalogued["review_body"].notna()]
+    res = drift.compare(["2026-01-01", "2026-01-02"], valid.assign(star_rating=valid["star_rating"].astype(int)),
+                        threshold=0.2, report_dir=tmp_path)
+    assert drift.verdict_line(res) == (f"No drift: worst feature {res['worst_feature']}, "
+                                       f"PSI {res['worst_psi']:.4f} <= threshold 0.2")
+    assert res["worst_psi"] == max(res["psi"].values())
+
+
+def test_share_table_orders_numeric_bins_by_value_not_as_text():
+    base = pd.Series({"-inf..24": 0.1, "102..inf": 0.1, "24..34": 0.8})
+    cur = pd.Series({"24..34": 0.5, "102..inf": 0.5})
+    table = drift.share_table(base, cur, ["-inf..24", "24..34", "102..inf"])
+    assert list(table.index) == ["-inf..24", "24..34", "102..inf"]
+    assert table.loc["-inf..24", "current_share"] == 0.0
+    assert list(drift.share_table(pd.Series({5: 0.5, 1: 0.2, 3: 0.3}), pd.Series({1: 1.0})).index) == [1, 3, 5]
+
+
+def test_analysis_report_links_the_runs_drift_report(catalogued, tmp_path):
+    result = analysis.run_analysis(tmp_path / "analysis")
+    page = (tmp_path / "analysis" / "report.html").read_text()
+    assert '<a href="../drift/drift_report.html">Drift report</a>' in page
+    assert result["report_path"].endswith("analysis/report.html")

@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import json
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from include.scripts import evaluate
+
+SCRIPTS = str(Path(__file__).resolve().parents[2] / "include" / "scripts")
+if SCRIPTS not in sys.path:  # evaluate.py imports its sibling modeling.py as a top-level module (as in the job)
+    sys.path.insert(0, SCRIPTS)
 
 
 def test_metrics_from_known_predictions():
