@@ -276,7 +276,7 @@ def validate_records(group: FeatureGroup, records: "pa.Table") -> "pa.Table":
         col = table.column(required)
         bad = pc.is_null(col)
         if required == group.record_identifier:
-            bad = pc.or_(bad, pc.equal(pc.utf8_trim_whitespace(col), ""))
+            bad = pc.or_(bad, pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), False))
         if pc.any(bad).as_py():
             row = pc.index(bad, True).as_py()
             raise FeatureValidationError(f"feature group {group.name}: record {row} (0-based) has no "
@@ -389,10 +389,10 @@ class LocalFeatureStore(FeatureStore):
 
     def _stored(self, con: "duckdb.DuckDBPyConnection", name: str) -> FeatureGroup | None:
         if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
-                           [SCHEMA, "feature_groups"]).fetchone()[0]:
+                           [SCHEMA, "feature_groups"]).fetchall()[0][0]:
             return None
-        row = con.execute(f"SELECT definition FROM {GROUPS} WHERE name = ?", [name]).fetchone()
-        return FeatureGroup.from_dict(json.loads(row[0])) if row else None
+        row = con.execute(f"SELECT definition FROM {GROUPS} WHERE name = ?", [name]).fetchall()
+        return FeatureGroup.from_dict(json.loads(row[0][0])) if row else None
 
     def _files(self, con: "duckdb.DuckDBPyConnection", name: str) -> list[str]:
         rows = con.execute(f"SELECT unnest(files) FROM {INGESTIONS} WHERE group_name = ? ORDER BY 1", [name]).fetchall()
@@ -458,14 +458,14 @@ class LocalFeatureStore(FeatureStore):
 
     def _list(self, con: "duckdb.DuckDBPyConnection") -> list[dict]:
         if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = ?",
-                           [SCHEMA, "feature_groups"]).fetchone()[0]:
+                           [SCHEMA, "feature_groups"]).fetchall()[0][0]:
             return []
         out = []
         for name, version, definition in con.execute(
                 f"SELECT name, version, definition FROM {GROUPS} ORDER BY name").fetchall():
             ident = json.loads(definition)["record_identifier"]
-            records, ids = con.execute(f"SELECT count(*), count(DISTINCT {ident}) FROM {SCHEMA}.{name}").fetchone()
-            ingestions = con.execute(f"SELECT count(*) FROM {INGESTIONS} WHERE group_name = ?", [name]).fetchone()[0]
+            records, ids = con.execute(f"SELECT count(*), count(DISTINCT {ident}) FROM {SCHEMA}.{name}").fetchall()[0]
+            ingestions = con.execute(f"SELECT count(*) FROM {INGESTIONS} WHERE group_name = ?", [name]).fetchall()[0][0]
             out.append({"name": name, "version": version, "records": records, "record_ids": ids,
                         "ingestions": ingestions, "online_records": None})
         return out
@@ -490,8 +490,9 @@ class LocalFeatureStore(FeatureStore):
             ident, etime = group.record_identifier, group.event_time
             con.register("batch", table)
             dup = con.execute(f"SELECT {ident}, event FROM (SELECT {ident}, {etime} AS event, count(*) AS n FROM batch "
-                              f"GROUP BY ALL) WHERE n > 1 LIMIT 1").fetchone()
+                              f"GROUP BY ALL) WHERE n > 1 LIMIT 1").fetchall()
             if dup:
+                dup = dup[0]
                 raise FeatureValidationError(f"feature group {name}: record {ident}={dup[0]!r} appears twice with event "
                                              f"time {dup[1]}; one record per (identifier, event time)")
             result = self._append(con, group, source or "", t0)
@@ -519,8 +520,8 @@ class LocalFeatureStore(FeatureStore):
                   AND v.{ident} = b.{ident} AND v.{etime} = b.{etime})""")
         else:
             con.execute("CREATE TEMP TABLE new_rows AS SELECT * FROM batch")
-        offered = con.execute("SELECT count(*) FROM batch").fetchone()[0]
-        new = con.execute("SELECT count(*) FROM new_rows").fetchone()[0]
+        offered = con.execute("SELECT count(*) FROM batch").fetchall()[0][0]
+        new = con.execute("SELECT count(*) FROM new_rows").fetchall()[0][0]
         ingestion_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}"
         result = {"feature_group": group.name, "ingestion_id": ingestion_id if new else None, "source": source,
                   "records": int(new), "duplicates_skipped": int(offered - new), "files": []}
@@ -608,15 +609,15 @@ class LocalFeatureStore(FeatureStore):
             con.close()
 
     def _pit(self, con: "duckdb.DuckDBPyConnection", group: FeatureGroup, as_of: datetime,
-             record_ids: list[str] | None) -> "duckdb.DuckDBPyConnection":
+             record_ids: list[str] | None) -> "duckdb.DuckDBPyRelation":
         import pyarrow as pa
 
         where = f"{group.event_time} <= $as_of"
         if record_ids is not None:
             con.register("wanted", pa.table({"id": pa.array(record_ids, pa.string())}))
             where += f" AND {group.record_identifier} IN (SELECT id FROM wanted)"
-        return con.execute(f"SELECT {', '.join(group.feature_names)} FROM ({_latest_sql(group, where)})",
-                           {"as_of": to_utc_naive(as_of)})
+        return con.sql(f"SELECT {', '.join(group.feature_names)} FROM ({_latest_sql(group, where)})",
+                       params={"as_of": to_utc_naive(as_of)})
 
     def export_point_in_time(self, name: str, as_of: datetime, dest_uri: str,
                              record_ids: list[str] | None = None) -> dict:
