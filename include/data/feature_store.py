@@ -498,8 +498,11 @@ class LocalFeatureStore(FeatureStore):
             result = self._append(con, group, source or "", t0)
         finally:
             con.close()
+        result["offline_s"] = round(time.monotonic() - t0, 3)
+        t1 = time.monotonic()
         online_rows = self._sync_online(group, table, result)
         result["online_records_written"] = online_rows
+        result["online_s"] = round(time.monotonic() - t1, 3)
         result["wall_s"] = round(time.monotonic() - t0, 3)
         log.info("ingested %d new record(s) into %s (%d duplicate(s) skipped, %d online) in %.2fs",
                  result["records"], name, result["duplicates_skipped"], online_rows, result["wall_s"])
