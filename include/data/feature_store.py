@@ -619,7 +619,8 @@ class LocalFeatureStore(FeatureStore):
         if record_ids is not None:
             con.register("wanted", pa.table({"id": pa.array(record_ids, pa.string())}))
             where += f" AND {group.record_identifier} IN (SELECT id FROM wanted)"
-        return con.sql(f"SELECT {', '.join(group.feature_names)} FROM ({_latest_sql(group, where)})",
+        pruned = f"{PARTITION_COLUMN} <= CAST($as_of AS DATE)"
+        return con.sql(f"SELECT {', '.join(group.feature_names)} FROM ({_latest_sql(group, where, pruned)})",
                        params={"as_of": to_utc_naive(as_of)})
 
     def export_point_in_time(self, name: str, as_of: datetime, dest_uri: str,
@@ -668,10 +669,15 @@ class LocalFeatureStore(FeatureStore):
             con.close()
 
 
-def _latest_sql(group: FeatureGroup, where: str = "true") -> str:
-    # Latest record per identifier; write_time breaks ties (there are none: keys are unique).
-    return (f"SELECT * FROM {SCHEMA}.{group.name} WHERE {where} QUALIFY row_number() OVER "
-            f"(PARTITION BY {group.record_identifier} ORDER BY {group.event_time} DESC, write_time DESC) = 1")
+def _latest_sql(group: FeatureGroup, where: str = "true", partitions: str = "true") -> str:
+    # Latest record per identifier: the winning (id, event time) keys from the two narrow
+    # columns first, then one semi-join pass for the wide rows - ~1.5x faster than a window
+    # over whole rows (benchmarks/feature_store.py). Keys are unique, so one row per id.
+    # ``partitions`` prunes event_date folders (the same bound as ``where``, on the partition column).
+    view, ident, etime = f"{SCHEMA}.{group.name}", group.record_identifier, group.event_time
+    return (f"WITH latest AS (SELECT {ident}, max({etime}) AS {etime} FROM {view} WHERE {where} AND {partitions} "
+            f"GROUP BY {ident}) SELECT v.* FROM {view} v SEMI JOIN latest l ON v.{ident} = l.{ident} "
+            f"AND v.{etime} = l.{etime} WHERE {partitions}")
 
 
 # --------------------------------------------------------------------------- pipeline glue
