@@ -12,6 +12,7 @@ PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 .PHONY: help install run test lint readme ui land artifacts data-status lock clean
 
 include mk/serve.mk
+include mk/features.mk
 help:
 	@echo "make run [PROFILE=quick|quality] [DS=YYYY-MM-DD] [CONF=json] - install, land the real data, run"
 	@echo "                  review_sentiment_pipeline end to end (quick: < 10 min; quality: best accuracy, ~30 min)"
@@ -21,6 +22,7 @@ help:
 	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081, login admin / admin"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make data-status - catalog partitions (published delivery, rows, last audit) and rejected deliveries"
+	@echo "make features [SQL=\"SELECT ...\"] - feature groups with counts, or SQL on the offline feature store"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
 

@@ -138,13 +138,16 @@ def preprocess(info: RunInfo, params: dict) -> dict:
         balance_dataset=prof["balance_dataset"])
     result = runner.run(request)
     features_dir = uri_to_path(features_uri)
-    snapshot = feature_store.ingest(features_dir, info.run_id, settings)
+    # The jobs read the feature store's point-in-time export as of the run's day, not the raw
+    # shards: a backfilled run trains on what was known at its ds (include/data/feature_store.py).
+    channels_uri = info.uri("preprocess") + "/channels"
+    snapshot = feature_store.ingest_run_features(features_dir, info.ds, info.run_id, channels_uri, settings)
     stats = json.loads((features_dir / "stats.json").read_text())
     first = catalog.registered_partitions(settings)[:1]
     return {"job": result, "export_uri": export_uri, "clean_rows": rows, "features_uri": features_uri,
             "data_from": ds_from or (first[0] if first else info.ds), "data_to": info.ds,
-            "train_uri": f"{features_uri}/train", "validation_uri": f"{features_uri}/validation",
-            "test_uri": f"{features_uri}/test", "feature_snapshot": snapshot, "stats": stats}
+            "train_uri": f"{channels_uri}/train", "validation_uri": f"{channels_uri}/validation",
+            "test_uri": f"{channels_uri}/test", "feature_snapshot": snapshot, "stats": stats}
 
 
 def ensure_experiment(settings: Settings, name: str) -> None:

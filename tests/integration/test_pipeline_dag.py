@@ -31,6 +31,8 @@ def _check_artifacts(run_id: str) -> None:
     assert not (run / "train" / "checkpoints").exists(), "checkpoints are dropped once the model is published"
     for split in ("train", "validation", "test"):
         assert list((run / "preprocess" / "features" / split).glob("part-*.parquet")), split
+        # the jobs' channels: the feature store's point-in-time export as of the run's ds
+        assert list((run / "preprocess" / "channels" / split).glob("part-*.parquet")), split
     assert list((run / "validate").glob("*.html")), "validation report published"
     lineage = {p.stem for p in (run / "_lineage").glob("*.json")}
     assert {"register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "register_model",
@@ -39,8 +41,8 @@ def _check_artifacts(run_id: str) -> None:
     try:
         parts = [r[0].isoformat() for r in con.execute("SELECT DISTINCT ds FROM reviews.reviews_raw ORDER BY 1").fetchall()]
         assert parts == ["2026-11-19", DS], "the backlog day and the run's day are both registered"
-        snap = con.execute("SELECT count(*) FROM reviews.reviews_features WHERE snapshot_id = ?", [run_id]).fetchone()[0]
-        assert snap > 0
+        snap = con.execute("SELECT count(*) FROM feature_store.reviews_features WHERE source = ?", [run_id]).fetchone()[0]
+        assert snap > 0, "the run's features were ingested into the offline store"
     finally:
         con.close()
 
