@@ -95,6 +95,12 @@ class UnsupportedAcceptError(InferenceInputError):
     status_code = 406
 
 
+class RequestTooLargeError(InferenceInputError):
+    """The request holds more reviews than one request may carry (HTTP 413)."""
+
+    status_code = 413
+
+
 class LoadedModel:
     """What ``model_fn`` returns: the network, its tokenizer and how to run it.
 
@@ -154,7 +160,7 @@ def model_fn(model_dir: str) -> LoadedModel:
             if json.load(f).get("classifier_pooling") == "mean":
                 raise FileNotFoundError(f"{model_dir}: the model has a mean-pooling head but code/modeling.py "
                                         "is missing beside inference.py - rebuild the package")
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
     model.eval()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     if sorted(id2label) != list(range(len(id2label))):
@@ -167,6 +173,23 @@ def model_fn(model_dir: str) -> LoadedModel:
                 model_dir, len(id2label), max_len, batch_size, threads)
     return LoadedModel(model=model, tokenizer=tokenizer, id2label=id2label, max_seq_length=max_len,
                        batch_size=batch_size, version=os.environ.get("MODEL_VERSION") or None)
+
+
+def quantize_fn(model: LoadedModel) -> LoadedModel:
+    """The same model with int8 weights in its linear layers (dynamic quantization, CPU).
+
+    Activations stay float and are quantized per batch at run time, so no calibration data is
+    needed. Returns a new :class:`LoadedModel`; ``model`` itself is left fp32. Whether the int8
+    model may serve is the deployer's decision (its accuracy against the fp32 model's).
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        quantized = torch.ao.quantization.quantize_dynamic(model.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return LoadedModel(model=quantized.eval(), tokenizer=model.tokenizer, id2label=model.id2label,
+                       max_seq_length=model.max_seq_length, batch_size=model.batch_size, version=model.version)
 
 
 def _media_type(content_type: str | None) -> str:
@@ -207,7 +230,7 @@ def _check_count(n: int) -> None:
     if n == 0:
         raise InferenceInputError("the request holds no reviews")
     if n > MAX_RECORDS:
-        raise InferenceInputError(f"the request holds {n} reviews; send at most {MAX_RECORDS} per request")
+        raise RequestTooLargeError(f"the request holds {n} reviews; send at most {MAX_RECORDS} per request")
 
 
 def input_fn(body: bytes | str, content_type: str = JSONLINES) -> dict:
