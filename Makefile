@@ -21,6 +21,7 @@ help:
 	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
+	@echo "make rollback   - serve the previous Approved model version again"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
 
 $(STAMP): requirements.lock

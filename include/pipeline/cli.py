@@ -6,6 +6,8 @@ artifacts are and the metrics. It runs the ``quick`` profile unless told otherwi
 run in under 10 minutes); the DAG's own default, for scheduled runs, is ``quality``.
 ``python -m include.pipeline.cli artifacts [--run-id ID]`` lists a run's steps with their inputs,
 outputs, job names and metrics (default: the latest run).
+``python -m include.pipeline.cli rollback`` serves the newest Approved version older than the
+deployed one again (``make rollback``).
 """
 from __future__ import annotations
 
@@ -114,6 +116,21 @@ def print_artifacts(run_id: str | None = None) -> None:
         print(f"  confusion matrix:  {uri_to_path(evaluation['confusion_matrix_uri'])}")
 
 
+def rollback() -> int:
+    """``make rollback``: back to the previous Approved version; prints what serves now."""
+    from include.common.errors import NonRetriableError
+    from include.pipeline.model_steps import rollback_model
+
+    try:
+        info = rollback_model()
+    except NonRetriableError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"rolled back from version {info['rolled_back_from']} to version {info['version']} "
+          f"({info['precision']}) at {info['url']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m include.pipeline.cli", description=__doc__.splitlines()[0])
@@ -126,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
                             "quality = the best accuracy, ~20-minute training job")
     p_art = sub.add_parser("artifacts", help="list a run's lineage")
     p_art.add_argument("--run-id", default=None, help="run id (default: the latest run)")
+    sub.add_parser("rollback", help="serve the previous Approved version again")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return run(args.ds, json.loads(args.conf), args.profile)
+    if args.cmd == "rollback":
+        return rollback()
     print_artifacts(args.run_id)
     return 0
 
