@@ -215,7 +215,9 @@ class _State:
         self.infer_lock = threading.Lock()  # one forward pass at a time: torch already uses all cores
         self.admin_lock = threading.Lock()
         self.admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
-        self.config = ServerConfig()
+        # defaults until main() applies the command line and environment (validated there, with
+        # a clear error, rather than at import)
+        self.config = ServerConfig(DEFAULT_MAX_REVIEWS, DEFAULT_MAX_TEXT_CHARS, DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS)
         self.metrics = _Metrics()
         self.batcher: Batcher | None = None
         self.arriving = 0  # requests received but not yet queued for a forward pass (batching waits for them)
