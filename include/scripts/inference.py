@@ -187,6 +187,7 @@ def quantize_fn(model: LoadedModel) -> LoadedModel:
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
         quantized = torch.ao.quantization.quantize_dynamic(model.model, {torch.nn.Linear}, dtype=torch.qint8)
     return LoadedModel(model=quantized.eval(), tokenizer=model.tokenizer, id2label=model.id2label,
                        max_seq_length=model.max_seq_length, batch_size=model.batch_size, version=model.version)

@@ -37,6 +37,7 @@ a package holding pickle-based weights (``*.bin``, ``*.pt``, ...) is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hmac
 import importlib.util
@@ -398,7 +399,16 @@ class AccessLog:
                 "reviews": scope["state"].get("reviews"), "client": client[0]}))
 
 
-app = FastAPI(title="review-sentiment endpoint", docs_url=None, redoc_url=None)
+@contextlib.asynccontextmanager
+async def _lifespan(_app: FastAPI):
+    yield
+    # uvicorn runs this after the requests in flight have finished (SIGTERM: graceful shutdown)
+    if STATE.batcher is not None:
+        STATE.batcher.close()
+    logger.info("stopped after %d requests (%d reviews); in-flight requests drained", STATE.requests, STATE.reviews)
+
+
+app = FastAPI(title="review-sentiment endpoint", docs_url=None, redoc_url=None, lifespan=_lifespan)
 app.add_middleware(AccessLog)
 
 
@@ -646,11 +656,10 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.max_batch_size, cfg.max_wait_ms, cfg.max_reviews, cfg.max_text_chars, MAX_BODY_BYTES,
                 "required" if cfg.api_key else "off")
     # On SIGTERM uvicorn stops accepting, lets the requests in flight finish (their batches
-    # included: the batch worker keeps running) for up to 30 s, then returns.
+    # included: the batch worker keeps running) for up to 30 s, runs the lifespan's shutdown,
+    # then re-raises the signal (so the exit status says SIGTERM).
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False,
                 timeout_graceful_shutdown=30)
-    STATE.batcher.close()
-    logger.info("stopped after %d requests (%d reviews)", STATE.requests, STATE.reviews)
     return 0
 
 

@@ -175,8 +175,8 @@ def test_graceful_shutdown_lets_requests_in_flight_finish(served_dir, tmp_path):
         proc.send_signal(signal.SIGTERM)
         statuses = [f.result().status_code for f in futures]
     assert statuses == [200] * 6
-    assert proc.wait(60) == 0
-    assert "stopped after" in (tmp_path / "server.log").read_text()
+    assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once drained
+    assert "in-flight requests drained" in (tmp_path / "server.log").read_text()
 
 
 # ---------------------------------------------------------------- limits (issue #18: oversized bodies)
