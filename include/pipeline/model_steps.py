@@ -162,17 +162,24 @@ def deploy_model(version: str, smoke_texts: list[str] | tuple[str, ...] = SMOKE_
     return {**info, "model_name": mv.name, "approval_status": mv.approval_status, "precision_decision": decision}
 
 
-def rollback_model(port: int | None = None, timeout_s: float = 120) -> dict:
+def rollback_model(to_version: str = "", port: int | None = None, timeout_s: float = 120) -> dict:
     """Serve the newest Approved version older than the deployed one again (``make rollback``).
 
-    Its precision is re-decided like any deploy. Raises :class:`RollbackError` when nothing is
-    deployed or no older Approved version exists.
+    ``to_version`` picks another (older, Approved) version instead. Its precision is re-decided
+    like any deploy. Raises :class:`RollbackError` when nothing is deployed or no older Approved
+    version exists (:class:`ModelNotApprovedError` for a ``to_version`` that is not Approved).
     """
     registry = get_registry()
     current = registry.deployed_version()
     if current is None:
         raise RollbackError("nothing is deployed yet, so there is nothing to roll back from")
-    target = registry.previous_approved(current.version)
+    if to_version:
+        target = registry.get(to_version)
+        if int(target.version) >= int(current.version):
+            raise RollbackError(f"to_version={to_version}: a rollback goes to a version older than the deployed "
+                                f"{current.version}; deploy newer versions through the pipeline")
+    else:
+        target = registry.previous_approved(current.version)
     if target is None:
         raise RollbackError(f"version {current.version} is deployed and no older version is Approved; "
                             "nothing to roll back to")
