@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration-s", type=float, default=20, help="seconds of load per arm and concurrency")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--reviews", type=int, default=2000, help="real reviews to draw requests from")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per server (INFERENCE_NUM_THREADS); 0 = the server's default (all cores)")
     p.add_argument("--name", default="endpoint_load", help="results file name")
     return p.parse_args(argv)
 
@@ -171,6 +173,8 @@ async def load(url: str, texts: list[str], concurrency: int, duration_s: float) 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     texts = real_reviews(args.reviews)
+    if args.threads:
+        os.environ["INFERENCE_NUM_THREADS"] = str(args.threads)  # the servers inherit it
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="endpoint-load-") as tmp:
         model_dir = build_model(Path(tmp))
