@@ -438,6 +438,10 @@ def _api_key_refusal(request: Request) -> JSONResponse | None:
                         status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its body arrived."""
+
+
 async def _read_body(request: Request) -> tuple[bytes | None, int]:
     """The body, or (None, bytes seen) when it passes ``MAX_BODY_BYTES``.
 
@@ -445,15 +449,20 @@ async def _read_body(request: Request) -> tuple[bytes | None, int]:
     answering while the client is still sending makes the kernel reset the connection, and
     the client would see ECONNRESET instead of the 413 and its message.
     """
+    from starlette.requests import ClientDisconnect
+
     chunks, seen = [], 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen <= MAX_BODY_BYTES:
-            chunks.append(chunk)
-        elif chunks:
-            chunks = []  # over the limit: keep nothing, keep reading
-        if seen > DRAIN_LIMIT_BYTES:
-            break
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen <= MAX_BODY_BYTES:
+                chunks.append(chunk)
+            elif chunks:
+                chunks = []  # over the limit: keep nothing, keep reading
+            if seen > DRAIN_LIMIT_BYTES:
+                break
+    except ClientDisconnect:
+        raise ClientGone() from None
     return (b"".join(chunks), seen) if seen <= MAX_BODY_BYTES else (None, seen)
 
 
@@ -513,7 +522,10 @@ async def invocations(request: Request) -> Response:
         if declared and declared.isdigit() and int(declared) > DRAIN_LIMIT_BYTES:
             return _error(413, f"body of {declared} bytes exceeds the {MAX_BODY_BYTES}-byte limit; split the request",
                           slot.version, close=True)
-        body, seen = await _read_body(request)
+        try:
+            body, seen = await _read_body(request)
+        except ClientGone:  # nobody reads the answer; counted as a client error, not a server fault
+            return _error(400, "the client disconnected before sending the whole body", slot.version)
         if body is None:
             return _error(413, f"body of {seen}{'+' if seen > DRAIN_LIMIT_BYTES else ''} bytes exceeds the "
                                f"{MAX_BODY_BYTES}-byte limit; split the request", slot.version,

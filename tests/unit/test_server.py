@@ -228,7 +228,7 @@ MEDIA = st.sampled_from(["application/json", "application/jsonlines", "applicati
                          "application/json; charset=latin-1", "*/*", "application/json,text/csv", "garbage;;="])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=BODIES, content_type=MEDIA, accept=MEDIA)
 def test_fuzzed_requests_never_get_a_500(server, body, content_type, accept):
     resp = httpx.post(f"{server['url']}/invocations", content=body, timeout=60,
@@ -238,7 +238,7 @@ def test_fuzzed_requests_never_get_a_500(server, body, content_type, accept):
         assert resp.json()["error"]  # a message saying what is wrong
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, database=None)
 @given(body=BODIES, content_type=MEDIA)
 def test_fuzzed_bodies_parse_or_fail_as_a_client_error(body, content_type):
     from include.scripts import inference
