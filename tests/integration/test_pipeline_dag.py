@@ -58,6 +58,10 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     assert version is not None and version.approval_status == APPROVED
     assert version.lineage["run_id"] == dr.run_id and version.lineage["ds"] == DS
     assert version.lineage["feature_snapshot_id"] == dr.run_id and version.lineage["git_commit"]
+    # deploy_model measured int8 against fp32 on this run's test split and recorded the decision
+    assert version.serving["precision"] in ("fp32", "int8") and int(version.serving["eval_rows"]) > 0
+    assert 0.0 <= float(version.serving["int8_accuracy"]) <= 1.0 and version.serving["test_uri"].endswith("/test")
+    assert endpoint.status()["precision"] == version.serving["precision"]
     answer = _invoke_jsonlines(endpoint_port, ["I love this dress", "It fell apart after one wash"])
     assert answer.status_code == 200, answer.text
     lines = [json.loads(line) for line in answer.text.strip().splitlines()]
