@@ -24,6 +24,7 @@ help:
 	@echo "make data-status - catalog partitions (published delivery, rows, last audit) and rejected deliveries"
 	@echo "make features [SQL=\"SELECT ...\"] - feature groups with counts, or SQL on the offline feature store"
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
+	@echo "make rollback   - serve the previous Approved model version again"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
 
 $(STAMP): requirements.lock

@@ -4,7 +4,7 @@
 #   $(PYTHON) -m include.serving.endpoint start --package-uri file:///.../model.tar.gz --version N
 PYTHON ?= .venv/bin/python
 
-.PHONY: stop endpoint-status endpoint-predict
+.PHONY: stop endpoint-status endpoint-predict rollback
 
 stop: ## Stop the local model endpoint (in-flight requests finish first)
 	$(PYTHON) -m include.serving.endpoint stop
@@ -15,3 +15,6 @@ endpoint-status: ## Show what the local endpoint serves (version, port, pid, pac
 endpoint-predict: ## Classify a review on the local endpoint: make endpoint-predict TEXT="Love this dress"
 	@test -n "$(TEXT)" || { echo 'usage: make endpoint-predict TEXT="<review text>"'; exit 2; }
 	$(PYTHON) -m include.serving.endpoint predict "$(TEXT)"
+
+rollback: ## Serve the previous Approved model version again (registry + endpoint)
+	@source tools/env.sh && $(PYTHON) -m include.pipeline.cli rollback

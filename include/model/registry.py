@@ -45,7 +45,7 @@ PENDING, APPROVED, REJECTED = "PendingManualApproval", "Approved", "Rejected"
 APPROVAL_STATUSES = (PENDING, APPROVED, REJECTED)
 REQUIRED_LINEAGE = ("dag_id", "run_id")
 DEPLOYED_ALIAS = "deployed"
-_LINEAGE, _METRIC = "lineage.", "metric."
+_LINEAGE, _METRIC, _SERVING = "lineage.", "metric.", "serving."
 
 
 class RegistryError(RuntimeError):
@@ -77,6 +77,7 @@ class ModelVersion:
     deployed: bool = False
     deployed_at: float | None = None
     tracking_run_id: str | None = None  # the backend's own run / job id, when it has one
+    serving: dict[str, str] = field(default_factory=dict)  # how a deploy serves it (precision + its evidence)
 
     def to_dict(self) -> dict:
         """Plain dict (JSON-serialisable, e.g. for XCom)."""
@@ -176,6 +177,16 @@ class ModelRegistry(ABC):
     def deployed_version(self) -> ModelVersion | None:
         """The version the endpoint serves, if one was ever deployed."""
 
+    @abstractmethod
+    def set_serving(self, version: str, decision: dict) -> ModelVersion:
+        """Record how the endpoint serves ``version`` (``precision``, both accuracies, ...)."""
+
+    def previous_approved(self, version: str) -> ModelVersion | None:
+        """The newest Approved version older than ``version`` (the rollback target), if any."""
+        older = [v for v in self.list_versions()
+                 if v.approval_status == APPROVED and int(v.version) < int(version)]
+        return older[-1] if older else None
+
     def latest_approved(self) -> ModelVersion | None:
         """The newest Approved version, if any."""
         approved = [v for v in self.list_versions() if v.approval_status == APPROVED]
@@ -252,7 +263,8 @@ class MlflowModelRegistry(ModelRegistry):
             approval_updated_at=_float("approval_updated_at"),
             approval_history=json.loads(tags.get("approval_history", "[]")),
             deployed=deployed, deployed_at=_float("deployed_at") if deployed else None,
-            tracking_run_id=mv.run_id or None)
+            tracking_run_id=mv.run_id or None,
+            serving={k[len(_SERVING):]: v for k, v in tags.items() if k.startswith(_SERVING)})
 
     def _raw(self, version: str):
         from mlflow.exceptions import MlflowException
@@ -346,6 +358,15 @@ class MlflowModelRegistry(ModelRegistry):
                                     "approve it before marking it deployed")
             self._client.set_model_version_tag(self.name, str(version), "deployed_at", str(time.time()))
             self._client.set_registered_model_alias(self.name, DEPLOYED_ALIAS, str(version))
+        return self.get(version)
+
+    def set_serving(self, version: str, decision: dict) -> ModelVersion:
+        """See :meth:`ModelRegistry.set_serving`; version tags ``serving.<key>`` (replaced per deploy)."""
+        with self._locked():
+            self._raw(version)  # a clear error for an unknown version
+            for key, value in decision.items():
+                self._client.set_model_version_tag(self.name, str(version), _SERVING + str(key),
+                                                   "" if value is None else str(value))
         return self.get(version)
 
     def deployed_version(self) -> ModelVersion | None:

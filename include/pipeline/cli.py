@@ -9,6 +9,8 @@ run in under 10 minutes); the DAG's own default, for scheduled runs, is ``qualit
 outputs, job names and metrics (default: the latest run).
 ``python -m include.pipeline.cli data-status`` lists the catalog's published partitions (delivery,
 rows, last audit) and the deliveries waiting for the gate or rejected by it (``make data-status``).
+``python -m include.pipeline.cli rollback`` serves the newest Approved version older than the
+deployed one again (``make rollback``).
 """
 from __future__ import annotations
 
@@ -207,6 +209,21 @@ def print_data_status() -> None:
         print("    none")
 
 
+def rollback() -> int:
+    """``make rollback``: back to the previous Approved version; prints what serves now."""
+    from include.common.errors import NonRetriableError
+    from include.pipeline.model_steps import rollback_model
+
+    try:
+        info = rollback_model()
+    except NonRetriableError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return 2
+    print(f"rolled back from version {info['rolled_back_from']} to version {info['version']} "
+          f"({info['precision']}) at {info['url']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m include.pipeline.cli", description=__doc__.splitlines()[0])
@@ -225,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p_art = sub.add_parser("artifacts", help="list a run's lineage")
     p_art.add_argument("--run-id", default=None, help="run id (default: the latest run)")
     sub.add_parser("data-status", help="list published partitions and waiting/rejected deliveries")
+    sub.add_parser("rollback", help="serve the previous Approved version again")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return run(args.ds, json.loads(args.conf), args.profile)
@@ -238,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "data-status":
         print_data_status()
         return 0
+    if args.cmd == "rollback":
+        return rollback()
     print_artifacts(args.run_id)
     return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from include.common.errors import NonRetriableError
 from include.common.io import uri_to_path
-from include.model.packaging import build_package, model_dir_from_artifact
+from include.model.packaging import build_package, extract_package, model_dir_from_artifact
 from include.model.registry import (
     APPROVED,
     PENDING,
@@ -24,14 +24,18 @@ from include.model.registry import (
     get_registry,
 )
 from include.pipeline.context import RunInfo, git_commit
-from include.serving import endpoint
-from include.serving.protocol import SMOKE_REVIEWS
+from include.serving import endpoint, quantization
+from include.serving.protocol import PRECISIONS, SMOKE_REVIEWS
 
 log = logging.getLogger("airflow.task")
 
 
 class ModelNotApprovedError(NonRetriableError, RegistryError):
     """A version that is not Approved was asked to be deployed."""
+
+
+class RollbackError(NonRetriableError, RegistryError):
+    """There is no version to roll back to."""
 
 
 def summary(version: ModelVersion, created: bool | None = None) -> dict:
@@ -116,22 +120,73 @@ def deployed_accuracy() -> float | None:
     return deployed.metrics.get("accuracy") if deployed else None
 
 
+def test_split_uri(mv: ModelVersion) -> str | None:
+    """Where the run that made ``mv`` left its test split (beside its training split)."""
+    train = mv.lineage.get("train_data_uri", "")
+    return train[: -len("/train")] + "/test" if train.endswith("/train") else None
+
+
+def choose_precision(mv: ModelVersion, max_drop_points: float = quantization.MAX_DROP_POINTS) -> dict:
+    """fp32 or int8 for ``mv``: int8 only within ``max_drop_points`` of fp32 on the run's test split."""
+    test_uri = test_split_uri(mv)
+    if not test_uri or not uri_to_path(test_uri).is_dir():
+        log.warning("version %s: no test split recorded (%s); serving fp32 without the int8 check", mv.version, test_uri)
+        return {"precision": "fp32", "reason": f"no test split at {test_uri}"}
+    texts, labels = quantization.load_test_split(test_uri)
+    with tempfile.TemporaryDirectory(prefix="precision-check-") as tmp:
+        model_dir = extract_package(mv.package_uri, Path(tmp) / "model")
+        decision = quantization.choose_precision(model_dir, texts, labels, max_drop_points)
+    return {**decision, "test_uri": test_uri}
+
+
 def deploy_model(version: str, smoke_texts: list[str] | tuple[str, ...] = SMOKE_REVIEWS, port: int | None = None,
-                 timeout_s: float = 120) -> dict:
+                 timeout_s: float = 120, precision: str = "auto") -> dict:
     """Step 9: serve an Approved ``version`` on the endpoint and record it as deployed.
 
+    ``precision="auto"`` measures the int8 model against fp32 on the run's test split and serves
+    int8 only when it is within half a point (the decision and both accuracies are written to the
+    registry entry, ``serving.*`` tags, and to the log); ``fp32``/``int8`` force it.
     Refuses (:class:`ModelNotApprovedError`) unless the registry says Approved. On a failed
     load or smoke test the previous version keeps serving and the error propagates (the
     task fails with the reason). Returns the endpoint info (url, pid, version, smoke answers).
     """
+    if precision not in ("auto", *PRECISIONS):
+        raise endpoint.EndpointDeployError(f"precision={precision!r}: use auto, {' or '.join(PRECISIONS)}")
     registry = get_registry()
     mv = registry.get(version)
     if mv.approval_status != APPROVED:
         raise ModelNotApprovedError(f"version {version} of {mv.name} is {mv.approval_status}, not Approved; "
                                     "approve it (approve_model task) before deploying")
+    decision = choose_precision(mv) if precision == "auto" else {"precision": precision, "reason": "forced"}
     info = endpoint.deploy(mv.package_uri, mv.version, list(smoke_texts or SMOKE_REVIEWS), port=port,
-                           timeout_s=timeout_s)
+                           timeout_s=timeout_s, precision=decision["precision"])
     registry.mark_deployed(mv.version)
-    log.info("version %s serves at %s (pid %s, %s in %.1fs)", mv.version, info["url"], info["pid"],
-             info["mode"], info["seconds"])
-    return {**info, "model_name": mv.name, "approval_status": mv.approval_status}
+    registry.set_serving(mv.version, decision)
+    log.info("version %s serves at %s (pid %s, %s, %s in %.1fs); precision decision: %s", mv.version, info["url"],
+             info["pid"], decision["precision"], info["mode"], info["seconds"], json.dumps(decision))
+    return {**info, "model_name": mv.name, "approval_status": mv.approval_status, "precision_decision": decision}
+
+
+def rollback_model(to_version: str = "", port: int | None = None, timeout_s: float = 120) -> dict:
+    """Serve the newest Approved version older than the deployed one again (``make rollback``).
+
+    ``to_version`` picks another (older, Approved) version instead. Its precision is re-decided
+    like any deploy. Raises :class:`RollbackError` when nothing is deployed or no older Approved
+    version exists (:class:`ModelNotApprovedError` for a ``to_version`` that is not Approved).
+    """
+    registry = get_registry()
+    current = registry.deployed_version()
+    if current is None:
+        raise RollbackError("nothing is deployed yet, so there is nothing to roll back from")
+    if to_version:
+        target = registry.get(to_version)
+        if int(target.version) >= int(current.version):
+            raise RollbackError(f"to_version={to_version}: a rollback goes to a version older than the deployed "
+                                f"{current.version}; deploy newer versions through the pipeline")
+    else:
+        target = registry.previous_approved(current.version)
+    if target is None:
+        raise RollbackError(f"version {current.version} is deployed and no older version is Approved; "
+                            "nothing to roll back to")
+    log.info("rolling back from version %s to version %s", current.version, target.version)
+    return {**deploy_model(target.version, port=port, timeout_s=timeout_s), "rolled_back_from": current.version}

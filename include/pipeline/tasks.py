@@ -159,6 +159,15 @@ def deploy_model(registration: dict) -> dict:
     return model_steps.deploy_model(registration["version"])
 
 
+@airflow_step
+def rollback_endpoint() -> dict:
+    """review_endpoint_rollback: serve the previous Approved version (or the ``to_version`` param)."""
+    from include.pipeline import model_steps
+
+    params = get_current_context()["params"]
+    return model_steps.rollback_model(str(params.get("to_version") or ""))
+
+
 # ------------------------------------------------------------------ review_catalog_analysis
 
 

@@ -95,6 +95,12 @@ class UnsupportedAcceptError(InferenceInputError):
     status_code = 406
 
 
+class RequestTooLargeError(InferenceInputError):
+    """The request holds more reviews than one request may carry (HTTP 413)."""
+
+    status_code = 413
+
+
 class LoadedModel:
     """What ``model_fn`` returns: the network, its tokenizer and how to run it.
 
@@ -154,7 +160,7 @@ def model_fn(model_dir: str) -> LoadedModel:
             if json.load(f).get("classifier_pooling") == "mean":
                 raise FileNotFoundError(f"{model_dir}: the model has a mean-pooling head but code/modeling.py "
                                         "is missing beside inference.py - rebuild the package")
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
     model.eval()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     if sorted(id2label) != list(range(len(id2label))):
@@ -167,6 +173,24 @@ def model_fn(model_dir: str) -> LoadedModel:
                 model_dir, len(id2label), max_len, batch_size, threads)
     return LoadedModel(model=model, tokenizer=tokenizer, id2label=id2label, max_seq_length=max_len,
                        batch_size=batch_size, version=os.environ.get("MODEL_VERSION") or None)
+
+
+def quantize_fn(model: LoadedModel) -> LoadedModel:
+    """The same model with int8 weights in its linear layers (dynamic quantization, CPU).
+
+    Activations stay float and are quantized per batch at run time, so no calibration data is
+    needed. Returns a new :class:`LoadedModel`; ``model`` itself is left fp32. Whether the int8
+    model may serve is the deployer's decision (its accuracy against the fp32 model's).
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
+        quantized = torch.ao.quantization.quantize_dynamic(model.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return LoadedModel(model=quantized.eval(), tokenizer=model.tokenizer, id2label=model.id2label,
+                       max_seq_length=model.max_seq_length, batch_size=model.batch_size, version=model.version)
 
 
 def _media_type(content_type: str | None) -> str:
@@ -207,7 +231,7 @@ def _check_count(n: int) -> None:
     if n == 0:
         raise InferenceInputError("the request holds no reviews")
     if n > MAX_RECORDS:
-        raise InferenceInputError(f"the request holds {n} reviews; send at most {MAX_RECORDS} per request")
+        raise RequestTooLargeError(f"the request holds {n} reviews; send at most {MAX_RECORDS} per request")
 
 
 def input_fn(body: bytes | str, content_type: str = JSONLINES) -> dict:
@@ -259,21 +283,66 @@ def _parse_json(text: str) -> dict:
         f'expected a review text, {{"features": ["<review text>"]}} or a list of them; got {type(payload).__name__}')
 
 
-def predict_fn(data: dict, model: LoadedModel) -> dict:
-    """Classify ``data["texts"]``: one forward pass per chunk, dynamically padded.
+MAX_PADDING_WASTE = 0.25  # a chunk's padded tokens may exceed its real tokens by at most this share
 
-    Texts are sorted by length so each chunk pads to its own longest review; results come
-    back in request order. Returns ``{"label_ids", "probabilities", "single", "model_version"}``.
+
+def length_chunks(lengths: list[int], batch_size: int, max_waste: float = MAX_PADDING_WASTE) -> list[list[int]]:
+    """Indexes of ``lengths`` grouped into forward-pass chunks: shortest first, at most
+    ``batch_size`` each, and a new chunk whenever padding to the next (longer) review would
+    waste more than ``max_waste`` of the chunk's tokens.
+
+    Why: a server-side batch mixes reviews of 5 and 128 tokens; padded together, most of the
+    compute goes to padding and a batch is slower than single requests. Grouped by length, a
+    chunk pads little and still feeds the matrix multiplications many rows.
+    """
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        n = lengths[i]
+        if chunk and (len(chunk) >= batch_size or (len(chunk) + 1) * n > (1 + max_waste) * (real + n)):
+            chunks.append(chunk)
+            chunk, real = [], 0
+        chunk.append(i)
+        real += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def _padded(enc: dict, rows: list[int], pad_id: int, left: bool) -> dict:
+    """The rows of an unpadded encoding as padded tensors (attention mask 0 on the padding)."""
+    width = max(len(enc["input_ids"][i]) for i in rows)
+    out = {}
+    for key in enc.keys():
+        fill = pad_id if key == "input_ids" else 0
+        tensor = torch.full((len(rows), width), fill, dtype=torch.long)
+        for r, i in enumerate(rows):
+            seq = torch.tensor(enc[key][i], dtype=torch.long)
+            if left:
+                tensor[r, width - len(seq):] = seq
+            else:
+                tensor[r, :len(seq)] = seq
+        out[key] = tensor
+    return out
+
+
+def predict_fn(data: dict, model: LoadedModel) -> dict:
+    """Classify ``data["texts"]`` under ``torch.inference_mode``, in length-grouped chunks.
+
+    Texts are tokenized once, then grouped by token length (:func:`length_chunks`) so each
+    chunk pads to its own longest review; results come back in request order. Returns
+    ``{"label_ids", "probabilities", "single", "model_version", "id2label"}``.
     """
     texts = list(data["texts"])
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    enc = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    left = getattr(model.tokenizer, "padding_side", "right") == "left"
     probs: list[list[float] | None] = [None] * len(texts)
     with torch.inference_mode():
-        for start in range(0, len(order), model.batch_size):
-            chunk = order[start:start + model.batch_size]
-            enc = model.tokenizer([texts[i] for i in chunk], padding="longest", truncation=True,
-                                  max_length=model.max_seq_length, return_tensors="pt")
-            logits = model.model(**enc).logits
+        for chunk in length_chunks(lengths, model.batch_size):
+            logits = model.model(**_padded(enc, chunk, pad_id, left)).logits
             for i, row in zip(chunk, torch.softmax(logits.float(), dim=-1).tolist(), strict=True):
                 probs[i] = row
     label_ids = [max(range(len(p)), key=p.__getitem__) for p in probs]

@@ -46,7 +46,16 @@ from include.common.errors import NonRetriableError
 from include.common.io import write_text_atomic
 from include.common.locks import file_lock
 from include.model.packaging import PackagingError, extract_package, package_sha256
-from include.serving.protocol import ADMIN_TOKEN_ENV, DEFAULT_PORT, HOST, JSONLINES, PORT_ENV
+from include.serving.protocol import (
+    ADMIN_TOKEN_ENV,
+    API_KEY_ENV,
+    API_KEY_HEADER,
+    DEFAULT_PORT,
+    HOST,
+    JSONLINES,
+    PORT_ENV,
+    PRECISIONS,
+)
 
 SERVER_MODULE = "include.serving.server"
 STOP_GRACE_S = 35.0  # uvicorn lets in-flight requests finish on SIGTERM (it waits up to 30 s)
@@ -167,7 +176,8 @@ def _log_tail(paths: _Paths, since: int = 0, limit: int = 3000) -> str:
         return "(no log)"
 
 
-def _start_server(paths: _Paths, model_dir: Path, version: str, port: int, timeout_s: float) -> int:
+def _start_server(paths: _Paths, model_dir: Path, version: str, port: int, timeout_s: float,
+                  precision: str = "fp32") -> int:
     """Start a detached server on ``port`` and wait until it answers /ping with ``version``."""
     if not _port_free(port):
         raise EndpointDeployError(
@@ -187,7 +197,7 @@ def _start_server(paths: _Paths, model_dir: Path, version: str, port: int, timeo
         offset = log.tell()
         proc = subprocess.Popen(  # noqa: S603 - our own module, fixed argv
             [sys.executable, "-m", SERVER_MODULE, "--model-dir", str(model_dir), "--version", version,
-             "--host", HOST, "--port", str(port)],
+             "--host", HOST, "--port", str(port), "--precision", precision],
             cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)  # own session: survives the deploying task
     _children[proc.pid] = proc
@@ -226,11 +236,12 @@ def _ping(port: int, timeout_s: float = 2.0) -> str | None:
 
 
 def _admin_load(paths: _Paths, port: int, model_dir: Path, version: str, smoke_texts: list[str],
-                timeout_s: float) -> dict:
+                timeout_s: float, precision: str = "fp32") -> dict:
     token = paths.token.read_text().strip() if paths.token.exists() else ""
     try:
         resp = httpx.post(f"{_url(port)}/admin/load", headers={"X-Admin-Token": token}, timeout=timeout_s,
-                          json={"model_dir": str(model_dir), "version": version, "smoke_texts": smoke_texts})
+                          json={"model_dir": str(model_dir), "version": version, "smoke_texts": smoke_texts,
+                                "precision": precision})
     except httpx.HTTPError as exc:
         raise EndpointDeployError(f"loading version {version} into the endpoint on port {port} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
@@ -248,8 +259,10 @@ def _error_text(resp: httpx.Response) -> str:
 
 
 def _invoke(port: int, body: bytes, content_type: str, accept: str, timeout_s: float = 60) -> httpx.Response:
-    return httpx.post(f"{_url(port)}/invocations", content=body, timeout=timeout_s,
-                      headers={"Content-Type": content_type, "Accept": accept})
+    headers = {"Content-Type": content_type, "Accept": accept}
+    if os.environ.get(API_KEY_ENV):  # the server was started with our environment, so with this key
+        headers[API_KEY_HEADER] = os.environ[API_KEY_ENV]
+    return httpx.post(f"{_url(port)}/invocations", content=body, timeout=timeout_s, headers=headers)
 
 
 def _http_smoke(port: int, version: str, texts: list[str]) -> list[dict]:
@@ -326,8 +339,11 @@ def _prune_models(paths: _Paths, keep: set[str]) -> None:
 
 
 def deploy(package_uri: str, version: str, smoke_texts: list[str] | tuple[str, ...], port: int | None = None,
-           timeout_s: float = 120) -> dict:
+           timeout_s: float = 120, precision: str = "fp32") -> dict:
     """Serve ``version`` from ``package_uri`` on the local endpoint; smoke-test it with real reviews.
+
+    ``precision`` is ``fp32`` or ``int8`` (the package's ``quantize_fn``); whether int8 is good
+    enough is the caller's decision (``include.serving.quantization.choose_precision``).
 
     Starts the server if none runs, else swaps the model inside the running one (in-flight
     requests finish on the old model). Returns ``{"url", "port", "pid", "version",
@@ -336,6 +352,8 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str] | tuple[str, .
     """
     if not version or not isinstance(version, str):
         raise EndpointDeployError(f"version={version!r}: pass the registry version as a non-empty string")
+    if precision not in PRECISIONS:
+        raise EndpointDeployError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
     smoke_texts = list(smoke_texts or ())
     if not smoke_texts or not all(isinstance(t, str) and t.strip() for t in smoke_texts):
         raise EndpointDeployError("smoke_texts: pass at least one non-empty review text")
@@ -350,17 +368,19 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str] | tuple[str, .
         served = _ping(want_port) if pid is not None and state.get("port") == want_port else None
         healthy = served is not None
         previous = served or (state.get("version") if pid else None)  # what really answers wins
-        if healthy and previous == version and state.get("package_sha256") == sha:
+        if healthy and previous == version and state.get("package_sha256") == sha and (
+                state.get("precision", "fp32") == precision):
             mode = "unchanged"
             smoke = _http_smoke(want_port, version, smoke_texts)
         elif healthy:
             mode = "swapped"
-            _admin_load(paths, want_port, model_dir, version, smoke_texts, timeout_s)
+            _admin_load(paths, want_port, model_dir, version, smoke_texts, timeout_s, precision)
             try:
                 smoke = _http_smoke(want_port, version, smoke_texts)
             except EndpointDeployError as exc:
                 try:
-                    _admin_load(paths, want_port, Path(state["model_dir"]), previous, [], timeout_s)
+                    _admin_load(paths, want_port, Path(state["model_dir"]), previous, [], timeout_s,
+                                state.get("precision", "fp32"))
                 except EndpointDeployError as rollback_exc:
                     raise EndpointDeployError(f"{exc}; rolling back to version {previous} ALSO failed "
                                               f"({rollback_exc}) - version {version} may still serve") from exc
@@ -372,7 +392,7 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str] | tuple[str, .
                 pid = previous = None
             for orphan in _server_pids(paths) - {pid}:
                 _terminate(orphan)  # left by a deploy that was killed before writing the pid file
-            new_pid = _start_server(paths, model_dir, version, want_port, timeout_s)
+            new_pid = _start_server(paths, model_dir, version, want_port, timeout_s, precision)
             try:
                 smoke = _http_smoke(want_port, version, smoke_texts)
             except EndpointDeployError:
@@ -386,7 +406,7 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str] | tuple[str, .
         pid = _running_pid(paths) or pid
         new_state = {
             **state, "url": _url(want_port), "port": want_port, "pid": pid, "version": version,
-            "package_uri": package_uri, "package_sha256": sha, "model_dir": str(model_dir),
+            "package_uri": package_uri, "package_sha256": sha, "model_dir": str(model_dir), "precision": precision,
             "previous_version": previous if previous != version else old_state.get("previous_version"),
             "previous_model_dir": (old_state.get("model_dir") if previous and previous != version
                                    else old_state.get("previous_model_dir")),
@@ -394,7 +414,7 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str] | tuple[str, .
         write_text_atomic(paths.state, json.dumps(new_state, indent=1))
         write_text_atomic(paths.port, f"{want_port}\n")
         _prune_models(paths, {str(model_dir), str(new_state.get("previous_model_dir"))})
-    return {"url": _url(want_port), "port": want_port, "pid": pid, "version": version,
+    return {"url": _url(want_port), "port": want_port, "pid": pid, "version": version, "precision": precision,
             "previous_version": new_state["previous_version"], "mode": mode, "smoke": smoke,
             "seconds": round(time.monotonic() - started, 2)}
 

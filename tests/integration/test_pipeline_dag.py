@@ -64,6 +64,10 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     assert uri_to_path(version.lineage["evaluation_report_uri"]).name == "report.html"
     assert uri_to_path(version.lineage["evaluation_report_uri"]).is_file()
     assert version.lineage["evaluation_report_url"].endswith("/evaluate/report.html")
+    # deploy_model measured int8 against fp32 on this run's test split and recorded the decision
+    assert version.serving["precision"] in ("fp32", "int8") and int(version.serving["eval_rows"]) > 0
+    assert 0.0 <= float(version.serving["int8_accuracy"]) <= 1.0 and version.serving["test_uri"].endswith("/test")
+    assert endpoint.status()["precision"] == version.serving["precision"]
     answer = _invoke_jsonlines(endpoint_port, ["I love this dress", "It fell apart after one wash"])
     assert answer.status_code == 200, answer.text
     lines = [json.loads(line) for line in answer.text.strip().splitlines()]

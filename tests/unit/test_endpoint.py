@@ -322,6 +322,84 @@ def test_deploy_model_refuses_unapproved_then_serves_and_marks_deployed(serving,
     assert endpoint.status()["serving_version"] == mv.version
 
 
+def test_load_during_an_int8_redeploy_under_batching_sees_zero_failed_requests(serving, packages):
+    old = endpoint.status()["version"]
+    new, package = ("105", packages["b"]) if old != "105" else ("106", packages["a"])
+    hammers = [_Hammer(serving["url"]) for _ in range(6)]  # concurrent clients: the batcher merges them
+    for h in hammers:
+        h.start()
+    try:
+        for h in hammers:
+            h.wait_for(2)
+        info = endpoint.deploy(package, new, SMOKE_REVIEWS, precision="int8")
+        counts = [len(h.results) for h in hammers]
+        for h, n in zip(hammers, counts):
+            h.wait_for(n + 2)
+    finally:
+        for h in hammers:
+            h.halt.set()
+        for h in hammers:
+            h.join(60)
+    assert info["mode"] == "swapped" and info["precision"] == "int8"
+    assert [e for h in hammers for e in h.errors] == []
+    assert {status for h in hammers for status, _ in h.results} == {200}
+    assert all(h.results[-1][1] == new for h in hammers)
+    metrics = httpx.get(f"{serving['url']}/metrics", timeout=10).text
+    assert f'endpoint_model_info{{precision="int8",version="{new}"}} 1.0' in metrics
+
+
+def _test_split(folder: Path, texts: list[str], labels: list[int]) -> str:
+    """A feature-store-shaped run folder: <features>/train (unused here) and <features>/test shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (folder / "test").mkdir(parents=True)
+    pq.write_table(pa.table({"review_body": texts, "label_id": labels}), folder / "test" / "part-0.parquet")
+    return (folder / "train").as_uri()
+
+
+def _register_approved(package: str, lineage: dict | None = None):
+    registry = get_registry()
+    mv = registry.register(package, {"accuracy": 0.7}, {"dag_id": "review_sentiment_pipeline",
+                                                       "run_id": f"test-{time.time()}", **(lineage or {})}, APPROVED)
+    return registry, mv
+
+
+def test_deploy_decides_int8_on_the_runs_test_split_and_records_it(serving, packages, tmp_path):
+    from include.model.packaging import extract_package
+    from include.serving.server import load_slot
+
+    texts = [*SMOKE_REVIEWS, "Runs small.", "Perfect fit, love it", "Fell apart after one wash"]
+    slot = load_slot(str(extract_package(packages["a"], tmp_path / "a")), "x")
+    labels = slot.handler.predict_fn({"texts": texts}, slot.model)["label_ids"]  # so fp32 scores exactly 1.0
+    registry, mv = _register_approved(packages["a"], {"train_data_uri": _test_split(tmp_path / "f", texts, labels)})
+    info = deploy_model(mv.version)
+    decision = info["precision_decision"]
+    assert decision["fp32_accuracy"] == 1.0 and decision["eval_rows"] == len(texts)
+    drop = (decision["fp32_accuracy"] - decision["int8_accuracy"]) * 100
+    assert decision["precision"] == ("int8" if drop <= 0.5 else "fp32") == info["precision"]
+    recorded = registry.get(mv.version).serving  # the registry entry carries the decision and both accuracies
+    assert recorded["precision"] == decision["precision"]
+    assert float(recorded["fp32_accuracy"]) == 1.0 and float(recorded["int8_accuracy"]) == decision["int8_accuracy"]
+    assert endpoint.status()["precision"] == decision["precision"]
+
+
+def test_rollback_serves_the_previous_approved_version_again(serving, packages):
+    from include.pipeline.model_steps import RollbackError, rollback_model
+
+    registry, first = _register_approved(packages["a"])
+    _, second = _register_approved(packages["b"])
+    deploy_model(second.version, precision="fp32")
+    info = rollback_model()
+    assert info["rolled_back_from"] == second.version and info["version"] == first.version
+    assert registry.deployed_version().version == first.version
+    assert endpoint.status()["serving_version"] == first.version
+    oldest = next(v for v in registry.list_versions() if v.approval_status == APPROVED)
+    deploy_model(oldest.version, precision="fp32")
+    with pytest.raises(RollbackError, match="no older version is Approved"):
+        rollback_model()
+
+
 # ---------------------------------------------------------------- stop, and a start that fails
 
 def test_stop_stops_the_server_and_removes_the_pid_file(serving, state_dir):

@@ -173,3 +173,13 @@ def test_handler_chain_end_to_end_on_the_labs_body(loaded):
     answers = json.loads(body)
     assert [a["model_version"] for a in answers] == ["3", "3"]
     assert all(a["predicted_label"] in (-1, 0, 1) for a in answers)
+
+
+def test_length_chunks_group_similar_lengths_and_respect_the_batch_size():
+    lengths = [120, 5, 7, 118, 6, 60, 8, 125]
+    chunks = inference.length_chunks(lengths, batch_size=3)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))  # every review exactly once
+    assert all(len(c) <= 3 for c in chunks)
+    for c in chunks:  # padding to the chunk's longest wastes at most 25% of its tokens
+        assert len(c) * max(lengths[i] for i in c) <= 1.25 * sum(lengths[i] for i in c)
+    assert [lengths[i] for i in chunks[0]] == [5, 6, 7]  # shortest first
