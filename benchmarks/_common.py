@@ -22,6 +22,18 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide training/inference speed here (AVX2 vs AVX512-BF16/AMX), from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "vnni")))
+    except OSError:
+        pass
+    return []
+
+
 def git_commit() -> str:
     """HEAD of the project's repository (``unknown`` outside git)."""
     try:
@@ -32,10 +44,13 @@ def git_commit() -> str:
 
 
 def machine_info() -> dict:
-    """cores, cpu_model, date, git_commit (+ python) for a results file."""
+    """cores, cpu_model, cpu_flags, date, git_commit, python and the load average when written
+    (other work on the machine slows every figure: a result taken under load says so)."""
     return {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "cpu_model": cpu_model(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "python": platform.python_version()}
+            "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git_commit": git_commit(), "python": platform.python_version(),
+            "load_average_1m_at_write": round(os.getloadavg()[0], 2)}
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
-from _common import write_result  # noqa: E402
+from _common import cpu_flags, write_result  # noqa: E402
 
 ARMS = {
     "naive": ["--precision", "fp32", "--max-batch-size", "1"],
@@ -53,18 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch threads per server (INFERENCE_NUM_THREADS); 0 = the server's default (all cores)")
     p.add_argument("--name", default="endpoint_load", help="results file name")
     return p.parse_args(argv)
-
-
-def cpu_flags() -> list[str]:
-    """The CPU flags that matter for inference speed (from /proc/cpuinfo)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "vnni")))
-    except OSError:
-        pass
-    return []
 
 
 def real_reviews(n: int) -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "include" / "scripts"), str(Path(__file__).resolve().parent)]
 
-from _common import write_result  # noqa: E402
+from _common import cpu_flags, write_result  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -129,17 +129,6 @@ def padding_equivalence(model_dir: str, split, pad_id: int, width: int) -> float
             b = {k: torch.from_numpy(v) for k, v in collate(split, idx, pad_id, pad_to).items()}
             outs.append(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits)
     return float((outs[0] - outs[1]).abs().max())
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's SIMD/matrix flags (avx*, amx*, fma, sse4*) from /proc/cpuinfo: they decide bf16 or fp32."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma", "sse4")))
-    except OSError:
-        pass
-    return []
 
 
 def main(argv: list[str] | None = None) -> dict:
