@@ -82,3 +82,42 @@ def snapshot_counts(snapshot_id: str, settings: Settings | None = None) -> dict[
             f"SELECT split_type, count(*) FROM {FEATURE_GROUP} WHERE snapshot_id = ? GROUP BY 1", [snapshot_id]).fetchall())
     finally:
         con.close()
+
+
+def latest_snapshot(settings: Settings | None = None) -> str | None:
+    """The most recently ingested snapshot that has a train, a validation and a test split."""
+    con = connect(settings)
+    try:
+        row = con.execute(
+            f"""SELECT snapshot_id FROM {FEATURE_GROUP} GROUP BY snapshot_id
+                HAVING count(DISTINCT split_type) FILTER (WHERE split_type IN ('train', 'validation', 'test')) = 3
+                ORDER BY max(ingested_at) DESC LIMIT 1""").fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def export_snapshot(snapshot_id: str, dest: Path, settings: Settings | None = None) -> dict[str, int]:
+    """Write ``<dest>/<split>/part-00000.parquet`` for each split of a snapshot; rows per split.
+
+    The text columns only (``review_id, review_body, star_rating, sentiment, label_id``): what a
+    classical text model trains on. Raises :class:`FeatureStoreError` if a split is missing.
+    """
+    counts = snapshot_counts(snapshot_id, settings)
+    missing = [s for s in ("train", "validation", "test") if not counts.get(s)]
+    if missing:
+        raise FeatureStoreError(f"feature snapshot {snapshot_id!r} has no {', '.join(missing)} rows "
+                                f"(it has {counts or 'nothing'}); run review_sentiment_pipeline's preprocess first")
+    con = connect(settings)
+    try:
+        for split in ("train", "validation", "test"):
+            folder = Path(dest) / split
+            folder.mkdir(parents=True, exist_ok=True)
+            target = (folder / "part-00000.parquet").as_posix().replace("'", "''")  # a SQL string literal
+            con.execute(
+                f"""COPY (SELECT review_id, review_body, star_rating, sentiment, label_id FROM {FEATURE_GROUP}
+                          WHERE snapshot_id = ? AND split_type = ? ORDER BY review_id)
+                    TO '{target}' (FORMAT PARQUET)""", [snapshot_id, split])
+    finally:
+        con.close()
+    return {s: counts[s] for s in ("train", "validation", "test")}
