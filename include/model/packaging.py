@@ -27,7 +27,7 @@ MANIFEST_NAME = "package-manifest.json"
 INFERENCE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "inference.py"
 MODELING_SCRIPT = INFERENCE_SCRIPT.with_name("modeling.py")  # the classifier class inference.py loads
 SKLEARN_INFERENCE_SCRIPT = INFERENCE_SCRIPT.with_name("automl_inference.py")  # the AutoML baseline's handler
-SKLEARN_MODEL_FILE = "model.skops"
+SKLEARN_MODEL_FILE = "model.joblib"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # at least one of them (fast or slow tokenizer)
 
 
@@ -116,7 +116,7 @@ def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFER
 
 
 def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
-    """Write the AutoML baseline's ``model.tar.gz`` (``model.skops`` + ``config.json``); return its URI.
+    """Write the AutoML baseline's ``model.tar.gz`` (``model.joblib`` + ``config.json``); return its URI.
 
     Same layout and manifest as :func:`build_package`, served by the same endpoint: the handler
     ``code/inference.py`` is ``automl_inference.py``, and the BERT handler rides along as

@@ -14,7 +14,7 @@ other); test accuracy is reported, never used to choose. One
 progress line per candidate. Writes to ``--output-data``: ``leaderboard.json``,
 ``leaderboard.html`` (table + chart), ``evaluation.json`` (the best candidate on the test
 split, SageMaker's model-quality format); to ``--model-output``: the best candidate's
-``model.skops`` + ``config.json`` (served by ``automl_inference.py``).
+``model.joblib`` + ``config.json`` (served by ``automl_inference.py``).
 
 ``score`` evaluates a baseline package (``model.tar.gz`` or its folder) on a test split and
 writes ``evaluation.json`` (the champion/challenger check uses it).
@@ -399,12 +399,12 @@ def evaluation_report(y: np.ndarray, pred: np.ndarray, extra: dict) -> dict:
 
 
 def save_model(row: dict, dest: Path) -> None:
-    """``model.skops`` + ``config.json`` of the best candidate (written to temp names, then renamed)."""
-    import skops.io as sio
+    """``model.joblib`` + ``config.json`` of the best candidate (written to temp names, then renamed)."""
+    import joblib
 
     dest.mkdir(parents=True, exist_ok=True)
     tmp = dest / f".{MODEL_FILE}.tmp"
-    sio.dump(row["_model"].pipeline, tmp)
+    joblib.dump(row["_model"].pipeline, tmp)
     tmp.replace(dest / MODEL_FILE)
     config = {"model_type": "sklearn", "framework": "scikit-learn", "id2label": {str(k): v for k, v in ID2LABEL.items()},
               "label2id": {v: k for k, v in ID2LABEL.items()}, "decoder": row["decoder"],

@@ -6,17 +6,17 @@ Shipped as ``code/inference.py`` in the baseline's ``model.tar.gz`` (see
 = sentiment) are the BERT handler's own ``input_fn`` / ``output_fn``, so a client cannot tell
 which model answers except by its version. Only ``model_fn`` and ``predict_fn`` differ.
 
-The package folder holds ``model.skops`` (the fitted ``Pipeline``: vectorizer + estimator,
-saved with skops, whose loader refuses types outside scikit-learn / numpy / scipy) and
+The package folder holds ``model.joblib`` (the fitted ``Pipeline``: vectorizer + estimator) and
 ``config.json`` (``id2label``, ``decoder``): ``argmax`` decodes class probabilities with a
 per-class bias tuned on the validation split; ``ordinal`` reads a 5-class star-rating model,
 takes the expected rating and cuts it at two thresholds tuned on the validation split.
 
-Self-contained: standard library, numpy, scipy, scikit-learn, skops; the BERT handler is
+Self-contained: standard library, numpy, scipy, scikit-learn, joblib; the BERT handler is
 imported by path only for ``input_fn`` / ``output_fn``.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-MODEL_FILE = "model.skops"
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+MODEL_FILE = "model.joblib"
 WIRE_CANDIDATES = ("bert_inference.py", "inference.py")  # in a package / in include/scripts
 
 
@@ -64,23 +63,40 @@ def _wire() -> ModuleType:
 
 
 def load_pipeline(path: str) -> Any:
-    """Load a skops file, refusing any type outside scikit-learn / numpy / scipy."""
-    import skops.io as sio
+    """Load the joblib file of the fitted pipeline.
 
-    untrusted = sio.get_untrusted_types(file=path)
-    foreign = [t for t in untrusted if not t.startswith(TRUSTED_PREFIXES)]
-    if foreign:
-        raise ValueError(f"{path}: refuses to load types outside scikit-learn/numpy/scipy: {', '.join(foreign)}")
-    return sio.load(path, trusted=untrusted)
+    joblib (pickle) runs code on load, so only packages this project built are loaded: the server
+    and the score job unpack them through ``extract_package``, whose manifest checksums refuse a
+    modified file. (skops' safe format was tried: saving a 140k-term vocabulary took minutes.)
+    """
+    import joblib
+
+    return joblib.load(path)
+
+
+def _verify_manifest(model_dir: str, name: str) -> None:
+    manifest_path = os.path.join(model_dir, "package-manifest.json")
+    if not os.path.isfile(manifest_path):
+        return  # a bare model folder (the search job's own output), not a package
+    with open(manifest_path, encoding="utf-8") as fh:
+        expected = json.load(fh)["files"].get(name, {}).get("sha256")
+    digest = hashlib.sha256()
+    with open(os.path.join(model_dir, name), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ValueError(f"{model_dir}/{name} does not match the package manifest's checksum - refusing to load it")
 
 
 def model_fn(model_dir: str) -> BaselineModel:
-    """Load ``model.skops`` and ``config.json`` from ``model_dir``."""
+    """Load ``model.joblib`` and ``config.json`` from ``model_dir`` (checked against the package
+    manifest when there is one: a modified pickle is refused before it is loaded)."""
     config_path = os.path.join(model_dir, "config.json")
     model_path = os.path.join(model_dir, MODEL_FILE)
     for path in (config_path, model_path):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: missing - the baseline package needs config.json and {MODEL_FILE}")
+    _verify_manifest(model_dir, MODEL_FILE)
     with open(config_path, encoding="utf-8") as fh:
         config = json.load(fh)
     id2label = {int(k): str(v) for k, v in config["id2label"].items()}
