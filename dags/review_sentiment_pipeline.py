@@ -31,8 +31,10 @@ reviews (`landing/reviews/ds=<ds>/`, the data interval's day) and:
    The `profile` param picks the settings of steps 3-4: `quality` (default, ~20-minute training
    job, the best accuracy on the real reviews) or `quick` (the whole run in under 10 minutes);
 5. **evaluate** - processing job: `evaluation.json` (SageMaker model-quality format) + confusion matrix;
-6. **check_accuracy** - continues only if accuracy >= `min_accuracy` and the model is not
-   behind the deployed one by more than `max_accuracy_drop`; else ends at `skip_registration`;
+6. **check_accuracy** - scores the deployed model (champion) and the latest AutoML baseline
+   (`review_automl_baseline`) on this run's test split; continues only if accuracy >= `min_accuracy`,
+   it beats the champion by at least `min_improvement` and is not worse than the baseline; else ends
+   at `skip_registration` (the decision is in the log, `check_accuracy/decision.json` and the registry);
 7. **register_model** - packages `model.tar.gz` (safetensors + tokenizer + `code/inference.py`)
    and registers a version in the MLflow registry with metrics and lineage, status
    `PendingManualApproval` (or `Approved` with `auto_approve`);
@@ -106,9 +108,10 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
                                                          "the quality gate tolerates."),
         "training_window_days": Param(0, type="integer", minimum=0,
                                       description="Train on the last N days of partitions up to ds (0 = all history)."),
-        "max_accuracy_drop": Param(0.02, type="number", minimum=0, maximum=1,
-                                   description="How far below the deployed model's accuracy a new model may be "
-                                               "and still be registered (test sets differ between runs)."),
+        "min_improvement": Param(0.0, type="number", minimum=-1, maximum=1,
+                                 description="How much higher than the deployed model's accuracy (both on this "
+                                             "run's test split) the new model must score to be registered; "
+                                             "negative values tolerate a drop."),
         "auto_approve": Param(False, type="boolean",
                               description="Register the model as Approved and deploy without waiting for a person."),
     },
@@ -120,7 +123,7 @@ def review_sentiment_pipeline():
     trained = task(task_id="train", execution_timeout=timedelta(hours=2))(tasks.train)(features)
     evaluation = task(task_id="evaluate")(tasks.evaluate)(features, trained)
     check = task.branch(task_id="check_accuracy")(tasks.check_accuracy)(
-        evaluation, pass_task="register_model", fail_task="skip_registration")
+        evaluation, pass_task="register_model", fail_task="skip_registration", features=features)
     registration = task(task_id="register_model")(tasks.register_model)(register, features, trained, evaluation)
     gate = task.branch(task_id="approval_gate")(tasks.approval_gate)(
         registration, manual_task="approve_model", auto_task="auto_approved")

@@ -28,7 +28,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 DS = "2026-11-20"
 CONF = {"profile": "quick", "max_seq_length": 48, "epochs": 1, "train_batch_size": 16, "max_train_samples": 480,
-        "min_accuracy": 0.0, "max_accuracy_drop": 1.0}
+        "min_accuracy": 0.0, "min_improvement": -1.0}
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 

@@ -713,6 +713,41 @@ def ingest_run_features(features_dir: Path, ds: str, source: str, channels_uri: 
             "ingestion": ingestion, "channels_uri": channels_uri, "rows": export["rows"]}
 
 
+def latest_snapshot(settings: Settings | None = None) -> str | None:
+    """The pipeline run (ingestion ``source``) that most recently added records to ``reviews_features``."""
+    store = get_feature_store(settings)
+    con = store._connect(read_only=True)
+    try:
+        if store._stored(con, REVIEWS.name) is None:
+            return None
+        row = con.execute(f"SELECT source FROM {INGESTIONS} WHERE group_name = ? AND coalesce(source, '') <> '' "
+                          "ORDER BY committed_at DESC LIMIT 1", [REVIEWS.name]).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
+def export_snapshot(snapshot_id: str, dest: Path, settings: Settings | None = None) -> dict[str, int]:
+    """The point-in-time read as of the event time of run ``snapshot_id``'s ingestion, every record
+    known then, as ``<dest>/<split>/part-00000.parquet``; rows per split. Raises
+    :class:`FeatureStoreError` when the run ingested nothing or a split is empty."""
+    store = get_feature_store(settings)
+    con = store._connect(read_only=True)
+    try:
+        row = con.execute(f"SELECT max(max_event_time) FROM {INGESTIONS} WHERE group_name = ? AND source = ?",
+                          [REVIEWS.name, snapshot_id]).fetchone() if store._stored(con, REVIEWS.name) else None
+    finally:
+        con.close()
+    if not row or row[0] is None:
+        raise FeatureStoreError(f"feature snapshot {snapshot_id!r}: no ingestion into {REVIEWS.name} by that run; "
+                                "run review_sentiment_pipeline's preprocess first, or pass another snapshot_id")
+    rows = store.export_point_in_time(REVIEWS.name, row[0], Path(dest).as_uri())["rows"]
+    missing = [s for s in ("train", "validation", "test") if not rows.get(s)]
+    if missing:
+        raise FeatureStoreError(f"feature snapshot {snapshot_id!r} has no {', '.join(missing)} rows (it has {rows})")
+    return rows
+
+
 # --------------------------------------------------------------------------- CLI
 
 

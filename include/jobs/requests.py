@@ -114,3 +114,78 @@ def evaluation_request(*, name: str, model_uri: str, test_uri: str, training_out
         "Environment": {"HF_HUB_OFFLINE": "1"},
         "RoleArn": ROLE_ARN,
     }
+
+
+def automl_request(*, name: str, train_uri: str, validation_uri: str, test_uri: str, output_uri: str,
+                   model_output_uri: str, code_uri: str, time_budget_s: int, max_candidates: int = 20,
+                   seed: int = 42, instance_type: str = "ml.c5.2xlarge") -> dict:
+    """``CreateProcessingJob`` for ``automl.py search``: the classical-model search.
+
+    The job's own stopping condition leaves 10 minutes beyond the search budget for loading the
+    data, fitting the last candidate and writing the leaderboard.
+    """
+    args = ["search", "--train-data", f"{PROC}/input/train", "--validation-data", f"{PROC}/input/validation",
+            "--test-data", f"{PROC}/input/test", "--output-data", f"{PROC}/output/automl",
+            "--model-output", f"{PROC}/output/model", "--time-budget-s", str(time_budget_s),
+            "--max-candidates", str(max_candidates), "--seed", str(seed)]
+    return {
+        "ProcessingJobName": name,
+        "ProcessingInputs": [_input("code", code_uri, f"{PROC}/input/code"),
+                             _input("train", train_uri, f"{PROC}/input/train"),
+                             _input("validation", validation_uri, f"{PROC}/input/validation"),
+                             _input("test", test_uri, f"{PROC}/input/test")],
+        "ProcessingOutputConfig": {"Outputs": [_output("automl", output_uri, f"{PROC}/output/automl"),
+                                               _output("model", model_output_uri, f"{PROC}/output/model")]},
+        "ProcessingResources": _resources(instance_type),
+        "StoppingCondition": {"MaxRuntimeInSeconds": int(time_budget_s) + 600},
+        "AppSpecification": {"ImageUri": PROCESSING_IMAGE,
+                             "ContainerEntrypoint": ["python3", f"{PROC}/input/code/automl.py"],
+                             "ContainerArguments": args},
+        "RoleArn": ROLE_ARN,
+    }
+
+
+def baseline_score_request(*, name: str, model_uri: str, test_uri: str, output_uri: str, code_uri: str,
+                           timeout_s: int = 900, instance_type: str = "ml.c5.xlarge") -> dict:
+    """``CreateProcessingJob`` for ``automl.py score``: a baseline package on a test split."""
+    return {
+        "ProcessingJobName": name,
+        "ProcessingInputs": [_input("code", code_uri, f"{PROC}/input/code"),
+                             _input("model", model_uri, f"{PROC}/input/model"),
+                             _input("data", test_uri, f"{PROC}/input/data")],
+        "ProcessingOutputConfig": {"Outputs": [_output("metrics", output_uri, f"{PROC}/output/metrics")]},
+        "ProcessingResources": _resources(instance_type),
+        "StoppingCondition": {"MaxRuntimeInSeconds": timeout_s},
+        "AppSpecification": {"ImageUri": PROCESSING_IMAGE,
+                             "ContainerEntrypoint": ["python3", f"{PROC}/input/code/automl.py"],
+                             "ContainerArguments": ["score", "--model", f"{PROC}/input/model", "--test-data",
+                                                    f"{PROC}/input/data", "--output-data", f"{PROC}/output/metrics"]},
+        "RoleArn": ROLE_ARN,
+    }
+
+
+def autopilot_request(*, name: str, train_csv_uri: str, validation_csv_uri: str, output_uri: str,
+                      time_budget_s: int, max_candidates: int = 20, target: str = "sentiment") -> dict:
+    """``CreateAutoMLJobV2`` (SageMaker Autopilot) on the same data and budget as the local search.
+
+    The channels are CSV exports of the feature store's splits with ``review_body`` and the
+    target column; validation is passed as its own channel (``ChannelType``) so Autopilot ranks
+    candidates on the same rows as ours. The aws backend hands this dict to boto3's
+    ``create_auto_ml_job_v2`` (the provider's ``SageMakerAutoMLOperator`` still calls V1).
+    """
+    def channel(uri: str, kind: str) -> dict:
+        return {"ChannelType": kind, "ContentType": "text/csv;header=present", "CompressionType": "None",
+                "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri}}}
+
+    return {
+        "AutoMLJobName": name[:32],  # Autopilot job names are limited to 32 characters
+        "AutoMLJobInputDataConfig": [channel(train_csv_uri, "training"), channel(validation_csv_uri, "validation")],
+        "OutputDataConfig": {"S3OutputPath": output_uri},
+        "AutoMLProblemTypeConfig": {"TabularJobConfig": {
+            "TargetAttributeName": target, "ProblemType": "MulticlassClassification",
+            "CompletionCriteria": {"MaxCandidates": max_candidates,
+                                   "MaxAutoMLJobRuntimeInSeconds": int(time_budget_s)},
+            "Mode": "ENSEMBLING" if time_budget_s < 3600 else "HYPERPARAMETER_TUNING"}},
+        "AutoMLJobObjective": {"MetricName": "Accuracy"},
+        "RoleArn": ROLE_ARN,
+    }

@@ -26,6 +26,8 @@ PACKAGE_NAME = "model.tar.gz"
 MANIFEST_NAME = "package-manifest.json"
 INFERENCE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "inference.py"
 MODELING_SCRIPT = INFERENCE_SCRIPT.with_name("modeling.py")  # the classifier class inference.py loads
+SKLEARN_INFERENCE_SCRIPT = INFERENCE_SCRIPT.with_name("automl_inference.py")  # the AutoML baseline's handler
+SKLEARN_MODEL_FILE = "model.joblib"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # at least one of them (fast or slow tokenizer)
 
 
@@ -111,6 +113,47 @@ def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFER
         info.size, info.mtime = len(data), int(time.time())
         tar.addfile(info, io.BytesIO(data))
     return dest.as_uri()
+
+
+def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
+    """Write the AutoML baseline's ``model.tar.gz`` (``model.joblib`` + ``config.json``); return its URI.
+
+    Same layout and manifest as :func:`build_package`, served by the same endpoint: the handler
+    ``code/inference.py`` is ``automl_inference.py``, and the BERT handler rides along as
+    ``code/bert_inference.py`` because the baseline answers with its wire formats.
+    """
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise PackagingError(f"{config_path}: missing - pass the AutoML job's model folder") from None
+    except json.JSONDecodeError as exc:
+        raise PackagingError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not config.get("id2label") or not config.get("decoder"):
+        raise PackagingError(f"{config_path}: needs id2label and decoder - written by include/scripts/automl.py")
+    if not (model_dir / SKLEARN_MODEL_FILE).is_file():
+        raise PackagingError(f"{model_dir}: no {SKLEARN_MODEL_FILE} - pass the AutoML job's model folder")
+    dest = uri_to_path(dest_uri)
+    if not dest.name.endswith(".tar.gz"):
+        dest = dest / PACKAGE_NAME
+    members = [(model_dir / "config.json", "config.json"), (model_dir / SKLEARN_MODEL_FILE, SKLEARN_MODEL_FILE),
+               (SKLEARN_INFERENCE_SCRIPT, "code/inference.py"), (INFERENCE_SCRIPT, "code/bert_inference.py")]
+    _write_archive(dest, members)
+    return dest.as_uri()
+
+
+def _write_archive(dest: Path, members: list[tuple[Path, str]]) -> None:
+    # Temp name then rename (atomic_path); the manifest lets extract_package verify every file.
+    manifest = {"format": 1, "files": {arc: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+                                       for p, arc in members}}
+    with atomic_path(dest) as tmp, tarfile.open(tmp, "w:gz", compresslevel=GZIP_LEVEL) as tar:
+        for path, arcname in members:
+            tar.add(path, arcname=arcname, recursive=False, filter=_normalise)
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = _normalise(tarfile.TarInfo(MANIFEST_NAME))
+        info.size, info.mtime = len(data), int(time.time())
+        tar.addfile(info, io.BytesIO(data))
 
 
 def _normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -40,6 +40,7 @@ from include.common.locks import file_lock
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "review-sentiment-bert"
+BASELINE_MODEL_NAME = "review-sentiment-baseline"  # the AutoML baselines (review_automl_baseline DAG)
 EXPERIMENT_NAME = "review-sentiment-bert-registry"
 PENDING, APPROVED, REJECTED = "PendingManualApproval", "Approved", "Rejected"
 APPROVAL_STATUSES = (PENDING, APPROVED, REJECTED)
@@ -380,11 +381,14 @@ class MlflowModelRegistry(ModelRegistry):
         return self._to_version(mv)
 
 
-def get_registry() -> ModelRegistry:
-    """The registry of the configured backend (``local``: MLflow under the state dir)."""
+def get_registry(name: str = MODEL_NAME) -> ModelRegistry:
+    """The registry of the configured backend (``local``: MLflow under the state dir).
+
+    ``name`` picks the registered model: the BERT models (default) or ``BASELINE_MODEL_NAME``.
+    """
     settings = get_settings()
     if settings.backend == "local":
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-        return MlflowModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_dir / "artifacts")
+        return MlflowModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_dir / "artifacts", name=name)
     raise RegistryError(f"backend {settings.backend!r}: the SageMaker Model Registry implementation is not "
                         "written yet; use REVIEWS_BACKEND=local")

@@ -99,9 +99,16 @@ def register_model(model_artifact_uri: str, evaluation: dict, lineage: dict, aut
 def register_run_model(info: RunInfo, registered: dict, features: dict, trained: dict, evaluation: dict,
                        auto_approve: bool) -> dict:
     """Step 7 for a pipeline run: the run's model, evaluation report and lineage."""
+    from include.pipeline.automl_steps import read_decision
+
     report = json.loads(uri_to_path(evaluation["evaluation_uri"]).read_text())
-    return register_model(trained["model_uri"], report, run_lineage(info, registered, features, trained, evaluation),
-                          auto_approve, info.uri("register_model") + "/model.tar.gz")
+    lineage = run_lineage(info, registered, features, trained, evaluation)
+    # check_accuracy's champion/challenger decision and its three numbers go into the registry entry.
+    lineage.update({f"gate_{k}": v for k, v in read_decision(info).items()
+                    if k in ("decision", "note", "accuracy", "champion", "champion_version", "baseline",
+                             "baseline_version", "min_improvement")})
+    return register_model(trained["model_uri"], report, lineage, auto_approve,
+                          info.uri("register_model") + "/model.tar.gz")
 
 
 def approve_model(version: str, note: str = "") -> dict:

@@ -232,14 +232,25 @@ def deployed_package() -> tuple[str, str] | None:
     return (deployed.version, deployed.package_uri) if deployed else None
 
 
-def accuracy_gate(evaluation: dict, min_accuracy: float, deployed_accuracy: float | None = None) -> tuple[bool, str]:
-    """Step 6: pass only when accuracy >= ``min_accuracy`` and not behind the deployed model."""
+def accuracy_gate(evaluation: dict, min_accuracy: float, champion: float | None = None, baseline: float | None = None,
+                  min_improvement: float = 0.0) -> tuple[bool, str]:
+    """Step 6: register only a model with accuracy >= ``min_accuracy`` that beats the champion (the
+    deployed model) by at least ``min_improvement`` and is not worse than the AutoML baseline.
+
+    ``champion`` and ``baseline`` are their accuracies on the same test split as ``evaluation``
+    (None: there is no such model). Returns (register?, the note naming the three numbers).
+    """
     acc = evaluation["accuracy"]
+    numbers = (f"new {acc:.4f}, champion {'none' if champion is None else f'{champion:.4f}'}, "
+               f"baseline {'none' if baseline is None else f'{baseline:.4f}'}")
     if acc < min_accuracy:
-        return False, f"accuracy {acc:.4f} < min_accuracy {min_accuracy:.4f}: not registering this model"
-    if deployed_accuracy is not None and acc < deployed_accuracy:
-        return False, f"accuracy {acc:.4f} is behind the deployed model's {deployed_accuracy:.4f}: keeping it"
-    return True, f"accuracy {acc:.4f} >= min_accuracy {min_accuracy:.4f}: registering"
+        return False, f"{numbers}: accuracy < min_accuracy {min_accuracy:.4f}; not registering this model"
+    if champion is not None and acc < champion + min_improvement:
+        return False, (f"{numbers}: does not beat the champion by min_improvement {min_improvement:+.4f}; "
+                       "keeping the champion")
+    if baseline is not None and acc < baseline:
+        return False, f"{numbers}: worse than the AutoML baseline; not registering this model"
+    return True, f"{numbers}: passes min_accuracy {min_accuracy:.4f}, the champion and the baseline; registering"
 
 
 # ------------------------------------------------------------------ review_catalog_analysis

@@ -119,16 +119,26 @@ def evaluate(features: dict, trained: dict) -> dict:
 
 
 @airflow_step
-def check_accuracy(evaluation: dict, pass_task: str, fail_task: str) -> str:
-    """Step 6 (branch): register only a model good enough and not behind the deployed one."""
-    from include.pipeline import model_steps, steps
+def check_accuracy(evaluation: dict, pass_task: str, fail_task: str, features: dict | None = None) -> str:
+    """Step 6 (branch): the new model vs the champion (deployed) and the latest AutoML baseline.
 
-    params, _ = _context()
-    deployed = model_steps.deployed_accuracy()
-    tolerance = params.get("max_accuracy_drop", 0.02)
-    ok, note = steps.accuracy_gate(evaluation, params["min_accuracy"],
-                                   None if deployed is None else deployed - tolerance)
-    log.info(note)
+    Both are re-scored on this run's test split (``features``); the decision and the three numbers
+    go to the task log, the run's ``check_accuracy/decision.json`` (shown by ``make artifacts``)
+    and, through ``register_model``, the registry entry.
+    """
+    from include.pipeline import automl_steps, steps
+
+    params, info = _context()
+    refs = automl_steps.reference_accuracies(info, features["test_uri"], evaluation.get("evaluation_uri")) \
+        if features else {}
+    min_improvement = float(params.get("min_improvement") or 0.0)
+    ok, note = steps.accuracy_gate(evaluation, params["min_accuracy"], refs.get("champion"), refs.get("baseline"),
+                                   min_improvement)
+    decision = {"decision": "register" if ok else "skip", "note": note, "accuracy": evaluation["accuracy"],
+                "min_accuracy": params["min_accuracy"], "min_improvement": min_improvement, **refs}
+    record_step(info, "check_accuracy", decision)
+    uri = automl_steps.record_decision(info, decision)
+    log.info("%s (decision: %s)", note, uri)
     return pass_task if ok else fail_task
 
 
@@ -201,3 +211,39 @@ def check_drift(registered: dict) -> dict:
     params, info = _context()
     return steps.check_drift(info, registered, params.get("drift_baseline_uri") or "",
                              float(params.get("drift_threshold") or 0.2))
+
+
+# ------------------------------------------------------------------ review_automl_baseline
+
+
+def _automl_info() -> tuple[dict[str, Any], RunInfo]:
+    # The AutoML DAG needs no partition: a manual run without a logical date is fine.
+    ctx = get_current_context()
+    return ctx["params"], _lineage_info(ctx)
+
+
+@airflow_step
+def export_features() -> dict:
+    """The feature snapshot's splits (``snapshot_id`` param, empty = the latest) as the search's input."""
+    from include.pipeline import automl_steps
+
+    params, info = _automl_info()
+    return automl_steps.export_features(info, params.get("snapshot_id") or "")
+
+
+@airflow_step
+def automl_search(features: dict) -> dict:
+    """The AutoML search job under the ``time_budget_s`` param; the leaderboard."""
+    from include.pipeline import automl_steps
+
+    params, info = _automl_info()
+    return automl_steps.search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]))
+
+
+@airflow_step
+def register_baseline(features: dict, searched: dict) -> dict:
+    """The best candidate as a new version of ``review-sentiment-baseline``."""
+    from include.pipeline import automl_steps
+
+    _, info = _automl_info()
+    return automl_steps.register_baseline(info, features, searched)

@@ -68,6 +68,8 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     assert version.serving["precision"] in ("fp32", "int8") and int(version.serving["eval_rows"]) > 0
     assert 0.0 <= float(version.serving["int8_accuracy"]) <= 1.0 and version.serving["test_uri"].endswith("/test")
     assert endpoint.status()["precision"] == version.serving["precision"]
+    # check_accuracy's decision (no champion, no baseline yet) is in the registry entry.
+    assert version.lineage["gate_decision"] == "register" and "champion none" in version.lineage["gate_note"]
     answer = _invoke_jsonlines(endpoint_port, ["I love this dress", "It fell apart after one wash"])
     assert answer.status_code == 200, answer.text
     lines = [json.loads(line) for line in answer.text.strip().splitlines()]
@@ -87,6 +89,11 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     for task in ("register_model", "deploy_model"):
         assert states2[task].endswith("skipped"), (task, states2)
     assert len(get_registry().list_versions()) == 1, "the failed run registered nothing"
+    # The champion (the deployed version) was re-scored on the second run's own test split.
+    decision = json.loads((uri_to_path(get_settings().run_uri("review_sentiment_pipeline", dr2.run_id,
+                                                                "check_accuracy")) / "decision.json").read_text())
+    assert decision["decision"] == "skip" and decision["champion_version"] == version.version
+    assert 0.0 <= decision["champion"] <= 1.0 and decision["baseline"] is None
     answer = httpx.post(f"http://127.0.0.1:{endpoint_port}/invocations", json="great fit", timeout=30)
     assert answer.status_code == 200, answer.text
     assert str(answer.json()["model_version"]) == str(version.version), "the deployed version still answers"

@@ -1,0 +1,63 @@
+"""review_automl_baseline: AutoML search over classical text models, kept as the BERT model's baseline."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, chain, dag, task
+
+from include.pipeline import tasks
+from include.pipeline.defaults import DEFAULT_ARGS, START_DATE
+
+DOC = """
+### AutoML baseline (SageMaker Autopilot's analogue)
+
+**Triggers:** weekly (Sunday 03:00 UTC) or a manual run.
+
+1. **export_features** - the train / validation / test splits of a feature snapshot of
+   `reviews_features` (the `snapshot_id` param; empty = the latest one the main pipeline ingested);
+2. **automl_search** - processing job (`include/scripts/automl.py`): TF-IDF word and character
+   n-grams with logistic regression (sentiments, or star ratings decoded as an ordinal score), a
+   linear SVM, complement naive Bayes and gradient boosting; each family's default, then a random
+   hyper-parameter search until `time_budget_s` is spent; one log line per candidate. Candidates
+   are ranked on the validation split plus a balanced hold-out of training rows (test accuracy never
+   chooses) and the winner is refitted on all training rows; the leaderboard (accuracy, training time, inference time per
+   1,000 reviews, hyper-parameters) is written as `leaderboard.json` and `leaderboard.html` (chart);
+3. **register_baseline** - the best candidate becomes a version of `review-sentiment-baseline` in
+   the model registry (a `model.tar.gz` the endpoint can serve, with the same contract as BERT).
+
+The main pipeline's `check_accuracy` compares each new BERT model with the latest baseline on its
+own test split. **Outputs:** `runs/review_automl_baseline/<run_id>/{features,automl,register_baseline}/`.
+"""
+
+
+@dag(
+    dag_id="review_automl_baseline",
+    schedule="0 3 * * 0",
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=2),
+    default_args=DEFAULT_ARGS,
+    tags=["mlops", "sentiment", "automl"],
+    doc_md=DOC,
+    params={
+        "snapshot_id": Param("", type="string",
+                             description="Feature snapshot to search on (the main pipeline's run id); empty = the "
+                                         "latest snapshot in reviews_features."),
+        "time_budget_s": Param(600, type="integer", minimum=10, maximum=86400,
+                               description="Search time budget in seconds: no candidate starts that is expected "
+                                           "to end after it."),
+        "max_candidates": Param(20, type="integer", minimum=1, maximum=500,
+                                description="Most candidates tried (each family's default first, then random "
+                                            "hyper-parameters)."),
+    },
+)
+def review_automl_baseline():
+    features = task(task_id="export_features")(tasks.export_features)()
+    searched = task(task_id="automl_search", execution_timeout=timedelta(hours=1, minutes=30))(
+        tasks.automl_search)(features)
+    registered = task(task_id="register_baseline")(tasks.register_baseline)(features, searched)
+    chain(features, searched, registered)
+
+
+review_automl_baseline()

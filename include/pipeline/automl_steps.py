@@ -1,0 +1,165 @@
+"""Steps of ``review_automl_baseline`` and the champion/challenger scoring of ``check_accuracy``.
+
+The AutoML DAG: export a feature snapshot's splits -> run the search job
+(``include/scripts/automl.py``) -> register its best candidate as a version of
+``review-sentiment-baseline``. ``check_accuracy`` of the main DAG then scores the deployed
+model (the champion) and the latest baseline on the new run's own test split
+(:func:`reference_accuracies`), so the three numbers it compares come from the same rows.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from include.common.config import get_settings
+from include.common.errors import NonRetriableError
+from include.common.io import publish_dir, uri_to_path, write_json_atomic
+from include.data import feature_store
+from include.jobs import requests
+from include.jobs.runner import get_runner
+from include.model.packaging import build_sklearn_package
+from include.model.registry import BASELINE_MODEL_NAME, PENDING, flatten_evaluation, get_registry
+from include.pipeline.context import RunInfo, git_commit
+
+log = logging.getLogger("airflow.task")
+
+
+class NoFeatureSnapshotError(NonRetriableError, RuntimeError):
+    """There is no feature snapshot to search on (the main pipeline never preprocessed data)."""
+
+
+def export_features(info: RunInfo, snapshot_id: str = "") -> dict:
+    """The feature snapshot's train/validation/test splits as Parquet under the run's ``features/``."""
+    settings = get_settings()
+    snapshot = snapshot_id or feature_store.latest_snapshot(settings)
+    if not snapshot:
+        raise NoFeatureSnapshotError(
+            f"the feature group {feature_store.REVIEWS.name} holds no snapshot with train, validation and test "
+            "rows: run review_sentiment_pipeline (its preprocess step) first, or pass snapshot_id")
+    dest = info.uri("features")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            rows = feature_store.export_snapshot(snapshot, Path(tmp), settings)
+        except feature_store.FeatureStoreError as exc:
+            raise NoFeatureSnapshotError(str(exc)) from None
+        publish_dir(Path(tmp), dest)
+    log.info("feature snapshot %s exported to %s: %s", snapshot, dest, rows)
+    return {"feature_group": feature_store.REVIEWS.name, "snapshot_id": snapshot, "rows": rows,
+            "train_uri": f"{dest}/train", "validation_uri": f"{dest}/validation", "test_uri": f"{dest}/test"}
+
+
+def search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: int) -> dict:
+    """Run the AutoML search job; the leaderboard summary and where its files are."""
+    runner = get_runner()
+    out = info.uri("automl")
+    request = requests.automl_request(
+        name=info.job("automl"), train_uri=features["train_uri"], validation_uri=features["validation_uri"],
+        test_uri=features["test_uri"], output_uri=f"{out}/leaderboard", model_output_uri=f"{out}/model",
+        code_uri=runner.code_uri(), time_budget_s=time_budget_s, max_candidates=max_candidates)
+    result = runner.run(request)
+    board = json.loads((uri_to_path(out) / "leaderboard" / "leaderboard.json").read_text())
+    print(f"AutoML leaderboard: {uri_to_path(out) / 'leaderboard' / 'leaderboard.html'}", flush=True)
+    for row in board["leaderboard"][:5]:
+        log.info("#%d %s: validation %.4f, test %.4f, train %.1fs, %.3fs per 1000 reviews", row["rank"],
+                 row["candidate"], row["validation_accuracy"], row["test_accuracy"], row["train_s"],
+                 row["inference_s_per_1000"])
+    return {"job": result, "leaderboard_uri": f"{out}/leaderboard/leaderboard.json",
+            "leaderboard_html_uri": f"{out}/leaderboard/leaderboard.html",
+            "evaluation_uri": f"{out}/leaderboard/evaluation.json", "model_uri": f"{out}/model",
+            "best_candidate": board["best_candidate"], "best_accuracy": board["best_accuracy"],
+            "best_validation_accuracy": board["best_validation_accuracy"], "candidates": board["candidates"],
+            "wall_s": board["wall_s"]}
+
+
+def register_baseline(info: RunInfo, features: dict, searched: dict) -> dict:
+    """Package the best candidate and register it as a version of ``review-sentiment-baseline``.
+
+    Registered ``PendingManualApproval``: a baseline is a yardstick, not a deployment; approving
+    a version in the registry makes it deployable through the same endpoint as the BERT models.
+    Once per DAG run (a re-run returns the version already registered).
+    """
+    registry = get_registry(BASELINE_MODEL_NAME)
+    existing = registry.find_by_run(info.dag_id, info.run_id)
+    if existing is not None:
+        log.info("run %s already registered baseline version %s", info.run_id, existing.version)
+        return {"model_name": existing.name, "version": existing.version, "package_uri": existing.package_uri,
+                "metrics": existing.metrics, "created": False}
+    evaluation = json.loads(uri_to_path(searched["evaluation_uri"]).read_text())
+    metrics = {**flatten_evaluation({"metrics": evaluation["metrics"]}),
+               "validation_accuracy": searched["best_validation_accuracy"]}
+    package_uri = build_sklearn_package(uri_to_path(searched["model_uri"]), info.uri("register_baseline"))
+    lineage = {"dag_id": info.dag_id, "run_id": info.run_id, "feature_group": features["feature_group"],
+               "feature_snapshot_id": features["snapshot_id"], "test_data_uri": features["test_uri"],
+               "automl_job": searched["job"]["job_name"], "candidate": searched["best_candidate"],
+               "leaderboard_uri": searched["leaderboard_uri"], "git_commit": git_commit(), "kind": "automl-baseline"}
+    version = registry.register(package_uri, metrics, lineage, PENDING)
+    log.info("registered %s version %s: %s, test accuracy %.4f", version.name, version.version,
+             searched["best_candidate"], searched["best_accuracy"])
+    return {"model_name": version.name, "version": version.version, "package_uri": package_uri,
+            "metrics": version.metrics, "created": True}
+
+
+# ------------------------------------------------------------------ champion / challenger
+
+
+def _score(runner, request: dict, output_uri: str) -> float:
+    runner.run(request)
+    report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
+    return float(report["metrics"]["accuracy"]["value"])
+
+
+def _deployed_comparison(evaluation_uri: str | None) -> dict:
+    # comparison.json beside evaluation.json: the deployed version scored by the evaluation job
+    if not evaluation_uri:
+        return {}
+    path = uri_to_path(evaluation_uri).with_name("comparison.json")
+    return json.loads(path.read_text()).get("deployed") or {} if path.is_file() else {}
+
+
+def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | None = None) -> dict:
+    """Accuracy of the champion (deployed BERT version) and the latest baseline on ``test_uri``.
+
+    Both are measured on this run's test split (the stored metrics of a version were measured on
+    another run's split): the champion's from the evaluation job's ``comparison.json`` when it
+    scored that version, else by a processing job; the baseline by ``automl.py score``.
+    ``None`` where there is no such model.
+    """
+    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: neither exists
+        return {"champion": None, "champion_version": None, "baseline": None, "baseline_version": None}
+    runner = get_runner()
+    out: dict = {"champion": None, "champion_version": None, "baseline": None, "baseline_version": None}
+    champion = get_registry().deployed_version()
+    scored = _deployed_comparison(evaluation_uri)
+    if champion is not None and scored.get("version") == champion.version:
+        # the evaluation job already scored the deployed version on this test split
+        out["champion"], out["champion_version"] = float(scored["accuracy"]), champion.version
+    elif champion is not None:
+        uri = info.uri("check_accuracy") + "/champion"
+        out["champion"] = _score(runner, requests.evaluation_request(
+            name=info.job("score-champion"), model_uri=champion.package_uri, test_uri=test_uri,
+            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri)
+        out["champion_version"] = champion.version
+    versions = get_registry(BASELINE_MODEL_NAME).list_versions()
+    if versions:
+        baseline = versions[-1]
+        uri = info.uri("check_accuracy") + "/baseline"
+        out["baseline"] = _score(runner, requests.baseline_score_request(
+            name=info.job("score-baseline"), model_uri=baseline.package_uri, test_uri=test_uri, output_uri=uri,
+            code_uri=runner.code_uri()), uri)
+        out["baseline_version"] = baseline.version
+    return out
+
+
+def record_decision(info: RunInfo, decision: dict) -> str:
+    """Write the gate's decision to the run's ``check_accuracy/decision.json``; its URI."""
+    uri = info.uri("check_accuracy") + "/decision.json"
+    write_json_atomic(uri_to_path(uri), decision)
+    return uri
+
+
+def read_decision(info: RunInfo) -> dict:
+    """The decision ``check_accuracy`` recorded for this run (empty if none)."""
+    path = uri_to_path(info.uri("check_accuracy")) / "decision.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

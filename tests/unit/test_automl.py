@@ -1,0 +1,154 @@
+"""The AutoML search job (include/scripts/automl.py) and the baseline's inference handler, on real reviews."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.scripts import automl, automl_inference
+
+SCRIPT = Path(automl.__file__)
+FAST = ["--families", "logreg,complement_nb,logreg_stars", "--max-candidates", "4", "--time-budget-s", "120"]
+
+
+def _label(stars: pd.Series) -> pd.Series:
+    return stars.map(lambda s: 0 if s <= 2 else 1 if s == 3 else 2)
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory) -> Path:
+    """Balanced train (600) / validation (150) / test (150) splits of real reviews, as the feature store's."""
+    from include.data.landing import load_kaggle_reviews
+
+    df = load_kaggle_reviews()
+    df["label_id"] = _label(df["star_rating"])
+    df = pd.concat([df[df["label_id"] == k].sample(300, random_state=0) for k in (0, 1, 2)]).sample(
+        frac=1, random_state=1)
+    root = tmp_path_factory.mktemp("automl-splits")
+    parts = {"train": df.iloc[:600], "validation": df.iloc[600:750], "test": df.iloc[750:]}
+    for name, part in parts.items():
+        (root / name).mkdir()
+        part[["review_id", "review_body", "star_rating", "label_id"]].to_parquet(root / name / "part-00000.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def searched(splits, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("automl-out")
+    board = automl.main(["search", "--train-data", str(splits / "train"), "--validation-data",
+                         str(splits / "validation"), "--test-data", str(splits / "test"), "--output-data",
+                         str(out / "automl"), "--model-output", str(out / "model"), *FAST])
+    return {"board": board, "out": out}
+
+
+def test_search_writes_a_leaderboard_ranked_by_validation_accuracy(searched):
+    board = json.loads((searched["out"] / "automl" / "leaderboard.json").read_text())
+    assert board == json.loads(json.dumps(searched["board"]))
+    rows = board["leaderboard"]
+    assert board["candidates"] == len(rows) == 4
+    assert {r["family"] for r in rows} == {"logreg", "complement_nb", "logreg_stars"}
+    vals = [r["validation_accuracy"] for r in rows]
+    assert vals == sorted(vals, reverse=True) and [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert board["best_candidate"] == rows[0]["candidate"]
+    # Candidates are ranked on validation + held-out training rows, then the winner is refitted on all rows.
+    assert board["rows"]["fit"] < board["rows"]["train"] == 600
+    assert board["rows"]["selection"] == 150 + (600 - board["rows"]["fit"])
+    for r in rows:
+        assert r["train_s"] >= 0 and r["inference_s_per_1000"] > 0 and r["hyperparameters"]
+    # 3 balanced classes: chance is 0.33; real reviews make every linear text model clearly better.
+    assert board["best_accuracy"] > 0.5, board
+
+
+def test_leaderboard_page_has_the_chart_and_every_candidate(searched):
+    page = (searched["out"] / "automl" / "leaderboard.html").read_text()
+    assert "data:image/png;base64," in page
+    for row in searched["board"]["leaderboard"]:
+        assert row["candidate"].split("(")[0] in page
+
+
+def test_evaluation_json_matches_the_best_candidates_test_accuracy(searched):
+    report = json.loads((searched["out"] / "automl" / "evaluation.json").read_text())
+    assert report["metrics"]["accuracy"]["value"] == pytest.approx(searched["board"]["best_accuracy"], abs=1e-4)
+    assert report["test_rows"] == 150 and np.array(report["confusion_matrix"]).sum() == 150
+
+
+def test_saved_model_serves_the_bert_handlers_wire_format(searched):
+    model = automl_inference.model_fn(str(searched["out"] / "model"))
+    data = automl_inference.input_fn(b'{"features": ["I love this dress"]}\n{"features": ["It ripped"]}\n',
+                                     "application/jsonlines")
+    lines = automl_inference.output_fn(automl_inference.predict_fn(data, model), "application/jsonlines")
+    answers = [json.loads(x) for x in lines.strip().splitlines()]
+    assert len(answers) == 2 and all(a["predicted_label"] in (-1, 0, 1) and 0 <= a["probability"] <= 1
+                                     for a in answers)
+    one = json.loads(automl_inference.output_fn(
+        automl_inference.predict_fn(automl_inference.input_fn('"Runs small"', "application/json"), model),
+        "application/json"))
+    assert set(one["probabilities"]) == {"negative", "neutral", "positive"}
+    assert sum(one["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="features"):
+        automl_inference.input_fn(b'{"text": "x"}\n', "application/jsonlines")
+
+
+def test_score_mode_reproduces_the_search_accuracy_from_the_package(searched, splits, tmp_path):
+    from include.model.packaging import build_sklearn_package
+
+    package = build_sklearn_package(searched["out"] / "model", (tmp_path / "pkg").as_uri())
+    report = automl.main(["score", "--model", str(tmp_path / "pkg"), "--test-data", str(splits / "test"),
+                          "--output-data", str(tmp_path / "scored")])
+    assert package.endswith("model.tar.gz")
+    assert report["metrics"]["accuracy"]["value"] == pytest.approx(searched["board"]["best_accuracy"], abs=1e-4)
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_one_class_training_split_exits_2_with_the_reason(splits, tmp_path):
+    one = tmp_path / "train"
+    one.mkdir()
+    df = pd.read_parquet(splits / "train")
+    df[df["label_id"] == 2].to_parquet(one / "part-00000.parquet")
+    proc = _run(["--train-data", str(one), "--validation-data", str(splits / "validation"), "--test-data",
+                 str(splits / "test"), "--output-data", str(tmp_path / "o"), "--model-output", str(tmp_path / "m")])
+    assert proc.returncode == 2 and "one class" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_missing_split_and_missing_column_are_named(splits, tmp_path):
+    proc = _run(["--train-data", str(tmp_path / "nope"), "--validation-data", str(splits / "validation"),
+                 "--test-data", str(splits / "test"), "--output-data", str(tmp_path / "o")])
+    assert proc.returncode == 2 and "no train shards" in proc.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pd.read_parquet(splits / "train").drop(columns=["review_body"]).to_parquet(bad / "part-00000.parquet")
+    with pytest.raises(automl.AutoMLInputError, match="review_body"):
+        automl.load_split(bad, "train")
+
+
+@pytest.mark.parametrize("args, message", [(["--time-budget-s", "1"], "at least 10 seconds"),
+                                           (["--families", "logreg,xgboost"], "unknown"),
+                                           (["--max-candidates", "0"], "at least 1")])
+def test_bad_arguments_are_refused_with_the_argument_named(args, message, capsys):
+    with pytest.raises(SystemExit):
+        automl.parse_args(args)
+    assert message in capsys.readouterr().err
+
+
+def test_a_modified_model_file_in_a_package_is_refused_before_loading(searched, tmp_path):
+    import tarfile
+
+    from include.model.packaging import build_sklearn_package
+
+    build_sklearn_package(searched["out"] / "model", (tmp_path / "pkg").as_uri())
+    folder = tmp_path / "unpacked"
+    with tarfile.open(tmp_path / "pkg" / "model.tar.gz") as tar:
+        tar.extractall(folder, filter="data")
+    assert automl_inference.model_fn(str(folder)).decoder  # intact: loads
+    with open(folder / automl_inference.MODEL_FILE, "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(ValueError, match="checksum"):
+        automl_inference.model_fn(str(folder))
