@@ -82,6 +82,7 @@ REPORT_EVERY_S = 60.0
 # An oversized body is read and thrown away (so the client sees the 413, not a reset) up to
 # this many bytes; past it the connection is closed - nobody legitimate sends 64 MB.
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+BASELINE_MODEL_FILE = "model.joblib"  # include/scripts/automl.py's fitted pipeline
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".h5", ".msgpack")
 _module_ids = itertools.count(1)
 access_log = logging.getLogger("reviews.access")
@@ -101,15 +102,35 @@ class ModelSlot:
         self.loaded_at = time.time()
 
 
+def _pinned_by_manifest(root: Path, name: str) -> bool:
+    # the package manifest our packaging writes lists every file with its sha256
+    import hashlib
+
+    try:
+        manifest = json.loads((root / "package-manifest.json").read_text())
+        expected = manifest["files"][name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    digest = hashlib.sha256()
+    with open(root / name, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == expected
+
+
 def check_safetensors_only(model_dir: str | Path) -> None:
     """Refuse a package whose weights could run code when loaded (pickle formats).
 
     A ``pytorch_model.bin`` beside ``model.safetensors`` would be preferred by nothing here,
     but its mere presence means the package was not built by our packaging: refuse it whole.
+    One exception: the AutoML baseline's ``model.joblib`` (scikit-learn has no safetensors
+    format), accepted only when the package manifest pins its sha256.
     """
     root = Path(model_dir)
     pickles = sorted(str(p.relative_to(root)) for p in root.rglob("*")
                      if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles == [BASELINE_MODEL_FILE] and _pinned_by_manifest(root, BASELINE_MODEL_FILE):
+        return  # the AutoML baseline: scikit-learn has no safetensors format; its checksum is pinned
     if pickles:
         raise ModelLoadError(f"{model_dir}: holds pickle-format weights ({', '.join(pickles[:5])}); "
                              "the server loads safetensors only - re-save the model with save_pretrained")

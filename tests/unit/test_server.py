@@ -166,12 +166,13 @@ def test_graceful_shutdown_lets_requests_in_flight_finish(served_dir, tmp_path):
     body = json.dumps([SMOKE_REVIEWS[0] * 3] * 8)
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(_post, url, body, key=None) for _ in range(6)]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # SIGTERM only once requests are really in flight
+        deadline, inflight = time.monotonic() + 30, 0
+        # SIGTERM only once all six are in flight: a request not yet connected when the server
+        # stops listening is refused, which is right for a stopping server but not what this tests
+        while time.monotonic() < deadline and inflight < 7:  # the /metrics request itself counts too
             inflight = next(s.value for s in _metrics(url)["endpoint_requests_in_flight"])
-            if inflight >= 3:  # the /metrics request itself counts too
-                break
             time.sleep(0.02)
+        assert inflight >= 7, f"only {inflight - 1} of 6 requests reached the server in 30 s"
         proc.send_signal(signal.SIGTERM)
         statuses = [f.result().status_code for f in futures]
     assert statuses == [200] * 6
@@ -289,3 +290,25 @@ def test_server_refuses_to_start_with_a_bad_limit(served_dir, tmp_path):
     assert done.returncode == 1
     assert "REVIEWS_ENDPOINT_MAX_REVIEWS: 0 must be in 1..10000" in done.stderr
 
+
+
+def test_a_joblib_model_is_served_only_when_the_package_manifest_pins_its_checksum(tmp_path):
+    # The AutoML baseline (scikit-learn) has no safetensors format: model.joblib is accepted only
+    # as packaged by include/model/packaging.py, whose manifest carries every file's sha256.
+    import hashlib
+
+    from include.serving.server import ModelLoadError, check_safetensors_only
+
+    folder = tmp_path / "baseline"
+    folder.mkdir()
+    (folder / "model.joblib").write_bytes(b"fitted pipeline bytes")
+    digest = hashlib.sha256(b"fitted pipeline bytes").hexdigest()
+    (folder / "package-manifest.json").write_text(json.dumps({"format": 1, "files": {
+        "model.joblib": {"sha256": digest, "bytes": 21}}}))
+    check_safetensors_only(folder)  # pinned: accepted
+    (folder / "model.joblib").write_bytes(b"tampered after packaging")
+    with pytest.raises(ModelLoadError, match="pickle-format weights.*model.joblib"):
+        check_safetensors_only(folder)
+    (folder / "package-manifest.json").unlink()
+    with pytest.raises(ModelLoadError, match="pickle-format weights"):
+        check_safetensors_only(folder)
