@@ -103,15 +103,7 @@ def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFER
     members = [(p, p.relative_to(model_dir).as_posix()) for p in files]
     members.append((Path(inference_script), "code/inference.py"))
     members.append((MODELING_SCRIPT, "code/modeling.py"))
-    manifest = {"format": 1, "files": {arc: {"sha256": _sha256(p), "bytes": p.stat().st_size}
-                                       for p, arc in members}}
-    with atomic_path(dest) as tmp, tarfile.open(tmp, "w:gz", compresslevel=GZIP_LEVEL) as tar:
-        for path, arcname in members:
-            tar.add(path, arcname=arcname, recursive=False, filter=_normalise)
-        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-        info = _normalise(tarfile.TarInfo(MANIFEST_NAME))
-        info.size, info.mtime = len(data), int(time.time())
-        tar.addfile(info, io.BytesIO(data))
+    _write_archive(dest, members)
     return dest.as_uri()
 
 

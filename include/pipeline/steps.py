@@ -20,7 +20,7 @@ from include.common.io import publish_dir, uri_to_path
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
 from include.jobs.runner import get_runner
-from include.model.registry import RegistryError, get_registry
+from include.model.registry import ModelVersion, RegistryError, get_registry
 from include.pipeline import profiles
 from include.pipeline.context import PipelineError, RunInfo
 
@@ -221,14 +221,19 @@ def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
             "accuracy_ci95": report["accuracy_ci95"], "test_rows": report["test_rows"]}
 
 
-def deployed_package() -> tuple[str, str] | None:
-    """(version, package URI) of the version the endpoint serves, to score it on the same test split."""
-    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: nothing deployed
+def _deployed_version() -> ModelVersion | None:
+    # what the endpoint serves, per the registry; None before any registry or deploy exists
+    if not (get_settings().mlflow_dir / "mlflow.db").exists():
         return None
     try:
-        deployed = get_registry().deployed_version()
+        return get_registry().deployed_version()
     except RegistryError:
         return None
+
+
+def deployed_package() -> tuple[str, str] | None:
+    """(version, package URI) of the version the endpoint serves, to score it on the same test split."""
+    deployed = _deployed_version()
     return (deployed.version, deployed.package_uri) if deployed else None
 
 
@@ -265,12 +270,7 @@ def analyse(info: RunInfo, ds_from: str | None, ds_to: str | None, top_n: int) -
 
 def deployed_training_data_uri() -> str | None:
     """The clean data the deployed model was trained on (its registry lineage), if any."""
-    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: nothing deployed
-        return None
-    try:
-        deployed = get_registry().deployed_version()
-    except RegistryError:
-        return None
+    deployed = _deployed_version()
     folder = (deployed.lineage.get("clean_data_uri") if deployed else None) or None
     return f"{folder.rstrip('/')}/clean.parquet" if folder else None
 
