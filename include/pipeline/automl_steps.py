@@ -110,6 +110,16 @@ def _score(runner, request: dict, output_uri: str) -> float:
     return float(report["metrics"]["accuracy"]["value"])
 
 
+def baseline_figures(score_uri: str, version: str) -> dict:
+    """The baseline's accuracy, macro-F1 and per-class F1 from its score job's ``evaluation.json``,
+    in the shape the evaluation report and the approval request show (their ``baseline`` column)."""
+    report = json.loads((uri_to_path(score_uri) / "evaluation.json").read_text())
+    return {"title": f"AutoML baseline v{version}", "accuracy": report["metrics"]["accuracy"]["value"],
+            "macro_f1": report["metrics"]["macro_f1"]["value"],
+            "per_class": {k: {"f1": v["f1"]} for k, v in (report.get("per_class") or {}).items()},
+            "note": "same test split"}
+
+
 def _deployed_comparison(evaluation_uri: str | None) -> dict:
     # comparison.json beside evaluation.json: the deployed version scored by the evaluation job
     if not evaluation_uri:
@@ -148,6 +158,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         out["baseline"] = _score(runner, requests.baseline_score_request(
             name=info.job("score-baseline"), model_uri=baseline.package_uri, test_uri=test_uri, output_uri=uri,
             code_uri=runner.code_uri()), uri)
+        out["baseline_figures"] = baseline_figures(uri, baseline.version)
         out["baseline_version"] = baseline.version
     return out
 

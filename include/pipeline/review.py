@@ -8,6 +8,7 @@ than to a path on the worker's disk.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -106,6 +107,9 @@ def approval_request(version: str, baseline: dict | None = None) -> tuple[str, s
     inputs = evaluation_report.load(folder)
     url = lineage.get("evaluation_report_url") or report_url(
         lineage["dag_id"], lineage["run_id"], "evaluate", evaluation_report.REPORT_NAME)
+    if baseline is None:  # check_accuracy scored the latest AutoML baseline on this run's test split
+        decision = folder.parent / "check_accuracy" / "decision.json"
+        baseline = json.loads(decision.read_text()).get("baseline_figures") if decision.is_file() else None
     acc = inputs.evaluation["metrics"]["accuracy"]["value"]
     deployed = (inputs.comparison or {}).get("deployed")
     versus = (f" vs {deployed['accuracy']:.4f} for deployed v{deployed.get('version') or '?'}" if deployed

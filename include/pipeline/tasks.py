@@ -21,6 +21,7 @@ from airflow.sdk import get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.common.errors import NonRetriableError
+from include.common.io import uri_to_path
 from include.pipeline.context import PipelineError, RunInfo, record_step, resolve_ds
 
 log = logging.getLogger("airflow.task")
@@ -138,6 +139,14 @@ def check_accuracy(evaluation: dict, pass_task: str, fail_task: str, features: d
                 "min_accuracy": params["min_accuracy"], "min_improvement": min_improvement, **refs}
     record_step(info, "check_accuracy", decision)
     uri = automl_steps.record_decision(info, decision)
+    if refs.get("baseline_figures") and evaluation.get("evaluation_uri"):
+        # the report was rendered before the baseline was scored: add its column now
+        from include.pipeline import review
+
+        review.write_evaluation_report(
+            uri_to_path(evaluation["evaluation_uri"]).parent, info.dag_id, info.run_id,
+            review.data_range((features or {}).get("data_from"), (features or {}).get("data_to") or info.ds,
+                              (features or {}).get("clean_rows")), baseline=refs["baseline_figures"])
     log.info("%s (decision: %s)", note, uri)
     return pass_task if ok else fail_task
 

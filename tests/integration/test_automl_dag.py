@@ -68,6 +68,8 @@ def test_automl_dag_registers_a_servable_baseline_that_check_accuracy_scores(lan
                                              feats["test_uri"])
     assert refs["champion"] is None and refs["baseline_version"] == baseline.version
     assert abs(refs["baseline"] - board["best_accuracy"]) < 1e-4, "same rows, same model, same accuracy"
+    figures = refs["baseline_figures"]  # what the evaluation report and the approval request show
+    assert figures["accuracy"] == refs["baseline"] and set(figures["per_class"]) == {"negative", "neutral", "positive"}
 
     # The baseline package is served by the same endpoint with the same contract.
     from include.serving import endpoint

@@ -90,3 +90,23 @@ def test_approval_request_comes_from_the_registry_and_the_report(run_folder, tmp
     assert "ds 2026-10-23..2026-11-20 (6,402 clean reviews before the split)" in body
     assert f"]({page['report_url']})" in body and "file://" not in body
     assert "Debugger warnings**: none" in body
+
+
+def test_approval_request_shows_the_automl_baseline_scored_by_check_accuracy(run_folder, tmp_path):
+    import json
+
+    from include.model.registry import PENDING, get_registry
+
+    run_id, folder, page = run_folder
+    package = tmp_path / "model.tar.gz"
+    package.write_bytes(b"not inspected by the registry")
+    mv = get_registry().register(package.as_uri(), {"accuracy": 0.7}, {
+        "dag_id": "review_sentiment_pipeline", "run_id": run_id, "ds": "2026-11-20",
+        "evaluation_uri": (folder / "evaluation.json").as_uri(), "evaluation_report_url": page["report_url"]}, PENDING)
+    decision = folder.parent / "check_accuracy" / "decision.json"
+    decision.parent.mkdir(parents=True, exist_ok=True)
+    decision.write_text(json.dumps({"decision": "register", "baseline": 0.65, "baseline_figures": {
+        "title": "AutoML baseline v3", "accuracy": 0.65, "macro_f1": 0.64,
+        "per_class": {"negative": {"f1": 0.7}, "neutral": {"f1": 0.4}, "positive": {"f1": 0.8}}}}))
+    _, body = review.approval_request(mv.version)
+    assert "AutoML baseline v3" in body and "0.6500" in body
