@@ -90,14 +90,17 @@ def test_sigterm_fails_the_run(landed, tmp_path):
     log = tmp_path / "run.log"
     proc = _cli(log, "run", "--ds", DS, "--conf", json.dumps(TINY))
     try:
-        task = _wait("a running task", lambda: _running_task(DS), proc, log)
+        # the training task: long enough that it is still running when the signal lands (a short
+        # task such as register_dataset may finish in between, and the next one fails instead)
+        _wait("the train task", lambda: _running_task(DS, "train"), proc, log)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
     _, state, tis, note = _run(DS)
-    assert state == "failed" and tis[task] == "failed", (state, tis)
+    assert state == "failed" and tis["train"] == "failed", (state, tis)
+    assert not [t for t, s in tis.items() if s in ("running", "queued", "scheduled", "up_for_retry")], tis
     assert "interrupted by SIGTERM" in note
 
 
