@@ -43,18 +43,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read_config(config_path: Path, if_missing: str) -> dict:
+    # a model folder's config.json, or a PackagingError that names the file and the problem
+    try:
+        return json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise PackagingError(f"{config_path}: missing - {if_missing}") from None
+    except json.JSONDecodeError as exc:
+        raise PackagingError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
 def validate_model_dir(model_dir: Path) -> None:
     """Check ``model_dir`` is a save_pretrained folder a classifier can be served from."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise PackagingError(f"{model_dir}: not a folder - pass the save_pretrained output folder")
     config_path = model_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise PackagingError(f"{config_path}: missing - the model folder needs config.json") from None
-    except json.JSONDecodeError as exc:
-        raise PackagingError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    config = _read_config(config_path, "the model folder needs config.json")
     if not config.get("id2label"):
         raise PackagingError(f"{config_path}: no id2label - save the model with id2label/label2id set")
     weights = sorted(model_dir.glob("*.safetensors"))
@@ -116,12 +121,7 @@ def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
     """
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise PackagingError(f"{config_path}: missing - pass the AutoML job's model folder") from None
-    except json.JSONDecodeError as exc:
-        raise PackagingError(f"{config_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    config = _read_config(config_path, "pass the AutoML job's model folder")
     if not config.get("id2label") or not config.get("decoder"):
         raise PackagingError(f"{config_path}: needs id2label and decoder - written by include/scripts/automl.py")
     if not (model_dir / SKLEARN_MODEL_FILE).is_file():
