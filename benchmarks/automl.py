@@ -36,17 +36,6 @@ ANCHORS = {"autopilot_best_validation_accuracy": 0.616, "autopilot_blazingtext_a
 TARGET = {"best_accuracy": 0.68, "wall_s": 600}
 
 
-def cpu_flags() -> list[str]:
-    """The CPU's feature flags (/proc/cpuinfo), for comparing figures across machines."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=int, default=420, help="the search's time budget (the DAG's time_budget_s)")
@@ -75,7 +64,6 @@ def main(argv: list[str] | None = None) -> dict:
         board = json.loads((work / "out" / "leaderboard.json").read_text())
     result = {
         "command": " ".join(["python", "benchmarks/automl.py", *(argv if argv is not None else sys.argv[1:])]),
-        "cpu_flags": cpu_flags(), "load_average_after": os.getloadavg(),
         "best_candidate": board["best_candidate"], "best_accuracy": board["best_accuracy"],
         "best_validation_accuracy": board["best_validation_accuracy"], "best_macro_f1": board["best_macro_f1"],
         "selection": "validation accuracy (test accuracy never chooses)",
