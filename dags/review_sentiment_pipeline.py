@@ -8,7 +8,7 @@ from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include.pipeline import tasks
-from include.pipeline.defaults import DEFAULT_ARGS, REVIEWS_LANDING, START_DATE
+from include.pipeline.defaults import DEFAULT_ARGS, REVIEWS_LANDING, START_DATE, TRAINING_QUEUE
 from include.pipeline.profiles import BALANCE_CHOICES, DEFAULT_PROFILE, PROFILES, param_description
 from model_approval import ModelApprovalOperator
 
@@ -120,7 +120,8 @@ def review_sentiment_pipeline():
     register = task(task_id="register_dataset", outlets=[REVIEWS_LANDING])(tasks.register_dataset)()
     validated = task(task_id="validate_dataset")(tasks.validate_dataset)(register)
     features = task(task_id="preprocess")(tasks.preprocess)(validated)
-    trained = task(task_id="train", execution_timeout=timedelta(hours=2))(tasks.train)(features)
+    # queue: the Celery workers sized for training (TRAINING_QUEUE, set by configuration)
+    trained = task(task_id="train", queue=TRAINING_QUEUE, execution_timeout=timedelta(hours=2))(tasks.train)(features)
     evaluation = task(task_id="evaluate")(tasks.evaluate)(features, trained)
     check = task.branch(task_id="check_accuracy")(tasks.check_accuracy)(
         evaluation, pass_task="register_model", fail_task="skip_registration", features=features)

@@ -4,12 +4,17 @@
 ``register_dataset`` task declares it as an outlet; ``review_catalog_analysis`` is
 scheduled on it, so the analysis refreshes after each new partition.
 ``REVIEWS_CATALOG``: the catalog was updated by ``review_catalog_analysis``'s register task.
+``TRAINING_QUEUE``: the Celery queue of the ``train`` task, from ``[reviews] training_queue``
+(``AIRFLOW__REVIEWS__TRAINING_QUEUE``; docker-compose.yaml and ``make stack`` set ``training``,
+served by the worker sized for training). Unset, it is Airflow's default queue, so ``dag.test()``,
+``make ui`` (LocalExecutor) and a Celery deployment without a training worker run it as before.
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pendulum
+from airflow.configuration import conf
 from airflow.sdk import Asset
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -23,3 +28,5 @@ DEFAULT_ARGS = {
 
 REVIEWS_LANDING = Asset(name="reviews_landing", uri="reviews://landing/reviews", group="reviews")
 REVIEWS_CATALOG = Asset(name="reviews_catalog", uri="reviews://catalog/reviews_raw", group="reviews")
+
+TRAINING_QUEUE = conf.get("reviews", "training_queue", fallback="") or conf.get("operators", "default_queue")
