@@ -86,6 +86,7 @@ class StackState:
     ui_user: str
     ui_password: str
     schedule: bool
+    endpoint_port: int
     embedded: dict = field(default_factory=dict)  # "postgres": pgdata, "redis": pid of our redis-server
 
 
@@ -153,6 +154,7 @@ class Stack:
             # the train task's queue (include/pipeline/defaults.py reads it when the DAG is parsed)
             "AIRFLOW__REVIEWS__TRAINING_QUEUE": TRAINING_QUEUE,
             "REVIEWS_HOME": str(self.state_dir),
+            "ENDPOINT_PORT": str(st.endpoint_port),  # where deploy_model serves the approved model
             "MLFLOW_TRACKING_URI": f"sqlite:///{self.state_dir / 'mlflow' / 'mlflow.db'}",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
             "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
@@ -260,8 +262,12 @@ class Stack:
         os.killpg(pid, sig)
 
     def start(self, api_port: int | None = None, ui_password: str | None = None, schedule: bool = True,
-              db_name: str | None = None, timeout_s: float = 300) -> StackState:
-        """Start every service not yet running and wait until all are healthy."""
+              db_name: str | None = None, endpoint_port: int | None = None, timeout_s: float = 300) -> StackState:
+        """Start every service not yet running and wait until all are healthy.
+
+        The first start records the settings (ports, database, password) in ``stack.json``; later
+        starts reuse them. ``schedule=False`` turns the scheduler's own runs off (tests trigger every
+        run themselves)."""
         st = self.state()
         if st is None:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -273,7 +279,8 @@ class Stack:
                             key_prefix=f"{db_name}:", api_port=api_port or free_port(),
                             jwt_secret=secrets.token_urlsafe(32), ui_user="admin",
                             ui_password=ui_password or os.environ.get("AIRFLOW_UI_PASSWORD") or "admin",
-                            schedule=schedule, embedded={**pg, **rd})
+                            schedule=schedule, endpoint_port=endpoint_port or free_port(),
+                            embedded={**pg, **rd})
             write_text_atomic(self.state_file, json.dumps(asdict(st), indent=1), mode=0o600)
             write_text_atomic(self.root / "passwords.json", json.dumps({st.ui_user: st.ui_password}), mode=0o600)
         else:
@@ -472,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     if args.cmd == "start":
         try:
-            st = stack.start(api_port=args.port, timeout_s=args.timeout)
+            st = stack.start(api_port=args.port, timeout_s=args.timeout,
+                             endpoint_port=int(os.environ.get("ENDPOINT_PORT", "8080")))
         except StackError as exc:
             print(f"stack: {exc}", file=sys.stderr)
             return 1

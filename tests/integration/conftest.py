@@ -10,6 +10,7 @@ import pytest
 from include.common.config import get_settings
 from include.common.io import uri_to_path
 from include.data.landing import land_daily_drops
+from tests.integration.stack_fixture import stack  # noqa: F401 - the session's production stack (make stack)
 
 DS = "2026-11-20"
 # A tiny but real budget: enough to show the wiring, not to reach the default accuracy.

@@ -1,0 +1,171 @@
+"""review_sentiment_pipeline on the production topology (``make stack``): Postgres metadata DB,
+CeleryExecutor with Redis, two Celery workers, scheduler, dag-processor, triggerer, api-server.
+
+Every run is made through Airflow's REST API with a JWT (no ALL_ADMINS), as a user or a CI job
+would: a manual run with a conf, an Airflow 3 backfill of three logical dates, and a run whose
+training worker is killed with SIGKILL in the middle of the train task. The training budget is
+the tiny one of the other integration tests (``TINY``), so each run takes minutes, not hours."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import date, timedelta
+
+import duckdb
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from include.common.config import Settings
+from include.common.io import uri_to_path
+from include.pipeline.cli import logical_date_for
+from include.pipeline.stack import TRAINING_QUEUE, WORKERS
+from tests.integration.conftest import DEPLOY, TINY
+from tests.integration.stack_fixture import STACK_END, StackClient
+
+pytestmark = pytest.mark.timeout(1800)
+ROWS_PER_DAY = 100  # stack_fixture lands 500 reviews over 5 days
+
+
+@pytest.fixture
+def stack_state(stack: StackClient, monkeypatch) -> Settings:
+    """This process reads the stack's catalog, store and registry (its REVIEWS_HOME)."""
+    monkeypatch.setenv("REVIEWS_HOME", str(stack.state_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stack.state_dir / 'mlflow' / 'mlflow.db'}")
+    return Settings(backend="local", state_dir=stack.state_dir)
+
+
+def _iso(day: date) -> str:
+    return logical_date_for(day).isoformat().replace("+00:00", "Z")
+
+
+def _run_dir(settings: Settings, run_id: str):
+    return uri_to_path(settings.run_uri("review_sentiment_pipeline", run_id, "x")).parent
+
+
+def _lineage(settings: Settings, run_id: str, step: str) -> dict:
+    return json.loads((_run_dir(settings, run_id) / "_lineage" / f"{step}.json").read_text())
+
+
+def _registry_versions(run_id: str) -> list:
+    from include.model.registry import get_registry
+
+    return [v for v in get_registry().list_versions() if v.lineage.get("run_id") == run_id]
+
+
+def _assert_no_duplicates(settings: Settings, run_id: str) -> None:
+    """Catalog rows, the run's feature records and its registry versions each exist once."""
+    con = duckdb.connect(str(settings.catalog_path), read_only=True)
+    try:
+        per_day = con.execute("SELECT ds, count(*), count(DISTINCT review_id) FROM reviews.reviews_raw "
+                              "GROUP BY ds ORDER BY ds").fetchall()
+        assert per_day and all(n == distinct == ROWS_PER_DAY for _, n, distinct in per_day), per_day
+        n, distinct = con.execute("SELECT count(*), count(DISTINCT review_id) FROM feature_store.reviews_features "
+                                  "WHERE source = ?", [run_id]).fetchone()
+        assert n > 0 and n == distinct, f"feature records of {run_id}: {n} rows, {distinct} review ids"
+    finally:
+        con.close()
+    assert len(_registry_versions(run_id)) == 1, [v.version for v in _registry_versions(run_id)]
+    run = _run_dir(settings, run_id)
+    assert len(list((run / "train").glob("rs-train-*/output/model.tar.gz"))) == 1, "one published model"
+
+
+def test_rest_triggered_run_on_celery_trains_on_the_training_queue_and_deploys(stack, stack_state):
+    conf = {**DEPLOY, "auto_approve": True}
+    run_id = stack.trigger(_iso(STACK_END), conf)
+    run = stack.wait_run(run_id, timeout_s=900)
+    tis = stack.task_instances(run_id)
+    assert run["state"] == "success", {k: v["state"] for k, v in tis.items()}
+    assert run["conf"]["max_train_samples"] == TINY["max_train_samples"] and run["run_type"] == "manual"
+    assert tis["train"]["queue"] == TRAINING_QUEUE and tis["preprocess"]["queue"] == "default"
+    for task in ("register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "register_model",
+                 "deploy_model"):
+        assert tis[task]["state"] == "success" and tis[task]["try_number"] == 1, (task, tis[task])
+
+    run_dir = _run_dir(stack_state, run_id)
+    evaluation = json.loads((run_dir / "evaluate" / "evaluation.json").read_text())
+    assert 0.0 <= evaluation["metrics"]["accuracy"]["value"] <= 1.0 and evaluation["test_rows"] > 0
+    assert _lineage(stack_state, run_id, "preprocess")["result"]["data_to"] == STACK_END.isoformat()
+    version, = _registry_versions(run_id)
+    assert version.lineage["ds"] == STACK_END.isoformat()
+    _assert_no_duplicates(stack_state, run_id)
+    # deploy_model, run by a Celery worker, serves the version on the stack's endpoint port
+    port = stack.stack.state().endpoint_port
+    answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json="great fit, love it", timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert str(answer.json()["model_version"]) == str(version.version)
+
+
+def test_backfill_of_three_dates_trains_each_run_on_the_data_as_of_its_date(stack, stack_state):
+    days = [STACK_END - timedelta(days=k) for k in (4, 3, 2)]  # 11-16, 11-17, 11-18
+    # min_accuracy above 1: each run trains and evaluates, then ends at skip_registration (fast)
+    body = {"dag_id": "review_sentiment_pipeline", "from_date": _iso(days[0]), "to_date": _iso(days[-1]),
+            "max_active_runs": 1, "dag_run_conf": {**TINY, "min_accuracy": 1.01}}
+    resp = stack.request("POST", "/backfills", json=body)
+    assert resp.status_code == 200, resp.text
+    backfill_id = resp.json()["id"]
+    deadline = time.monotonic() + 1500
+    while True:
+        runs = stack.request("GET", "/dags/review_sentiment_pipeline/dagRuns",
+                             params={"run_type": "backfill", "limit": 50}).json()["dag_runs"]
+        runs = [r for r in runs if r.get("backfill_id") in (None, backfill_id)]
+        if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        assert time.monotonic() < deadline, [(r["logical_date"], r["state"]) for r in runs]
+        time.sleep(5)
+    by_ds = {date.fromisoformat(r["data_interval_start"][:10]): r for r in runs}
+    assert sorted(by_ds) == days, sorted(by_ds)
+    for k, day in enumerate(days, start=1):
+        run = by_ds[day]
+        assert run["state"] == "success", (day, {t: v["state"] for t, v in stack.task_instances(run["dag_run_id"]).items()})
+        pre = _lineage(stack_state, run["dag_run_id"], "preprocess")
+        # trained on every day up to its own date, none after it
+        assert pre["ds"] == day.isoformat() and pre["result"]["data_to"] == day.isoformat(), pre["result"]
+        assert pre["result"]["clean_rows"] == k * ROWS_PER_DAY, (day, pre["result"]["clean_rows"])
+        train = pq.read_table(uri_to_path(pre["result"]["train_uri"]), columns=["date"]).column("date").to_pylist()
+        assert train and max(d.date() if hasattr(d, "date") else d for d in train) <= day
+        assert _lineage(stack_state, run["dag_run_id"], "train")["ds"] == day.isoformat()
+    done = stack.request("GET", f"/backfills/{backfill_id}").json()
+    assert done["completed_at"] is not None and done["dag_id"] == "review_sentiment_pipeline"
+
+
+def _worker_running(stack: StackClient, pid: int) -> str | None:
+    """The stack worker whose process group holds ``pid``."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+    return next((name for name in WORKERS if stack.stack.pid(name) == group), None)
+
+
+def test_worker_killed_mid_training_the_task_is_retried_and_nothing_is_duplicated(stack, stack_state):
+    day = STACK_END - timedelta(days=1)
+    run_id = stack.trigger(_iso(day), {**DEPLOY, "auto_approve": True, "max_train_samples": 192})
+    deadline = time.monotonic() + 600
+    while True:  # the train task runs (its process is up) on a Celery worker
+        ti = stack.task_instances(run_id).get("train") or {}
+        worker = _worker_running(stack, ti["pid"]) if ti.get("state") == "running" and ti.get("pid") else None
+        if worker:
+            break
+        state = stack.run(run_id)["state"]
+        assert state in ("queued", "running"), f"the run ended ({state}) before train ran"
+        assert time.monotonic() < deadline, f"train never ran: {ti}"
+        time.sleep(1)
+    time.sleep(5)  # in the middle of the training job
+    assert stack.task_instances(run_id)["train"]["state"] == "running", "train finished before the kill"
+    assert worker == "worker-2", f"train ran on {worker}, not the worker of the {TRAINING_QUEUE} queue"
+    stack.stack.kill_service(worker)  # SIGKILL to the worker's group: worker, pool, task process, job
+    time.sleep(1)
+    assert stack.stack.pid(worker) is None and _worker_running(stack, ti["pid"]) is None
+    stack.stack.start_service(worker)  # what the compose file's restart policy does
+
+    run = stack.wait_run(run_id, timeout_s=900)
+    tis = stack.task_instances(run_id)
+    assert run["state"] == "success", {k: v["state"] for k, v in tis.items()}
+    assert tis["train"]["try_number"] == 2, tis["train"]
+    tries = stack.request("GET", f"/dags/review_sentiment_pipeline/dagRuns/{run_id}/taskInstances/train/tries"
+                          ).json()["task_instances"]
+    states = {t["try_number"]: t["state"] for t in tries}
+    assert states.get(1) in ("failed", "up_for_retry") and states.get(2) == "success", states
+    _assert_no_duplicates(stack_state, run_id)
