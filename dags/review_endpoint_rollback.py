@@ -6,7 +6,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, task
 
 from include.pipeline import tasks
-from include.pipeline.defaults import DEFAULT_ARGS, START_DATE
+from include.pipeline.defaults import DEFAULT_ARGS, SERVING_QUEUE, START_DATE
 
 DOC = """
 ### Endpoint rollback
@@ -40,7 +40,7 @@ DOC = """
     },
 )
 def review_endpoint_rollback():
-    task(task_id="rollback")(tasks.rollback_endpoint)()
+    task(task_id="rollback", queue=SERVING_QUEUE)(tasks.rollback_endpoint)()
 
 
 review_endpoint_rollback()

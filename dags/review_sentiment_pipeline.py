@@ -8,7 +8,7 @@ from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include.pipeline import tasks
-from include.pipeline.defaults import DEFAULT_ARGS, REVIEWS_LANDING, START_DATE, TRAINING_QUEUE
+from include.pipeline.defaults import DEFAULT_ARGS, REVIEWS_LANDING, SERVING_QUEUE, START_DATE, TRAINING_QUEUE
 from include.pipeline.profiles import BALANCE_CHOICES, DEFAULT_PROFILE, PROFILES, param_description
 from model_approval import ModelApprovalOperator
 
@@ -134,7 +134,8 @@ def review_sentiment_pipeline():
         model_version="{{ ti.xcom_pull(task_ids='register_model')['version'] }}",
         response_timeout=timedelta(days=3),
     )
-    deploy = task(task_id="deploy_model", trigger_rule="none_failed_min_one_success")(tasks.deploy_model)(registration)
+    deploy = task(task_id="deploy_model", queue=SERVING_QUEUE,  # the worker beside the endpoint (compose)
+                  trigger_rule="none_failed_min_one_success")(tasks.deploy_model)(registration)
     chain(check, [registration, EmptyOperator(task_id="skip_registration")])
     chain(registration, gate, [approve, EmptyOperator(task_id="auto_approved")], deploy)
 

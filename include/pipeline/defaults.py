@@ -4,7 +4,7 @@
 ``register_dataset`` task declares it as an outlet; ``review_catalog_analysis`` is
 scheduled on it, so the analysis refreshes after each new partition.
 ``REVIEWS_CATALOG``: the catalog was updated by ``review_catalog_analysis``'s register task.
-``TRAINING_QUEUE``: the Celery queue of the ``train`` task, from ``[reviews] training_queue``
+``TRAINING_QUEUE`` / ``SERVING_QUEUE``: the Celery queue of the ``train`` task, from ``[reviews] training_queue``
 (``AIRFLOW__REVIEWS__TRAINING_QUEUE``; docker-compose.yaml and ``make stack`` set ``training``,
 served by the worker sized for training). Unset, it is Airflow's default queue, so ``dag.test()``,
 ``make ui`` (LocalExecutor) and a Celery deployment without a training worker run it as before.
@@ -30,3 +30,7 @@ REVIEWS_LANDING = Asset(name="reviews_landing", uri="reviews://landing/reviews",
 REVIEWS_CATALOG = Asset(name="reviews_catalog", uri="reviews://catalog/reviews_raw", group="reviews")
 
 TRAINING_QUEUE = conf.get("reviews", "training_queue", fallback="") or conf.get("operators", "default_queue")
+# The Celery queue of the tasks that start or swap the model endpoint (deploy_model, rollback):
+# ``[reviews] serving_queue``; docker-compose.yaml sets ``serving``, consumed only by the
+# model-endpoint service, so the endpoint process lives in that container. Unset: the default queue.
+SERVING_QUEUE = conf.get("reviews", "serving_queue", fallback="") or conf.get("operators", "default_queue")

@@ -197,7 +197,9 @@ def _start_server(paths: _Paths, model_dir: Path, version: str, port: int, timeo
         offset = log.tell()
         proc = subprocess.Popen(  # noqa: S603 - our own module, fixed argv
             [sys.executable, "-m", SERVER_MODULE, "--model-dir", str(model_dir), "--version", version,
-             "--host", HOST, "--port", str(port), "--precision", precision],
+             # ENDPOINT_BIND_HOST: 0.0.0.0 in the compose file's model-endpoint container (published port);
+             # the deploy and smoke calls stay on loopback either way
+             "--host", os.environ.get("ENDPOINT_BIND_HOST", HOST), "--port", str(port), "--precision", precision],
             cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True)  # own session: survives the deploying task
     _children[proc.pid] = proc
