@@ -375,7 +375,7 @@ class Stack:
         """Stop every service (SIGTERM to its process group, SIGKILL after a grace period), the model
         endpoint the stack's runs deployed, and the embedded servers; the names stopped."""
         st = self.state()
-        stopped = [n for n in [*reversed(self.services()), "redis"] if self._stop_group(n)]
+        stopped = self._stop_groups([*reversed(self.services()), "redis"])
         if st is not None:
             # the endpoint deploy_model started (own session, by design outlives a run) goes with the stack
             subprocess.run([sys.executable, "-m", "include.serving.endpoint", "stop"], cwd=PROJECT_ROOT,  # noqa: S603
@@ -390,19 +390,23 @@ class Stack:
                 (self.airflow_home / ".migrated").unlink(missing_ok=True)
         return stopped
 
-    def _stop_group(self, name: str) -> bool:
-        pid = self.pid(name)
-        (self.pids / f"{name}.pid").unlink(missing_ok=True)
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
+    def _stop_groups(self, names: list[str]) -> list[str]:
+        # all at once: SIGTERM every group, wait for all within one grace period, SIGKILL what is left
+        groups = {}
+        for name in names:
+            pid = self.pid(name)
+            (self.pids / f"{name}.pid").unlink(missing_ok=True)
+            if pid is not None:
+                groups[name] = pid
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and _group_alive(pid):
+        while time.monotonic() < deadline and any(_group_alive(pid) for pid in groups.values()):
             time.sleep(0.3)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        return True
+        for pid in groups.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        return list(groups)
 
 
 def _group_alive(pgid: int) -> bool:

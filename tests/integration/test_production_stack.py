@@ -2,8 +2,9 @@
 CeleryExecutor with Redis, two Celery workers, scheduler, dag-processor, triggerer, api-server.
 
 Every run is made through Airflow's REST API with a JWT (no ALL_ADMINS), as a user or a CI job
-would: a manual run with a conf, an Airflow 3 backfill of three logical dates, and a run whose
-training worker is killed with SIGKILL in the middle of the train task. The training budget is
+would: a manual run with a conf whose training worker is killed with SIGKILL in the middle of the
+train task (the task is retried, the run deploys, nothing is written twice), and an Airflow 3
+backfill of three logical dates. The training budget is
 the tiny one of the other integration tests (``TINY``), so each run takes minutes, not hours."""
 from __future__ import annotations
 
@@ -71,25 +72,64 @@ def _assert_no_duplicates(settings: Settings, run_id: str) -> None:
     assert len(list((run / "train").glob("rs-train-*/output/model.tar.gz"))) == 1, "one published model"
 
 
-def test_rest_triggered_run_on_celery_trains_on_the_training_queue_and_deploys(stack, stack_state):
+def _worker_running(stack: StackClient, pid: int) -> str | None:
+    """The stack worker whose process group holds ``pid``."""
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+    return next((name for name in WORKERS if stack.stack.pid(name) == group), None)
+
+
+def _kill_worker_mid_training(stack: StackClient, run_id: str) -> str:
+    """SIGKILL the process group of the worker running ``train`` (worker, pool, task process and its
+    training job) a few seconds into the task, then start it again, as a restart policy would."""
+    deadline = time.monotonic() + 600
+    while True:
+        ti = stack.task_instances(run_id).get("train") or {}
+        worker = _worker_running(stack, ti["pid"]) if ti.get("state") == "running" and ti.get("pid") else None
+        if worker:
+            break
+        state = stack.run(run_id)["state"]
+        assert state in ("queued", "running"), f"the run ended ({state}) before train ran"
+        assert time.monotonic() < deadline, f"train never ran: {ti}"
+        time.sleep(1)
+    time.sleep(5)  # in the middle of the training job
+    assert stack.task_instances(run_id)["train"]["state"] == "running", "train finished before the kill"
+    assert worker == "worker-2", f"train ran on {worker}, not the worker of the {TRAINING_QUEUE} queue"
+    stack.stack.kill_service(worker)
+    time.sleep(1)
+    assert stack.stack.pid(worker) is None and _worker_running(stack, ti["pid"]) is None
+    stack.stack.start_service(worker)
+    return worker
+
+
+def test_rest_run_survives_a_worker_killed_mid_training_and_deploys_without_duplicates(stack, stack_state):
     conf = {**DEPLOY, "auto_approve": True}
     run_id = stack.trigger(_iso(STACK_END), conf)
-    run = stack.wait_run(run_id, timeout_s=900)
+    _kill_worker_mid_training(stack, run_id)
+    run = stack.wait_run(run_id, timeout_s=1200)
     tis = stack.task_instances(run_id)
     assert run["state"] == "success", {k: v["state"] for k, v in tis.items()}
     assert run["conf"]["max_train_samples"] == TINY["max_train_samples"] and run["run_type"] == "manual"
     assert tis["train"]["queue"] == TRAINING_QUEUE and tis["preprocess"]["queue"] == "default"
-    for task in ("register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "register_model",
-                 "deploy_model"):
+    # the killed try failed (no heartbeat), the retry trained the model
+    assert tis["train"]["state"] == "success" and tis["train"]["try_number"] == 2, tis["train"]
+    tries = stack.request("GET", f"/dags/review_sentiment_pipeline/dagRuns/{run_id}/taskInstances/train/tries"
+                          ).json()["task_instances"]
+    states = {t["try_number"]: t["state"] for t in tries}
+    assert states.get(1) in ("failed", "up_for_retry") and states.get(2) == "success", states
+    for task in ("register_dataset", "validate_dataset", "preprocess", "evaluate", "register_model", "deploy_model"):
         assert tis[task]["state"] == "success" and tis[task]["try_number"] == 1, (task, tis[task])
 
     run_dir = _run_dir(stack_state, run_id)
     evaluation = json.loads((run_dir / "evaluate" / "evaluation.json").read_text())
     assert 0.0 <= evaluation["metrics"]["accuracy"]["value"] <= 1.0 and evaluation["test_rows"] > 0
     assert _lineage(stack_state, run_id, "preprocess")["result"]["data_to"] == STACK_END.isoformat()
+    assert _lineage(stack_state, run_id, "train")["try_number"] == 2
+    _assert_no_duplicates(stack_state, run_id)
     version, = _registry_versions(run_id)
     assert version.lineage["ds"] == STACK_END.isoformat()
-    _assert_no_duplicates(stack_state, run_id)
     # deploy_model, run by a Celery worker, serves the version on the stack's endpoint port
     port = stack.stack.state().endpoint_port
     answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json="great fit, love it", timeout=30)
@@ -128,44 +168,3 @@ def test_backfill_of_three_dates_trains_each_run_on_the_data_as_of_its_date(stac
         assert _lineage(stack_state, run["dag_run_id"], "train")["ds"] == day.isoformat()
     done = stack.request("GET", f"/backfills/{backfill_id}").json()
     assert done["completed_at"] is not None and done["dag_id"] == "review_sentiment_pipeline"
-
-
-def _worker_running(stack: StackClient, pid: int) -> str | None:
-    """The stack worker whose process group holds ``pid``."""
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-    return next((name for name in WORKERS if stack.stack.pid(name) == group), None)
-
-
-def test_worker_killed_mid_training_the_task_is_retried_and_nothing_is_duplicated(stack, stack_state):
-    day = STACK_END - timedelta(days=1)
-    run_id = stack.trigger(_iso(day), {**DEPLOY, "auto_approve": True, "max_train_samples": 192})
-    deadline = time.monotonic() + 600
-    while True:  # the train task runs (its process is up) on a Celery worker
-        ti = stack.task_instances(run_id).get("train") or {}
-        worker = _worker_running(stack, ti["pid"]) if ti.get("state") == "running" and ti.get("pid") else None
-        if worker:
-            break
-        state = stack.run(run_id)["state"]
-        assert state in ("queued", "running"), f"the run ended ({state}) before train ran"
-        assert time.monotonic() < deadline, f"train never ran: {ti}"
-        time.sleep(1)
-    time.sleep(5)  # in the middle of the training job
-    assert stack.task_instances(run_id)["train"]["state"] == "running", "train finished before the kill"
-    assert worker == "worker-2", f"train ran on {worker}, not the worker of the {TRAINING_QUEUE} queue"
-    stack.stack.kill_service(worker)  # SIGKILL to the worker's group: worker, pool, task process, job
-    time.sleep(1)
-    assert stack.stack.pid(worker) is None and _worker_running(stack, ti["pid"]) is None
-    stack.stack.start_service(worker)  # what the compose file's restart policy does
-
-    run = stack.wait_run(run_id, timeout_s=900)
-    tis = stack.task_instances(run_id)
-    assert run["state"] == "success", {k: v["state"] for k, v in tis.items()}
-    assert tis["train"]["try_number"] == 2, tis["train"]
-    tries = stack.request("GET", f"/dags/review_sentiment_pipeline/dagRuns/{run_id}/taskInstances/train/tries"
-                          ).json()["task_instances"]
-    states = {t["try_number"]: t["state"] for t in tries}
-    assert states.get(1) in ("failed", "up_for_retry") and states.get(2) == "success", states
-    _assert_no_duplicates(stack_state, run_id)
