@@ -254,6 +254,10 @@ class Stack:
         pid = self.pid(name)
         return pid if pid else self._spawn(name, self._argv(name, st), self.env(st))
 
+    def stop_service(self, name: str) -> bool:
+        """Stop one service (SIGTERM to its group, SIGKILL after the grace period); False if it was not running."""
+        return bool(self._stop_groups([name]))
+
     def kill_service(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to a service's whole process group (the worker, its pool and the task processes)."""
         pid = self.pid(name)
@@ -407,6 +411,102 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         return list(groups)
+
+
+FINISHED = ("success", "failed")
+
+
+class StackAPI:
+    """The REST API of a running stack, authenticated as a user is: a JWT from ``POST /auth/token``
+    (renewed on 401). Tests, the benchmark and scripts trigger and watch runs with it."""
+
+    def __init__(self, stack: Stack) -> None:
+        st = stack.state()
+        if st is None:
+            raise StackError(f"no stack recorded under {stack.root}")
+        self.stack = stack
+        self.state_dir: Path = stack.state_dir
+        self.base = stack.api_url
+        self.user, self.password = st.ui_user, st.ui_password
+        self._token: str | None = None
+
+    def token(self) -> str:
+        """A fresh access token for the stack's admin user."""
+        import httpx
+
+        resp = httpx.post(f"{self.base}/auth/token", json={"username": self.user, "password": self.password},
+                          timeout=30)
+        if resp.status_code != 201:
+            raise StackError(f"POST /auth/token as {self.user}: {resp.status_code} {resp.text[:300]}")
+        return resp.json()["access_token"]
+
+    def request(self, method: str, path: str, **kwargs):
+        """``method`` on ``/api/v2<path>`` with the bearer token; the httpx response."""
+        import httpx
+
+        for _ in range(2):
+            self._token = self._token or self.token()
+            headers = {"Authorization": f"Bearer {self._token}", **kwargs.pop("headers", {})}
+            resp = httpx.request(method, f"{self.base}/api/v2{path}", timeout=60, headers=headers, **kwargs)
+            if resp.status_code != 401:
+                return resp
+            self._token = None
+        return resp
+
+    def _ok(self, resp, what: str) -> dict:
+        if resp.status_code not in (200, 201):
+            raise StackError(f"{what}: {resp.status_code} {resp.text[:500]}")
+        return resp.json()
+
+    def trigger(self, logical_date: str, conf: dict, dag_id: str = DAG_ID) -> str:
+        """Trigger a run (``POST /dags/{dag_id}/dagRuns``); its run id."""
+        body = {"logical_date": logical_date, "conf": conf}
+        return self._ok(self.request("POST", f"/dags/{dag_id}/dagRuns", json=body), "trigger")["dag_run_id"]
+
+    def run(self, run_id: str, dag_id: str = DAG_ID) -> dict:
+        """One DAG run as the API returns it."""
+        return self._ok(self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}"), f"run {run_id}")
+
+    def runs(self, dag_id: str = DAG_ID, **params) -> list[dict]:
+        """The DAG's runs (query ``params``, e.g. ``run_type="backfill"``)."""
+        resp = self.request("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100, **params})
+        return self._ok(resp, "list runs")["dag_runs"]
+
+    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, dict]:
+        """{task_id: task instance} of a run."""
+        resp = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {ti["task_id"]: ti for ti in self._ok(resp, f"task instances of {run_id}")["task_instances"]}
+
+    def backfill(self, from_date: str, to_date: str, conf: dict, max_active_runs: int = 1,
+                 dag_id: str = DAG_ID, **extra) -> dict:
+        """Create an Airflow 3 backfill (``POST /backfills``) over logical dates [from_date, to_date]."""
+        body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date, "dag_run_conf": conf,
+                "max_active_runs": max_active_runs, **extra}
+        return self._ok(self.request("POST", "/backfills", json=body), "create backfill")
+
+    def wait_runs(self, run_ids: list[str] | None = None, timeout_s: float = 900, dag_id: str = DAG_ID,
+                  backfill_id: int | None = None, count: int | None = None) -> list[dict]:
+        """Poll until the runs (given, or the ``count`` runs of a backfill) have finished; a dead
+        service of the stack or the timeout raises with what is known."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if backfill_id is not None:
+                runs = [r for r in self.runs(dag_id, run_type="backfill") if r.get("backfill_id") == backfill_id]
+            else:
+                runs = [self.run(r, dag_id) for r in run_ids or []]
+            if runs and all(r["state"] in FINISHED for r in runs) and (count is None or len(runs) >= count):
+                return runs
+            dead = [n for n in self.stack.services() if self.stack.pid(n) is None]
+            if dead:
+                raise StackError(f"stack services died: {dead}\n{self.stack.log_tail(dead[0])}")
+            if time.monotonic() > deadline:
+                raise StackError(f"runs not finished after {timeout_s:.0f}s: "
+                                 f"{[(r['dag_run_id'], r['state']) for r in runs]}")
+            time.sleep(3)
+
+    def wait_run(self, run_id: str, timeout_s: float = 900, dag_id: str = DAG_ID) -> dict:
+        """Poll one run until it finishes (see :meth:`wait_runs`)."""
+        return self.wait_runs([run_id], timeout_s, dag_id)[0]
 
 
 def _group_alive(pgid: int) -> bool:

@@ -17,87 +17,18 @@ import time
 from datetime import date
 from pathlib import Path
 
-import httpx
 import pytest
 
-from include.pipeline.stack import Stack, StackError
+from include.pipeline.stack import Stack, StackAPI, StackError
 
 DAG_ID = "review_sentiment_pipeline"
 STACK_END = date(2026, 11, 20)
 STACK_DAYS = 5  # landed: 2026-11-16 .. 2026-11-20, 100 reviews a day
 STACK_ROWS = 500
-FINISHED = ("success", "failed")
 
 
-class StackClient:
-    """The REST API of a running stack, authenticated like a user: a JWT from ``POST /auth/token``."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.state_dir: Path = stack.state_dir
-        st = stack.state()
-        self.base = stack.api_url
-        self.user, self.password = st.ui_user, st.ui_password
-        self._token: str | None = None
-
-    def token(self) -> str:
-        """A fresh access token for the stack's admin user."""
-        resp = httpx.post(f"{self.base}/auth/token", json={"username": self.user, "password": self.password},
-                          timeout=30)
-        assert resp.status_code == 201, resp.text
-        return resp.json()["access_token"]
-
-    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """``method`` on ``/api/v2<path>`` with the bearer token (renewed once on 401)."""
-        for _ in range(2):
-            self._token = self._token or self.token()
-            resp = httpx.request(method, f"{self.base}/api/v2{path}", timeout=60,
-                                 headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
-            if resp.status_code != 401:
-                return resp
-            self._token = None
-        return resp
-
-    def trigger(self, logical_date: str, conf: dict, dag_id: str = DAG_ID) -> str:
-        """Trigger a run (``POST /dags/{dag_id}/dagRuns``); its run id."""
-        resp = self.request("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date, "conf": conf})
-        assert resp.status_code == 200, resp.text
-        return resp.json()["dag_run_id"]
-
-    def run(self, run_id: str, dag_id: str = DAG_ID) -> dict:
-        """One DAG run as the API returns it."""
-        resp = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, dict]:
-        """{task_id: task instance} of a run."""
-        resp = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
-        assert resp.status_code == 200, resp.text
-        return {ti["task_id"]: ti for ti in resp.json()["task_instances"]}
-
-    def wait_run(self, run_id: str, timeout_s: float = 900, dag_id: str = DAG_ID) -> dict:
-        """Poll a run until it finishes; fails with the task states and the stack's health on timeout
-        or when a service of the stack died."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            run = self.run(run_id, dag_id)
-            if run["state"] in FINISHED:
-                return run
-            dead = [n for n in self.stack.services() if self.stack.pid(n) is None]
-            assert not dead, f"stack services died: {dead}\n{self.stack.log_tail(dead[0])}"
-            if time.monotonic() > deadline:
-                states = {k: v["state"] for k, v in self.task_instances(run_id, dag_id).items()}
-                pytest.fail(f"run {run_id} still {run['state']} after {timeout_s:.0f}s: {states}")
-            time.sleep(3)
-
-    def task_log(self, run_id: str, task_id: str, try_number: int, dag_id: str = DAG_ID) -> str:
-        """The task log of one try, as text."""
-        resp = self.request("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
-                            headers={"Accept": "application/json"})
-        assert resp.status_code == 200, resp.text
-        content = resp.json()["content"]
-        return "\n".join(c.get("event", "") if isinstance(c, dict) else str(c) for c in content)
+# The REST client lives with the stack (the benchmark uses it too); tests know it by this name.
+StackClient = StackAPI
 
 
 def _land(state_dir: Path) -> None:
@@ -118,7 +49,7 @@ def stack(tmp_path_factory) -> StackClient:
     try:
         st.start(ui_password=secrets.token_urlsafe(12), schedule=False,
                  db_name=f"reviews_test_{secrets.token_hex(4)}", timeout_s=300)
-        client = StackClient(st)
+        client = StackAPI(st)
         # the dag-processor has parsed the pipeline: the API knows it
         deadline = time.monotonic() + 180
         while client.request("GET", f"/dags/{DAG_ID}").status_code != 200:

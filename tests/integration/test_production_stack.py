@@ -140,20 +140,8 @@ def test_rest_run_survives_a_worker_killed_mid_training_and_deploys_without_dupl
 def test_backfill_of_three_dates_trains_each_run_on_the_data_as_of_its_date(stack, stack_state):
     days = [STACK_END - timedelta(days=k) for k in (4, 3, 2)]  # 11-16, 11-17, 11-18
     # min_accuracy above 1: each run trains and evaluates, then ends at skip_registration (fast)
-    body = {"dag_id": "review_sentiment_pipeline", "from_date": _iso(days[0]), "to_date": _iso(days[-1]),
-            "max_active_runs": 1, "dag_run_conf": {**TINY, "min_accuracy": 1.01}}
-    resp = stack.request("POST", "/backfills", json=body)
-    assert resp.status_code == 200, resp.text
-    backfill_id = resp.json()["id"]
-    deadline = time.monotonic() + 1500
-    while True:
-        runs = stack.request("GET", "/dags/review_sentiment_pipeline/dagRuns",
-                             params={"run_type": "backfill", "limit": 50}).json()["dag_runs"]
-        runs = [r for r in runs if r.get("backfill_id") in (None, backfill_id)]
-        if len(runs) == 3 and all(r["state"] in ("success", "failed") for r in runs):
-            break
-        assert time.monotonic() < deadline, [(r["logical_date"], r["state"]) for r in runs]
-        time.sleep(5)
+    backfill = stack.backfill(_iso(days[0]), _iso(days[-1]), {**TINY, "min_accuracy": 1.01}, max_active_runs=1)
+    runs = stack.wait_runs(backfill_id=backfill["id"], count=3, timeout_s=1500)
     by_ds = {date.fromisoformat(r["data_interval_start"][:10]): r for r in runs}
     assert sorted(by_ds) == days, sorted(by_ds)
     for k, day in enumerate(days, start=1):
@@ -166,5 +154,5 @@ def test_backfill_of_three_dates_trains_each_run_on_the_data_as_of_its_date(stac
         train = pq.read_table(uri_to_path(pre["result"]["train_uri"]), columns=["date"]).column("date").to_pylist()
         assert train and max(d.date() if hasattr(d, "date") else d for d in train) <= day
         assert _lineage(stack_state, run["dag_run_id"], "train")["ds"] == day.isoformat()
-    done = stack.request("GET", f"/backfills/{backfill_id}").json()
+    done = stack.request("GET", f"/backfills/{backfill['id']}").json()
     assert done["completed_at"] is not None and done["dag_id"] == "review_sentiment_pipeline"
