@@ -259,11 +259,28 @@ class Stack:
         return bool(self._stop_groups([name]))
 
     def kill_service(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to a service's whole process group (the worker, its pool and the task processes)."""
+        """Send ``sig`` to every process of a service: its session (a Celery worker's pool, the task
+        processes, which Airflow puts in process groups of their own, and their jobs), as a lost
+        machine or container would."""
         pid = self.pid(name)
         if pid is None:
             raise StackError(f"service {name} is not running")
-        os.killpg(pid, sig)
+        for member in session_pids(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member, sig)
+        deadline = time.monotonic() + 5
+        while sig == signal.SIGKILL and time.monotonic() < deadline and session_pids(pid):
+            time.sleep(0.1)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap our own child (the tests start the stack themselves)
+
+    def service_of(self, pid: int) -> str | None:
+        """The service whose session holds process ``pid`` (e.g. the worker running a task), or None."""
+        try:
+            sid = os.getsid(pid)
+        except ProcessLookupError:
+            return None
+        return next((name for name in self.services() if self.pid(name) == sid), None)
 
     def start(self, api_port: int | None = None, ui_password: str | None = None, schedule: bool = True,
               db_name: str | None = None, endpoint_port: int | None = None, timeout_s: float = 300) -> StackState:
@@ -405,11 +422,14 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and any(_group_alive(pid) for pid in groups.values()):
+        while time.monotonic() < deadline and any(session_pids(pid) for pid in groups.values()):
             time.sleep(0.3)
-        for pid in groups.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        for pid in groups.values():  # what is left of each session, task processes included
+            for member in session_pids(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(member, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap our own child, if it is one
         return list(groups)
 
 
@@ -509,16 +529,18 @@ class StackAPI:
         return self.wait_runs([run_id], timeout_s, dag_id)[0]
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    # a group whose only member left is our own unreaped child is gone all the same
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pgid, os.WNOHANG)[0] == pgid:
-            return _group_alive(pgid)
-    return True
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a service started with its own session: all it started)."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(proc.info["pid"]) == sid:
+                out.append(proc.info["pid"])
+        except (ProcessLookupError, PermissionError):
+            continue
+    return out
 
 
 def _wait(check, timeout_s: float, what: str, log: Path) -> None:

@@ -9,7 +9,6 @@ the tiny one of the other integration tests (``TINY``), so each run takes minute
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import date, timedelta
 
@@ -21,7 +20,7 @@ import pytest
 from include.common.config import Settings
 from include.common.io import uri_to_path
 from include.pipeline.cli import logical_date_for
-from include.pipeline.stack import TRAINING_QUEUE, WORKERS
+from include.pipeline.stack import TRAINING_QUEUE
 from tests.integration.conftest import DEPLOY, TINY
 from tests.integration.stack_fixture import STACK_END, StackClient
 
@@ -72,22 +71,13 @@ def _assert_no_duplicates(settings: Settings, run_id: str) -> None:
     assert len(list((run / "train").glob("rs-train-*/output/model.tar.gz"))) == 1, "one published model"
 
 
-def _worker_running(stack: StackClient, pid: int) -> str | None:
-    """The stack worker whose process group holds ``pid``."""
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-    return next((name for name in WORKERS if stack.stack.pid(name) == group), None)
-
-
 def _kill_worker_mid_training(stack: StackClient, run_id: str) -> str:
-    """SIGKILL the process group of the worker running ``train`` (worker, pool, task process and its
+    """SIGKILL every process of the worker running ``train`` (worker, pool, task process and its
     training job) a few seconds into the task, then start it again, as a restart policy would."""
     deadline = time.monotonic() + 600
     while True:
         ti = stack.task_instances(run_id).get("train") or {}
-        worker = _worker_running(stack, ti["pid"]) if ti.get("state") == "running" and ti.get("pid") else None
+        worker = stack.stack.service_of(ti["pid"]) if ti.get("state") == "running" and ti.get("pid") else None
         if worker:
             break
         state = stack.run(run_id)["state"]
@@ -99,7 +89,7 @@ def _kill_worker_mid_training(stack: StackClient, run_id: str) -> str:
     assert worker == "worker-2", f"train ran on {worker}, not the worker of the {TRAINING_QUEUE} queue"
     stack.stack.kill_service(worker)
     time.sleep(1)
-    assert stack.stack.pid(worker) is None and _worker_running(stack, ti["pid"]) is None
+    assert stack.stack.pid(worker) is None and stack.stack.service_of(ti["pid"]) is None, "the worker is gone"
     stack.stack.start_service(worker)
     return worker
 
