@@ -47,7 +47,10 @@ DEFAULT_QUEUE = "default"
 WORKERS = {"worker-1": [DEFAULT_QUEUE], "worker-2": [DEFAULT_QUEUE, TRAINING_QUEUE]}
 AIRFLOW_SERVICES = ("scheduler", "dag-processor", "triggerer", "api-server")
 STOP_GRACE_S = 20
-PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT = "127.0.0.1", 5432, "127.0.0.1", 6379
+# the machine's servers, tried first (REVIEWS_STACK_PG_PORT / REVIEWS_STACK_REDIS_PORT move them)
+PG_HOST, REDIS_HOST = "127.0.0.1", "127.0.0.1"
+PG_PORT = int(os.environ.get("REVIEWS_STACK_PG_PORT", "5432"))
+REDIS_PORT = int(os.environ.get("REVIEWS_STACK_REDIS_PORT", "6379"))
 # A task whose worker died (kill -9, a lost node) is failed, and so retried, after this long
 # without a heartbeat. Airflow's default is 300 s; a stack on one machine can tell sooner.
 HEARTBEAT_TIMEOUT_S = 30
