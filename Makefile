@@ -72,4 +72,6 @@ lock:
 	UV=$${UV:-uv} tools/lock.sh
 
 clean:
+	@# a running stack would be left without its pid files: stop it first
+	-@test ! -f .state/stack/stack.json || { $(ENV) $(BIN)/python -m include.pipeline.stack stop; }
 	rm -rf .state
