@@ -69,8 +69,11 @@ def _celery_overhead(api, run: dict) -> dict:
 
 def _backfill(api, days: list[date]) -> dict:
     start = time.monotonic()
-    backfill = api.backfill(_iso(days[0]), _iso(days[-1]), CONF, max_active_runs=1)
-    runs = api.wait_runs(backfill_id=backfill["id"], count=len(days), timeout_s=3600)
+    # a backfill's logical dates are its runs' data-interval starts: the days themselves
+    backfill = api.backfill(f"{days[0]}T00:00:00Z", f"{days[-1]}T00:00:00Z", CONF, max_active_runs=1)
+    runs = api.wait_backfill(backfill, timeout_s=3600)
+    if len(runs) != len(days):
+        raise SystemExit(f"backfill made {len(runs)} runs for {len(days)} days: {[r['dag_run_id'] for r in runs]}")
     wall = time.monotonic() - start
     failed = [r["dag_run_id"] for r in runs if r["state"] != "success"]
     if failed:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -507,29 +508,44 @@ class StackAPI:
                 "max_active_runs": max_active_runs, **extra}
         return self._ok(self.request("POST", "/backfills", json=body), "create backfill")
 
-    def wait_runs(self, run_ids: list[str] | None = None, timeout_s: float = 900, dag_id: str = DAG_ID,
-                  backfill_id: int | None = None, count: int | None = None) -> list[dict]:
-        """Poll until the runs (given, or the ``count`` runs of a backfill) have finished; a dead
-        service of the stack or the timeout raises with what is known."""
+    def wait_runs(self, run_ids: list[str], timeout_s: float = 900, dag_id: str = DAG_ID) -> list[dict]:
+        """Poll until the runs have finished; a dead service of the stack or the timeout raises
+        with what is known."""
         deadline = time.monotonic() + timeout_s
         while True:
-            if backfill_id is not None:
-                runs = [r for r in self.runs(dag_id, run_type="backfill") if r.get("backfill_id") == backfill_id]
-            else:
-                runs = [self.run(r, dag_id) for r in run_ids or []]
-            if runs and all(r["state"] in FINISHED for r in runs) and (count is None or len(runs) >= count):
+            runs = [self.run(r, dag_id) for r in run_ids]
+            if all(r["state"] in FINISHED for r in runs):
                 return runs
-            dead = [n for n in self.stack.services() if self.stack.pid(n) is None]
-            if dead:
-                raise StackError(f"stack services died: {dead}\n{self.stack.log_tail(dead[0])}")
-            if time.monotonic() > deadline:
-                raise StackError(f"runs not finished after {timeout_s:.0f}s: "
-                                 f"{[(r['dag_run_id'], r['state']) for r in runs]}")
+            self._check_alive(deadline, timeout_s, [(r["dag_run_id"], r["state"]) for r in runs])
             time.sleep(3)
+
+    def wait_backfill(self, backfill: dict, timeout_s: float = 1800) -> list[dict]:
+        """Poll a backfill (as :meth:`backfill` returned it) until the scheduler marks it complete;
+        its runs (the backfill runs of its DAG with logical dates in its range)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = self._ok(self.request("GET", f"/backfills/{backfill['id']}"), "backfill")
+            runs = [r for r in self.runs(backfill["dag_id"], run_type="backfill")
+                    if _utc(backfill["from_date"]) <= _utc(r["logical_date"]) <= _utc(backfill["to_date"])]
+            if done.get("completed_at") and all(r["state"] in FINISHED for r in runs):
+                return runs
+            self._check_alive(deadline, timeout_s, [(r["dag_run_id"], r["state"]) for r in runs])
+            time.sleep(3)
+
+    def _check_alive(self, deadline: float, timeout_s: float, progress: list) -> None:
+        dead = [n for n in self.stack.services() if self.stack.pid(n) is None]
+        if dead:
+            raise StackError(f"stack services died: {dead}\n{self.stack.log_tail(dead[0])}")
+        if time.monotonic() > deadline:
+            raise StackError(f"not finished after {timeout_s:.0f}s: {progress}")
 
     def wait_run(self, run_id: str, timeout_s: float = 900, dag_id: str = DAG_ID) -> dict:
         """Poll one run until it finishes (see :meth:`wait_runs`)."""
         return self.wait_runs([run_id], timeout_s, dag_id)[0]
+
+
+def _utc(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def session_pids(sid: int) -> list[int]:

@@ -40,6 +40,10 @@ def _iso(day: date) -> str:
     return logical_date_for(day).isoformat().replace("+00:00", "Z")
 
 
+def _midnight(day: date) -> str:
+    return f"{day.isoformat()}T00:00:00Z"
+
+
 def _run_dir(settings: Settings, run_id: str):
     return uri_to_path(settings.run_uri("review_sentiment_pipeline", run_id, "x")).parent
 
@@ -130,8 +134,10 @@ def test_rest_run_survives_a_worker_killed_mid_training_and_deploys_without_dupl
 def test_backfill_of_three_dates_trains_each_run_on_the_data_as_of_its_date(stack, stack_state):
     days = [STACK_END - timedelta(days=k) for k in (4, 3, 2)]  # 11-16, 11-17, 11-18
     # min_accuracy above 1: each run trains and evaluates, then ends at skip_registration (fast)
-    backfill = stack.backfill(_iso(days[0]), _iso(days[-1]), {**TINY, "min_accuracy": 1.01}, max_active_runs=1)
-    runs = stack.wait_runs(backfill_id=backfill["id"], count=3, timeout_s=1500)
+    # a backfill's logical dates are its runs' data-interval starts: the days themselves
+    backfill = stack.backfill(_midnight(days[0]), _midnight(days[-1]), {**TINY, "min_accuracy": 1.01},
+                              max_active_runs=1)
+    runs = stack.wait_backfill(backfill, timeout_s=1500)
     by_ds = {date.fromisoformat(r["data_interval_start"][:10]): r for r in runs}
     assert sorted(by_ds) == days, sorted(by_ds)
     for k, day in enumerate(days, start=1):
