@@ -91,7 +91,8 @@ def _dags_test_overhead(home: Path) -> dict:
                                     env=env, capture_output=True, text=True, check=True).stdout)
     py = sys.executable
     subprocess.run([py, "-m", "airflow", "db", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-    subprocess.run([py, "-m", "include.data.landing", "--days", str(DAYS), "--end", END.isoformat()], cwd=ROOT,
+    subprocess.run([py, "-m", "include.data.landing", "--days", str(DAYS), "--end", END.isoformat(),
+                    "--limit", str(DAYS * 100)], cwd=ROOT,
                    env=env, check=True, capture_output=True)
     subprocess.run([py, "-m", "include.pipeline.cli", "run", "--ds", END.isoformat(), "--conf", json.dumps(CONF)],
                    cwd=ROOT, env=env, check=True)
