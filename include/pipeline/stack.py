@@ -233,6 +233,10 @@ class Stack:
             return None
         return pid
 
+    def dead_services(self) -> list[str]:
+        """Services that were started and have exited (a service stopped on purpose has no pid file)."""
+        return [n for n in self.services() if (self.pids / f"{n}.pid").exists() and self.pid(n) is None]
+
     def services(self) -> list[str]:
         """Names of the Airflow services of this stack, in start order."""
         return [*AIRFLOW_SERVICES, *WORKERS]
@@ -533,7 +537,7 @@ class StackAPI:
             time.sleep(3)
 
     def _check_alive(self, deadline: float, timeout_s: float, progress: list) -> None:
-        dead = [n for n in self.stack.services() if self.stack.pid(n) is None]
+        dead = self.stack.dead_services()
         if dead:
             raise StackError(f"stack services died: {dead}\n{self.stack.log_tail(dead[0])}")
         if time.monotonic() > deadline:
