@@ -347,6 +347,15 @@ class Stack:
         (self.logs / "airflow-init.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise StackError(f"airflow db migrate failed on {st.db_name}:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        # MLflow creates its SQLite tables on first use, not atomically: a worker killed then (kill -9,
+        # OOM) would leave a half-made store that every later run fails on. Create it here, once.
+        env = self.env(st)
+        (self.state_dir / "mlflow").mkdir(parents=True, exist_ok=True)
+        init = subprocess.run([sys.executable, "-c", "import os; from mlflow.tracking import MlflowClient; "  # noqa: S603
+                               "MlflowClient(os.environ['MLFLOW_TRACKING_URI']).search_experiments()"],
+                              cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        if init.returncode != 0:
+            raise StackError(f"creating the MLflow store failed:\n{init.stderr[-3000:]}")
         marker.touch()
 
     # --- health ------------------------------------------------------------------------------

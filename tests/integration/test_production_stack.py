@@ -88,7 +88,11 @@ def _kill_worker_mid_training(stack: StackClient, run_id: str) -> str:
         assert state in ("queued", "running"), f"the run ended ({state}) before train ran"
         assert time.monotonic() < deadline, f"train never ran: {ti}"
         time.sleep(1)
-    time.sleep(5)  # in the middle of the training job
+    # in the middle of the training job: its log shows training steps
+    logs = stack.state_dir / "jobs"
+    while not any("step " in p.read_text(errors="replace") for p in logs.glob("rs-train-*-a1/job.log")):
+        assert stack.task_instances(run_id)["train"]["state"] == "running", "train finished before the kill"
+        time.sleep(0.5)
     assert stack.task_instances(run_id)["train"]["state"] == "running", "train finished before the kill"
     assert worker == "worker-2", f"train ran on {worker}, not the worker of the {TRAINING_QUEUE} queue"
     stack.stack.kill_service(worker)
