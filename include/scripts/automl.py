@@ -62,6 +62,11 @@ PRIOR_FIT_S_PER_1K = {"logreg": 4.0, "logreg_stars": 7.0, "linear_svm": 0.5, "co
                       "gradient_boosting": 10.0}
 VECTORIZER_S_PER_1K = {"word": 0.5, "word_char": 1.5}
 VECTORIZERS = ("word", "word_char")
+# Stacking: members within this much cross-validated accuracy of the best candidate; the
+# meta-model's strength; the share of the budget kept for it (it refits no member).
+STACK_MARGIN = 0.05
+STACK_META_C = 1.0
+STACK_RESERVE = 0.05
 
 
 class AutoMLInputError(ValueError):
@@ -263,19 +268,39 @@ def fit_head(c: Candidate, x: Any, target: np.ndarray, seed: int) -> Any:
     return head.fit(x, target)
 
 
+def stack_method(head: Any) -> str:
+    """The output a stacking ensemble feeds its meta-model (scikit-learn's ``stack_method="auto"``):
+    ``predict_proba`` where the estimator has it, else ``decision_function``."""
+    return "predict_proba" if hasattr(head, "predict_proba") else "decision_function"
+
+
+def stack_output(head: Any, x: Any) -> tuple[np.ndarray, str]:
+    """(``stack_method``'s output on ``x``, the method's name)."""
+    method = stack_method(head)
+    return np.asarray(getattr(head, method)(x), dtype=float), method
+
+
 def out_of_fold_scores(c: Candidate, x: Any, target: np.ndarray, strata: np.ndarray, classes: np.ndarray,
-                       folds: int, seed: int) -> np.ndarray:
-    """Class scores of every training row from the fold model that did not see it (columns =
-    ``classes``; a class absent from a fold's training part gets ~0)."""
+                       folds: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(class scores, raw stacking outputs) of every training row from the fold model that did not
+    see it. Score columns = ``classes``; a class absent from a fold's training part gets ~0 there
+    and the raw outputs are then None (they would not line up with the full model's)."""
     from sklearn.model_selection import StratifiedKFold
 
     scores = np.full((x.shape[0], len(classes)), 1e-12)
+    raw: np.ndarray | None = None
+    complete = True
     for fit_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(strata)),
                                                                                            strata):
         head = fit_head(c, x[fit_idx], target[fit_idx], seed)
         cols = np.searchsorted(classes, np.asarray(head.classes_))
+        fold_raw, _ = stack_output(head, x[held_idx])
         scores[np.ix_(held_idx, cols)] = class_scores(head, x[held_idx])
-    return scores
+        complete = complete and len(cols) == len(classes) and fold_raw.ndim == 2
+        if complete:
+            raw = np.zeros((x.shape[0], fold_raw.shape[1])) if raw is None else raw
+            raw[held_idx] = fold_raw
+    return scores, (raw if complete else None)
 
 
 def evaluate_candidate(c: Candidate, feats: dict, data: dict, seed: int, folds: int) -> dict:
@@ -291,7 +316,7 @@ def evaluate_candidate(c: Candidate, feats: dict, data: dict, seed: int, folds: 
     classes = np.unique(target)
     w = balanced_weights(y)
     t0 = time.monotonic()
-    oof = out_of_fold_scores(c, xs["train"], target, y, classes, folds, seed)
+    oof, oof_raw = out_of_fold_scores(c, xs["train"], target, y, classes, folds, seed)
     cv_s = time.monotonic() - t0
     decoder = tune_decoder(oof, y, c.family, classes, w)  # the saved model's: tuned on every out-of-fold score
     cv_acc = cross_fitted_accuracy(oof, y, c.family, classes, seed, w)
@@ -315,7 +340,8 @@ def evaluate_candidate(c: Candidate, feats: dict, data: dict, seed: int, folds: 
             "train_s": round(fit_s, 2), "cv_s": round(cv_s, 2),
             "vectorizer_fit_s": round(feats["_fit_s"][c.vectorizer], 2),
             "inference_s_per_1000": round(1000 * infer_s / max(1, len(texts)), 3),
-            "decoder": decoder, "_model": model}
+            "decoder": decoder, "_model": model, "_oof_raw": oof_raw,
+            "_stack_method": stack_method(head)}
 
 
 def fit_vectorizer(kind: str, data: dict) -> tuple[Any, dict, float]:
@@ -342,11 +368,85 @@ def cv_folds_for(y: np.ndarray, folds: int) -> int:
     return max(2, min(folds, smallest))
 
 
+def stacked_candidate(rows: list[dict], data: dict, seed: int, max_members: int, log_fn=print) -> dict | None:
+    """An extra candidate: the best candidate of each (family, vectorizer) kind, up to ``max_members``
+    within ``STACK_MARGIN`` of the best, stacked under a logistic regression fitted on their
+    out-of-fold outputs (no member refit: their full-training-split fits are reused). Ranked like
+    the others: its decoder is tuned on the meta-model's own out-of-fold scores. None when fewer
+    than two members qualify or the training split lacks a sentiment."""
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    y = data["train"]["label_id"].to_numpy().astype(int)
+    if max_members < 2 or len(np.unique(y)) < len(ID2LABEL):
+        return None
+    best_cv = max(r["cv_accuracy"] for r in rows)
+    members: list[dict] = []
+    for r in sorted(rows, key=lambda r: -r["cv_accuracy"]):
+        kind = (r["family"], r["vectorizer"])
+        if r["_oof_raw"] is None or r["cv_accuracy"] < best_cv - STACK_MARGIN \
+                or kind in {(m["family"], m["vectorizer"]) for m in members}:
+            continue
+        members.append(r)
+        if len(members) == max_members:
+            break
+    if len(members) < 2:
+        return None
+    classes = np.asarray(sorted(ID2LABEL))
+    w = balanced_weights(y)
+    z = np.hstack([m["_oof_raw"] for m in members])
+    meta = LogisticRegression(C=STACK_META_C, class_weight="balanced", max_iter=2000, random_state=seed)
+    t0 = time.monotonic()
+    meta_oof = cross_val_predict(meta, z, y, method="predict_proba",
+                                 cv=StratifiedKFold(cv_folds_for(y, 5), shuffle=True, random_state=seed))
+    cv_s = time.monotonic() - t0
+    decoder = tune_decoder(meta_oof, y, "stacking", classes, w)
+    cv_acc = cross_fitted_accuracy(meta_oof, y, "stacking", classes, seed, w)
+    t1 = time.monotonic()
+    meta.fit(z, y)
+    # cv="prefit" wraps the fitted members; its fit only computes their outputs on a few rows to fit a
+    # throwaway final estimator, replaced by the meta-model fitted on the out-of-fold outputs above.
+    few = data["train"].groupby("label_id", group_keys=False).head(20)
+    stack = StackingClassifier([(f"m{i}", m["_model"].pipeline) for i, m in enumerate(members)],
+                               final_estimator=LogisticRegression(max_iter=200), cv="prefit")
+    stack.fit(few["review_body"].tolist(), few["label_id"].to_numpy().astype(int))
+    if list(stack.stack_method_) != [m["_stack_method"] for m in members] \
+            or list(stack.classes_) != list(meta.classes_):
+        log_fn(f"[automl] stacking skipped: its members' outputs ({stack.stack_method_}) differ from the "
+               "out-of-fold ones")
+        return None
+    stack.final_estimator_ = meta
+    fit_s = time.monotonic() - t1
+    model = BaselineModel(stack, dict(ID2LABEL), decoder)
+    yv = data["validation"]["label_id"].to_numpy().astype(int)
+    pred_val, _ = predict_labels(model, data["validation"]["review_body"].tolist())
+    texts = data["test"]["review_body"].tolist()
+    t2 = time.monotonic()
+    pred_test, _ = predict_labels(model, texts)
+    infer_s = time.monotonic() - t2
+    yt = data["test"]["label_id"].to_numpy().astype(int)
+    names = [m["candidate"] for m in members]
+    return {"candidate": f"stacking[{' + '.join(names)}]", "family": "stacking", "vectorizer": "mixed",
+            "hyperparameters": {"members": names, "meta": f"logistic regression C={STACK_META_C:g}, balanced"},
+            "cv_accuracy": round(cv_acc, 4),
+            "validation_accuracy": round(float((pred_val == yv).mean()), 4),
+            "test_accuracy": round(float((pred_test == yt).mean()), 4),
+            "test_macro_f1": round(macro_f1(yt, pred_test), 4),
+            "train_s": round(fit_s, 2), "cv_s": round(cv_s, 2), "vectorizer_fit_s": 0.0,
+            "inference_s_per_1000": round(1000 * infer_s / max(1, len(texts)), 3),
+            "decoder": decoder, "_model": model, "_oof_raw": None, "_stack_method": "predict_proba"}
+
+
 def search(data: dict, time_budget_s: float, max_candidates: int, seed: int, families: tuple[str, ...] = FAMILIES,
-           log_fn=print, folds: int = 3) -> tuple[list[dict], dict]:
-    """Run the search; (leaderboard rows best first, the best row incl. its ``_model``)."""
+           log_fn=print, folds: int = 3, stack_members: int = 5) -> tuple[list[dict], dict]:
+    """Run the search, then stack the best kinds as one more candidate; (leaderboard rows best
+    first, the best row incl. its ``_model``)."""
     rng = random.Random(seed)
     start = time.monotonic()
+    total_budget_s = time_budget_s
+    if stack_members >= 2:
+        time_budget_s = time_budget_s * (1 - STACK_RESERVE)
     folds = cv_folds_for(data["train"]["label_id"].to_numpy().astype(int), folds)
     feats: dict = {"_fit_s": {}}
     cost: dict[tuple[str, str], float] = {}  # last seconds (folds + final fit) per (family, vectorizer)
@@ -393,6 +493,14 @@ def search(data: dict, time_budget_s: float, max_candidates: int, seed: int, fam
                f"(elapsed {time.monotonic() - start:.0f}s of {time_budget_s:.0f}s)")
     if not rows:
         raise AutoMLInputError(f"no candidate could be fitted within {time_budget_s:.0f}s; raise time_budget_s")
+    stacked = stacked_candidate(rows, data, seed, stack_members, log_fn) if len(rows) >= 2 else None
+    if stacked is not None:
+        rows.append(stacked)
+        log_fn(f"[automl] candidate {len(rows)}: {stacked['candidate']}: cv acc {stacked['cv_accuracy']:.4f}, "
+               f"validation acc {stacked['validation_accuracy']:.4f}, test acc {stacked['test_accuracy']:.4f}, "
+               f"meta-model cv {stacked['cv_s']:.1f}s + fit {stacked['train_s']:.1f}s, "
+               f"{stacked['inference_s_per_1000']:.2f}s/1000 reviews (elapsed {time.monotonic() - start:.0f}s "
+               f"of {total_budget_s:.0f}s)")
     # Ranked by cross-validated accuracy on the training split; the faster candidate wins a tie.
     # Validation and test accuracy never choose.
     rows.sort(key=lambda r: (-r["cv_accuracy"], r["train_s"] + r["inference_s_per_1000"]))
@@ -502,6 +610,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--families", default=",".join(FAMILIES), help=f"comma list of {', '.join(FAMILIES)}")
     p.add_argument("--cv-folds", type=int, default=3,
                    help="cross-validation folds on the training split that rank the candidates (>= 2)")
+    p.add_argument("--stack-members", type=int, default=5,
+                   help="most members of the stacked candidate added after the search (0 = none)")
     p.add_argument("--seed", type=int, default=42)
     a = p.parse_args(argv)
     if a.time_budget_s < 10:
@@ -530,7 +640,8 @@ def run_search(a: argparse.Namespace) -> dict:
              "candidates ranked by %d-fold cross-validation on the training split",
              *(len(data[s]) for s in ("train", "validation", "test")), a.time_budget_s, a.max_candidates,
              ",".join(a.families), folds)
-    rows, best = search(data, a.time_budget_s, a.max_candidates, a.seed, a.families, folds=folds)
+    rows, best = search(data, a.time_budget_s, a.max_candidates, a.seed, a.families, folds=folds,
+                        stack_members=a.stack_members)
     out = Path(a.output_data)
     save_model(best, Path(a.model_output))
     yt = data["test"]["label_id"].to_numpy().astype(int)
