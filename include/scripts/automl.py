@@ -56,21 +56,32 @@ except ImportError:  # imported as include.scripts.automl
 log = logging.getLogger("automl")
 PROC = "/opt/ml/processing"
 FAMILIES = ("logreg", "logreg_stars", "linear_svm", "complement_nb", "gradient_boosting")
-# Fit seconds per 1,000 training reviews on a busy 2-core machine (word+char TF-IDF): the budget
-# guard's estimate for a family not fitted yet in this run (afterwards its last fit time is used).
-PRIOR_FIT_S_PER_1K = {"logreg": 4.0, "logreg_stars": 7.0, "linear_svm": 0.5, "complement_nb": 0.05,
-                      "gradient_boosting": 10.0}
+# Fit seconds per 1,000 training reviews on a busy 2-core machine (word+char TF-IDF, load ~7): the
+# budget guard's estimate for a kind not fitted yet in this run, scaled by how much faster or slower
+# the kinds fitted so far ran than their own estimates (afterwards the kind's last time is used).
+PRIOR_FIT_S_PER_1K = {"logreg": 1.0, "logreg_stars": 1.5, "linear_svm": 0.2, "complement_nb": 0.01,
+                      "gradient_boosting": 4.0}
 VECTORIZER_S_PER_1K = {"word": 0.5, "word_char": 1.5}
 VECTORIZERS = ("word", "word_char")
 # Stacking: members within this much cross-validated accuracy of the best candidate; the
 # meta-model's strength; the share of the budget kept for it (it refits no member).
 STACK_MARGIN = 0.05
 STACK_META_C = 1.0
-STACK_RESERVE = 0.05
+STACK_RESERVE = 0.1
+OUTPUT_RESERVE = 0.05  # of the budget (at most 15 s) kept for writing the outputs
 
 
 class AutoMLInputError(ValueError):
     """Input the search cannot use (exit code 2: a retry cannot fix it)."""
+
+
+class OverBudget(Exception):
+    """A candidate's folds so far say it would end after the budget: it is dropped."""
+
+    def __init__(self, projected_s: float, done: int) -> None:
+        super().__init__(f"projected {projected_s:.0f}s after {done} fold(s)")
+        self.projected_s = projected_s
+        self.done = done
 
 
 @dataclass
@@ -281,15 +292,19 @@ def stack_output(head: Any, x: Any) -> tuple[np.ndarray, str]:
 
 
 def out_of_fold_scores(c: Candidate, x: Any, target: np.ndarray, strata: np.ndarray, classes: np.ndarray,
-                       folds: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+                       folds: int, seed: int, deadline: float = math.inf) -> tuple[np.ndarray, np.ndarray | None]:
     """(class scores, raw stacking outputs) of every training row from the fold model that did not
     see it. Score columns = ``classes``; a class absent from a fold's training part gets ~0 there
-    and the raw outputs are then None (they would not line up with the full model's)."""
+    and the raw outputs are then None (they would not line up with the full model's). Raises
+    :class:`OverBudget` after a fold when the remaining folds and the final fit, at the pace so far,
+    would end after ``deadline`` (``time.monotonic()`` seconds)."""
     from sklearn.model_selection import StratifiedKFold
 
+    t0 = time.monotonic()
     scores = np.full((x.shape[0], len(classes)), 1e-12)
     raw: np.ndarray | None = None
     complete = True
+    done = 0
     for fit_idx, held_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(strata)),
                                                                                            strata):
         head = fit_head(c, x[fit_idx], target[fit_idx], seed)
@@ -300,10 +315,15 @@ def out_of_fold_scores(c: Candidate, x: Any, target: np.ndarray, strata: np.ndar
         if complete:
             raw = np.zeros((x.shape[0], fold_raw.shape[1])) if raw is None else raw
             raw[held_idx] = fold_raw
+        done += 1
+        per_fold = (time.monotonic() - t0) / done
+        if done < folds and time.monotonic() + per_fold * (folds - done + 1) > deadline:
+            raise OverBudget(per_fold * (folds + 1), done)
     return scores, (raw if complete else None)
 
 
-def evaluate_candidate(c: Candidate, feats: dict, data: dict, seed: int, folds: int) -> dict:
+def evaluate_candidate(c: Candidate, feats: dict, data: dict, seed: int, folds: int,
+                       deadline: float = math.inf) -> dict:
     """Cross-validate ``c`` on the training split (tuning its decoder out of fold), then fit it on
     every training row and score the held-out validation and test splits with that decoder."""
     from sklearn.pipeline import Pipeline
@@ -316,7 +336,7 @@ def evaluate_candidate(c: Candidate, feats: dict, data: dict, seed: int, folds: 
     classes = np.unique(target)
     w = balanced_weights(y)
     t0 = time.monotonic()
-    oof, oof_raw = out_of_fold_scores(c, xs["train"], target, y, classes, folds, seed)
+    oof, oof_raw = out_of_fold_scores(c, xs["train"], target, y, classes, folds, seed, deadline)
     cv_s = time.monotonic() - t0
     decoder = tune_decoder(oof, y, c.family, classes, w)  # the saved model's: tuned on every out-of-fold score
     cv_acc = cross_fitted_accuracy(oof, y, c.family, classes, seed, w)
@@ -396,7 +416,7 @@ def stacked_candidate(rows: list[dict], data: dict, seed: int, max_members: int,
     classes = np.asarray(sorted(ID2LABEL))
     w = balanced_weights(y)
     z = np.hstack([m["_oof_raw"] for m in members])
-    meta = LogisticRegression(C=STACK_META_C, class_weight="balanced", max_iter=2000, random_state=seed)
+    meta = LogisticRegression(C=STACK_META_C, class_weight="balanced", max_iter=2000, tol=1e-3, random_state=seed)
     t0 = time.monotonic()
     meta_oof = cross_val_predict(meta, z, y, method="predict_proba",
                                  cv=StratifiedKFold(cv_folds_for(y, 5), shuffle=True, random_state=seed))
@@ -450,6 +470,7 @@ def search(data: dict, time_budget_s: float, max_candidates: int, seed: int, fam
     folds = cv_folds_for(data["train"]["label_id"].to_numpy().astype(int), folds)
     feats: dict = {"_fit_s": {}}
     cost: dict[tuple[str, str], float] = {}  # last seconds (folds + final fit) per (family, vectorizer)
+    prior: dict[tuple[str, str], float] = {}  # what PRIOR_FIT_S_PER_1K expected for them
     queue = [c for c in default_candidates() if c.family in families]
     seen: set[str] = set()
     skipped: set[tuple[str, str]] = set()
@@ -464,7 +485,9 @@ def search(data: dict, time_budget_s: float, max_candidates: int, seed: int, fam
         elapsed = time.monotonic() - start
         k_rows = len(data["train"]) / 1000
         # folds fits on (folds-1)/folds of the rows + one on all of them ~ folds fits' time
-        expected = cost.get((c.family, c.vectorizer), PRIOR_FIT_S_PER_1K[c.family] * k_rows * folds) \
+        # never below 1: the priors are per family and a fast family says little about a slow one
+        speed = max(1.0, float(np.median([cost[k] / prior[k] for k in cost]))) if cost else 1.0
+        expected = cost.get((c.family, c.vectorizer), PRIOR_FIT_S_PER_1K[c.family] * k_rows * folds * speed) \
             + (0 if c.vectorizer in feats else VECTORIZER_S_PER_1K[c.vectorizer] * k_rows)
         if elapsed + expected > time_budget_s:
             if (c.family, c.vectorizer) not in skipped:  # once per kind: random draws repeat them
@@ -479,13 +502,20 @@ def search(data: dict, time_budget_s: float, max_candidates: int, seed: int, fam
             feats[c.vectorizer], feats["_fit_s"][c.vectorizer] = (vec, xs), fit_s
             log_fn(f"[automl] vectorizer {c.vectorizer}: {xs['train'].shape[1]} features in {fit_s:.1f}s")
         try:
-            row = evaluate_candidate(c, feats, data, seed, folds)
+            row = evaluate_candidate(c, feats, data, seed, folds, deadline=start + time_budget_s)
         except AutoMLInputError:
             raise
+        except OverBudget as exc:  # its kind is priced at that pace from now on
+            cost[(c.family, c.vectorizer)] = exc.projected_s
+            prior[(c.family, c.vectorizer)] = PRIOR_FIT_S_PER_1K[c.family] * k_rows * folds
+            log_fn(f"[automl] candidate {c.name} stopped: {exc}, {time_budget_s - (time.monotonic() - start):.0f}s "
+                   "left")
+            continue
         except (ValueError, np.linalg.LinAlgError) as exc:  # a candidate that cannot fit this data is skipped
             log_fn(f"[automl] candidate {c.name} skipped: {type(exc).__name__}: {exc}")
             continue
-        cost[(c.family, c.vectorizer)] = row["cv_s"] + row["train_s"]
+        cost[(c.family, c.vectorizer)] = max(row["cv_s"] + row["train_s"], 0.01)
+        prior[(c.family, c.vectorizer)] = PRIOR_FIT_S_PER_1K[c.family] * k_rows * folds
         rows.append(row)
         log_fn(f"[automl] candidate {len(rows)}: {c.name}: cv acc {row['cv_accuracy']:.4f}, validation acc "
                f"{row['validation_accuracy']:.4f}, test acc {row['test_accuracy']:.4f}, {folds}-fold cv "
@@ -640,7 +670,10 @@ def run_search(a: argparse.Namespace) -> dict:
              "candidates ranked by %d-fold cross-validation on the training split",
              *(len(data[s]) for s in ("train", "validation", "test")), a.time_budget_s, a.max_candidates,
              ",".join(a.families), folds)
-    rows, best = search(data, a.time_budget_s, a.max_candidates, a.seed, a.families, folds=folds,
+    # The budget covers the whole job: what loading took and the outputs' share (saving, re-scoring
+    # the best, the chart) come off the search's part.
+    search_budget_s = max(1.0, a.time_budget_s - (time.monotonic() - t0) - min(15.0, OUTPUT_RESERVE * a.time_budget_s))
+    rows, best = search(data, search_budget_s, a.max_candidates, a.seed, a.families, folds=folds,
                         stack_members=a.stack_members)
     out = Path(a.output_data)
     save_model(best, Path(a.model_output))

@@ -50,11 +50,12 @@ def test_search_writes_a_leaderboard_ranked_by_cross_validated_accuracy(searched
     board = json.loads((searched["out"] / "automl" / "leaderboard.json").read_text())
     assert board == json.loads(json.dumps(searched["board"]))
     rows = board["leaderboard"]
-    assert board["candidates"] == len(rows) == 4
-    assert {r["family"] for r in rows} == {"logreg", "complement_nb", "logreg_stars"}
+    # 4 searched candidates + the stacked one
+    assert board["candidates"] == len(rows) == 5
+    assert {r["family"] for r in rows} == {"logreg", "complement_nb", "logreg_stars", "stacking"}
     # Ranked on the training split's out-of-fold scores: validation and test accuracy never choose.
     cvs = [r["cv_accuracy"] for r in rows]
-    assert cvs == sorted(cvs, reverse=True) and [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert cvs == sorted(cvs, reverse=True) and [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
     assert board["best_candidate"] == rows[0]["candidate"] and board["best_cv_accuracy"] == cvs[0]
     assert board["cv_folds"] == 3 and board["rows"] == {"train": 600, "validation": 150, "test": 150}
     for r in rows:
@@ -62,6 +63,35 @@ def test_search_writes_a_leaderboard_ranked_by_cross_validated_accuracy(searched
         assert 0 < r["cv_accuracy"] <= 1 and 0 < r["validation_accuracy"] <= 1
     # 3 balanced classes: chance is 0.33; real reviews make every linear text model clearly better.
     assert board["best_accuracy"] > 0.5, board
+
+
+def test_stacked_candidate_joins_the_best_of_each_kind_and_serves_from_its_package(searched, splits, tmp_path):
+    from include.model.packaging import build_sklearn_package
+
+    rows = {r["candidate"]: r for r in searched["board"]["leaderboard"]}
+    stacked = next(r for r in rows.values() if r["family"] == "stacking")
+    members = stacked["hyperparameters"]["members"]
+    kinds = [(rows[m]["family"], rows[m]["vectorizer"]) for m in members]
+    assert len(members) >= 2 and len(set(kinds)) == len(kinds)  # one member per (family, vectorizer)
+    for m in members:  # each the best of its kind
+        assert rows[m]["cv_accuracy"] == max(r["cv_accuracy"] for r in rows.values()
+                                             if (r["family"], r["vectorizer"]) == (rows[m]["family"], rows[m]["vectorizer"]))
+    # The stacked model rebuilt exactly as the search saved it, packaged and scored from the package.
+    data = {s: automl.load_split(splits / s, s, need_rating=True) for s in ("train", "validation", "test")}
+    again, best = automl.search(data, 120, 4, 42, ("logreg", "complement_nb", "logreg_stars"), log_fn=lambda m: None)
+    row = next(r for r in again if r["family"] == "stacking")
+    assert row["candidate"] == stacked["candidate"] and row["test_accuracy"] == stacked["test_accuracy"]
+    automl.save_model(row, tmp_path / "model")
+    build_sklearn_package(tmp_path / "model", (tmp_path / "pkg").as_uri())
+    report = automl.main(["score", "--model", str(tmp_path / "pkg"), "--test-data", str(splits / "test"),
+                          "--output-data", str(tmp_path / "scored")])
+    assert report["metrics"]["accuracy"]["value"] == pytest.approx(stacked["test_accuracy"], abs=1e-4)
+
+
+def test_no_stacked_candidate_when_stacking_is_off(splits):
+    data = {s: automl.load_split(splits / s, s) for s in ("train", "validation", "test")}
+    rows, _ = automl.search(data, 60, 2, 42, ("logreg", "complement_nb"), log_fn=lambda m: None, stack_members=0)
+    assert len(rows) == 2 and "stacking" not in {r["family"] for r in rows}
 
 
 def test_decoder_is_tuned_for_balanced_accuracy_on_imbalanced_scores():
@@ -83,6 +113,20 @@ def test_decoder_is_tuned_for_balanced_accuracy_on_imbalanced_scores():
     assert balanced["bias"][0] > 0.5 and balanced["bias"][1] > 0.5
     assert bal_acc(balanced) > bal_acc(plain) + 0.1
     assert bal_acc(balanced) > bal_acc({"kind": "argmax", "bias": [0.0, 0.0, 0.0]}) + 0.1
+
+
+def test_a_candidate_whose_folds_project_past_the_deadline_is_stopped_after_one_fold(splits):
+    import time
+
+    train = automl.load_split(splits / "train", "train")
+    x = automl.make_vectorizer("word", len(train)).fit_transform(train["review_body"]).tocsr()
+    y = train["label_id"].to_numpy().astype(int)
+    c = automl.Candidate("logreg", "word", {"C": 1.0})
+    with pytest.raises(automl.OverBudget) as info:
+        automl.out_of_fold_scores(c, x, y, y, np.array([0, 1, 2]), 3, 42, deadline=time.monotonic())
+    assert info.value.done == 1 and info.value.projected_s > 0
+    scores, raw = automl.out_of_fold_scores(c, x, y, y, np.array([0, 1, 2]), 3, 42)  # no deadline: all folds
+    assert scores.shape == raw.shape == (len(y), 3) and np.allclose(scores.sum(1), 1)
 
 
 def test_cv_folds_are_capped_by_the_smallest_class_and_refused_below_two():
