@@ -87,3 +87,23 @@ def test_s3_objects_roundtrip_and_upload_replaces(aws_account, tmp_path):
     assert aws.list_keys(cfg, cfg.s3_uri("dir/")) == ["rs/dir/sub/b.txt"]
     got = aws.download_prefix(cfg, cfg.s3_uri("dir/"), tmp_path / "out")
     assert [p.relative_to(tmp_path / "out").as_posix() for p in got] == ["sub/b.txt"]
+
+
+def test_settings_and_io_address_s3_on_the_aws_backend(aws_account, tmp_path):
+    from include.common import io
+    from include.common.config import get_settings
+
+    settings = get_settings()
+    assert settings.uri("landing/reviews") == f"s3://{BUCKET}/rs/landing/reviews"
+    assert settings.run_uri("dag", "manual__2024-01-01T00:00:00+00:00", "train") == \
+        f"s3://{BUCKET}/rs/runs/dag/manual__2024-01-01T00_00_00_00_00/train"
+    uri = settings.uri("x/doc.json")
+    io.write_bytes(uri, b'{"ok": true}')
+    assert io.read_json(uri) == {"ok": True}
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_text("f")
+    assert io.publish_dir(tmp_path / "d", settings.uri("pub/")) == settings.uri("pub")
+    assert io.read_bytes(settings.uri("pub/f.txt")) == b"f"
+    local = tmp_path / "local.json"
+    io.write_bytes(local.as_uri(), b"[1]")
+    assert io.read_json(str(local)) == [1]
