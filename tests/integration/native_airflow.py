@@ -1,6 +1,6 @@
 """A real Airflow started natively for a test: api-server, scheduler, dag-processor and triggerer
-as separate processes (LocalExecutor), each in its own process group, on a copy of the session's
-migrated metadata DB and a free loopback port. Runs are triggered and watched over the REST API
+as separate processes (LocalExecutor), each in its own process group, on a copy of a freshly migrated
+metadata DB and a free loopback port. Runs are triggered and watched over the REST API
 with a token from ``POST /auth/token``, as a user (or a browser) would.
 
 The fixture ``native_airflow`` yields an :class:`AirflowStack`; a stack started some other way
@@ -9,12 +9,14 @@ The fixture ``native_airflow`` yields an :class:`AirflowStack`; a stack started 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -145,48 +147,63 @@ def stack_env(home: Path, port: int, password_file: Path) -> dict[str, str]:
     return env
 
 
-def _stop(name: str, proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen) -> list[psutil.Process]:
     """SIGTERM the component's process group, SIGKILL what is left of it after 30 s, including
-    descendants that started a session of their own."""
+    descendants that started a process group of their own; returns the processes it stopped."""
     try:
-        family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        family = [proc.pid]
-    try:
+        tree = []
+    groups = {proc.pid}
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            groups.add(os.getpgid(p.pid))
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    with_group = [proc.pid]
-    for pid in family:
-        try:
-            with_group.append(os.getpgid(pid))
-        except ProcessLookupError:
-            continue
-    for pgid in set(with_group):
-        try:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid in family[1:]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    for p in tree[1:]:  # psutil checks it is still the same process before killing
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     proc.wait(timeout=30)
+    return tree
+
+
+def _alive(processes: list[psutil.Process]) -> list[str]:
+    alive = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            continue
+    return alive
+
+
+@pytest.fixture(scope="session")
+def empty_metadata_db(tmp_path_factory) -> Path:
+    """A freshly migrated metadata DB that no test has written to (the session's DB holds the
+    dag.test() runs of other tests: a run left there could hold the DAG's one active-run slot)."""
+    home = tmp_path_factory.mktemp("airflow-stack-template")
+    env = {**os.environ, "AIRFLOW_HOME": str(home),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}"}
+    proc = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return home / "airflow.db"
 
 
 @pytest.fixture
-def native_airflow(airflow_db, endpoint_port, tmp_path):
+def native_airflow(empty_metadata_db, endpoint_port, tmp_path):
     """api-server, scheduler, dag-processor and triggerer of a fresh Airflow (LocalExecutor) on a
-    copy of the session's migrated DB; the test's REVIEWS_HOME / ENDPOINT_PORT are inherited. All
+    copy of an empty migrated DB; the test's REVIEWS_HOME / ENDPOINT_PORT are inherited. All
     stopped (process groups) at the end; the endpoint a run deployed is stopped by ``endpoint_port``."""
     home = tmp_path / "airflow-stack"
     home.mkdir()
-    shutil.copy2(airflow_db / "airflow.db", home / "airflow.db")
+    shutil.copy2(empty_metadata_db, home / "airflow.db")
     password_file = home / "passwords.json"
     password = secrets.token_urlsafe(12)
     password_file.write_text(json.dumps({"admin": password}))
@@ -196,7 +213,8 @@ def native_airflow(airflow_db, endpoint_port, tmp_path):
     stack = AirflowStack(base_url=f"http://127.0.0.1:{port}", login=("admin", password), home=home)
     try:
         for name in COMPONENTS:
-            args = ["airflow", name] + (["--host", "127.0.0.1", "--port", str(port)] if name == "api-server" else [])
+            where = ["--host", "127.0.0.1", "--port", str(port)] if name == "api-server" else []
+            args = [sys.executable, "-m", "airflow", name, *where]
             with open(home / f"{name}.log", "w") as log:
                 stack.procs[name] = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -212,5 +230,7 @@ def native_airflow(airflow_db, endpoint_port, tmp_path):
         stack.wait_for("all components healthy", healthy, timeout_s=300)
         yield stack
     finally:
-        for name in reversed(list(stack.procs)):
-            _stop(name, stack.procs[name])
+        stopped = [p for name in reversed(list(stack.procs)) for p in _stop(stack.procs[name])]
+        time.sleep(0.5)  # SIGKILLed processes take a moment to disappear
+        left = _alive(stopped)
+        assert not left, "processes of the Airflow stack survived teardown: " + "; ".join(left)
