@@ -82,7 +82,7 @@ def build_model(dest: Path) -> Path:
     raw = dest / "classifier"
     build_classifier(default_model_dir(), "mean", ID2LABEL).save_pretrained(raw)
     AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(raw)
-    uri = build_package(raw, (dest / "pkg" / "model.tar.gz").as_uri())
+    uri = build_package(raw, (dest / "pkg" / "model.tar.gz").as_uri(), int8_onnx=True)
     return extract_package(uri, dest / "model")
 
 
