@@ -383,6 +383,7 @@ def test_deploy_decides_int8_on_the_runs_test_split_and_records_it(serving, pack
     assert recorded["precision"] == decision["precision"]
     assert float(recorded["fp32_accuracy"]) == 1.0 and float(recorded["int8_accuracy"]) == decision["int8_accuracy"]
     assert endpoint.status()["precision"] == decision["precision"]
+    assert endpoint.status()["runtime"] == ("onnxruntime" if decision["precision"] == "int8" else "torch")
     assert decision["int8_runtime"] == recorded["int8_runtime"] == "onnxruntime"  # the package's int8 ONNX model
 
 
