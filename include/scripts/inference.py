@@ -282,7 +282,7 @@ def export_int8_onnx(model: LoadedModel, dest: str) -> dict:
     """Write the int8 ONNX model of ``model`` (fp32, from :func:`model_fn`) to ``dest``.
 
     The classifier is exported with TorchScript tracing (``torch.onnx.export(dynamo=False)``:
-    the dynamo exporter needs onnxscript and gives nothing more for a fixed encoder) with dynamic
+    torch 2.13's default dynamo exporter needs onnxscript, which this project does not ship) with dynamic
     batch and sequence axes and checked against the torch model on a padded batch; then
     onnxruntime's ``quantize_dynamic`` stores the weights of its MatMuls as int8, one scale per
     output channel (a third of the error of one scale per matrix, at the same speed here);

@@ -72,7 +72,7 @@ def split_prediction(prediction: Any, sizes: list[int]) -> list[Any]:
 
 
 class Batcher:
-    """The worker thread that runs queued requests through ``predict_fn`` in batches.
+    """The worker threads that run queued requests through ``predict_fn`` in batches.
 
     ``on_batch(reviews, requests, seconds)`` is called after each forward pass (metrics);
     ``arriving()`` says how many requests are received but not yet queued. A job's slot may
