@@ -11,12 +11,18 @@ from include.serving import endpoint
 from tests.integration.conftest import DEPLOY, run_dag
 
 
-def _reject_when_asked(result: dict, stop: threading.Event) -> None:
-    """Acts as the reviewer: finds the pending approval over the REST API and rejects it."""
+def _api_client():
+    # Built in the test's thread before the reviewer starts: create_app() importing Airflow's
+    # models in one thread while dag.test() configures the ORM mappers (which import them too)
+    # in another deadlocked on the import lock.
     from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
-    client = TestClient(create_app())
+    return TestClient(create_app())
+
+
+def _reject_when_asked(client, result: dict, stop: threading.Event) -> None:
+    """Acts as the reviewer: finds the pending approval over the REST API and rejects it."""
     base = "/api/v2/dags/review_sentiment_pipeline/dagRuns"
     while not stop.is_set():
         listing = client.get(f"{base}/~/hitlDetails")
@@ -46,7 +52,7 @@ def run_evaluation_uri(run_id: str) -> str:
 def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
     result: dict = {}
     stop = threading.Event()
-    reviewer = threading.Thread(target=_reject_when_asked, args=(result, stop), daemon=True)
+    reviewer = threading.Thread(target=_reject_when_asked, args=(_api_client(), result, stop), daemon=True)
     reviewer.start()
     try:
         dr, states = run_dag("review_sentiment_pipeline", **DEPLOY, auto_approve=False)
