@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import threading
 import time
 
@@ -76,5 +77,7 @@ def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
     assert states["deploy_model"].endswith("skipped"), states
     versions = get_registry().list_versions()
     assert len(versions) == 1 and versions[0].approval_status == REJECTED
+    with tarfile.open(uri_to_path(versions[0].package_uri), "r:gz") as tar:  # register_model's int8 model
+        assert "model.int8.onnx" in tar.getnames()
     assert get_registry().deployed_version() is None
     assert endpoint.status() is None, "nothing was deployed"
