@@ -9,7 +9,7 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test lint readme ui land artifacts data-status lock clean
+.PHONY: help install run test lint readme ui land artifacts data-status lock clean chromium
 
 include mk/serve.mk
 include mk/features.mk
@@ -26,6 +26,7 @@ help:
 	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make rollback   - serve the previous Approved model version again"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
+	@echo "make chromium   - install Debian's chromium (apt-get) for the UI approval test (the test does it too)"
 
 $(STAMP): requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -64,6 +65,10 @@ artifacts: install
 
 data-status: install
 	@$(ENV) $(BIN)/python -m include.pipeline.cli data-status
+
+# Debian's chromium for tests/integration/test_ui_approval.py (playwright never downloads a browser).
+chromium: install
+	@$(ENV) $(BIN)/python -m tests.integration.browser
 
 lock:
 	UV=$${UV:-uv} tools/lock.sh

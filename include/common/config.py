@@ -69,7 +69,12 @@ class Settings:
         return self.uri("landing/reviews")
 
     def uri(self, key: str) -> str:
-        """The object-store URI of ``key`` (a path relative to the store root)."""
+        """The object-store URI of ``key``: ``file://`` below the store root on the local
+        backend, ``s3://<bucket>/<prefix>/key`` on aws (``include/common/aws.py``)."""
+        if self.backend == "aws":
+            from include.common.aws import load_aws_config
+
+            return load_aws_config().s3_uri(key)
         return (self.store_root / key).as_uri()
 
     def run_uri(self, dag_id: str, run_id: str, step: str) -> str:

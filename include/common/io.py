@@ -21,6 +21,39 @@ from include.common.config import ConfigError
 GZIP_LEVEL = 1  # float weights barely compress; level 1 is ~3x faster than 9 for ~1% size
 
 
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` addresses S3 (the aws backend's object store)."""
+    return str(uri).startswith("s3://")
+
+
+def read_bytes(uri: str) -> bytes:
+    """The bytes at ``uri``: a ``file://`` URI / path, or an ``s3://`` object (aws backend)."""
+    if is_s3(uri):
+        from include.common.aws import load_aws_config
+        from include.common.aws import read_bytes as s3_read
+
+        return s3_read(load_aws_config(), uri)
+    return uri_to_path(uri).read_bytes()
+
+
+def read_json(uri: str) -> Any:
+    """The JSON document at ``uri`` (``file://``, path or ``s3://``)."""
+    return json.loads(read_bytes(uri))
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write ``data`` at ``uri`` atomically: rename locally, one PUT on S3."""
+    if is_s3(uri):
+        from include.common.aws import load_aws_config
+        from include.common.aws import write_bytes as s3_write
+
+        return s3_write(load_aws_config(), uri, data)
+    dest = uri_to_path(uri)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return dest.as_uri()
+
+
 def uri_to_path(uri: str) -> Path:
     """Local path of a ``file://`` URI or a plain path; other schemes are an error here."""
     parsed = urlparse(str(uri))
@@ -87,7 +120,13 @@ def link_or_copy(src: str, dst: str) -> None:
 
 
 def publish_dir(src: Path, dest_uri: str) -> str:
-    """Replace the folder at ``dest_uri`` by the contents of ``src`` (temp copy, then rename)."""
+    """Replace the folder at ``dest_uri`` by the contents of ``src`` (temp copy, then rename;
+    on S3: upload, then delete the objects the new contents do not have)."""
+    if is_s3(dest_uri):
+        from include.common.aws import load_aws_config, upload_dir
+
+        upload_dir(load_aws_config(), Path(src), dest_uri)
+        return dest_uri.rstrip("/")
     dest = uri_to_path(dest_uri)
     with atomic_path(dest) as tmp:
         shutil.copytree(src, tmp, copy_function=link_or_copy)
