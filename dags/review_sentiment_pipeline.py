@@ -112,6 +112,10 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
                                  description="How much higher than the deployed model's accuracy (both on this "
                                              "run's test split) the new model must score to be registered; "
                                              "negative values tolerate a drop."),
+        "use_cache": Param(True, type="boolean",
+                           description="Step caching: preprocess, train and evaluate reuse an earlier run's outputs "
+                                       "when their input data, settings and job code (include/scripts/) are the "
+                                       "same; off = always recompute."),
         "auto_approve": Param(False, type="boolean",
                               description="Register the model as Approved and deploy without waiting for a person."),
     },

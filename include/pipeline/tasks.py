@@ -115,8 +115,10 @@ def evaluate(features: dict, trained: dict) -> dict:
     """Step 5: the evaluation job."""
     from include.pipeline import steps
 
-    _, info = _context()
-    return steps.evaluate(info, features, trained)
+    params, info = _context()
+    from include.pipeline.caching import use_cache
+
+    return steps.evaluate(info, features, trained, use_cache=use_cache(params))
 
 
 @airflow_step
