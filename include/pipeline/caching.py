@@ -176,11 +176,14 @@ def _lookup(info: RunInfo, key: CacheKey, settings: Settings) -> dict | None:
 
 
 def _record(info: RunInfo, key: CacheKey, prefixes: list[str], result: dict, computed_by: str,
-            settings: Settings) -> None:
+            settings: Settings, manifest: dict | None = None) -> None:
+    # The manifest lists the files as the step made them: files the task adds or re-renders after
+    # the step (the evaluation report) are not part of it, so they never make an entry stale.
+    if manifest is None:
+        manifest = {info.uri(p, settings): _manifest(uri_to_path(info.uri(p, settings))) for p in prefixes}
     doc = {"key": key.value, "step": key.step, "parts": key.parts, "inputs": {"data": key.data, "params": key.params},
            "dag_id": info.dag_id, "run_id": info.run_id, "ds": info.ds, "computed_by": computed_by,
-           "created_at": time.time(), "result": result,
-           "manifest": {info.uri(p, settings): _manifest(uri_to_path(info.uri(p, settings))) for p in prefixes}}
+           "created_at": time.time(), "result": result, "manifest": manifest}
     write_json_atomic(_holders_dir(info, key.step, key.value, settings) / f"{safe_name(info.run_id)}.json", doc)
 
 
@@ -224,8 +227,9 @@ def _reuse(info: RunInfo, key: CacheKey, prefixes: list[str], holder: dict, sett
     result = _rebase(holder["result"], src_root, dst_root)
     log.info("cache hit: %s key %s (parts %s) - outputs of run %s (computed by run %s), not recomputed",
              key.step, key.value, key.parts, holder["run_id"], holder["computed_by"])
-    if src_root != dst_root:
-        _record(info, key, prefixes, result, holder["computed_by"], settings)
+    if src_root != dst_root:  # this run now holds the same files (hard links: the same sizes)
+        _record(info, key, prefixes, result, holder["computed_by"], settings,
+                manifest={_rebase(uri, src_root, dst_root): files for uri, files in holder["manifest"].items()})
     return {**result, "cache": {"hit": True, "key": key.value, "source_run_id": holder["computed_by"],
                                 "copied_from": holder["run_id"]}}
 

@@ -105,6 +105,18 @@ def test_use_cache_off_recomputes_and_records_the_new_outputs(reviews_home, capl
     assert _run(step, "run-3")["cache"]["copied_from"] in ("run-1", "run-2")
 
 
+def test_files_added_after_the_step_do_not_make_a_copy_stale(reviews_home):
+    step = Step()
+    _run(step, "run-1")
+    (uri_to_path(_info("run-1").uri("train")) / "report.html").write_text("rendered for run-1")
+    _run(step, "run-2")  # copies report.html along, then the task re-renders it (atomically: a new file)
+    report = uri_to_path(_info("run-2").uri("train")) / "report.html"
+    report.unlink()
+    report.write_text("rendered for run-2, a longer page")
+    shutil.rmtree(uri_to_path(_info("run-1").uri("train")).parent)
+    assert _run(step, "run-3")["cache"]["copied_from"] == "run-2" and step.calls == 1
+
+
 def test_rerunning_the_same_run_reuses_its_own_outputs_in_place(reviews_home):
     step = Step()
     _run(step, "run-1")
