@@ -129,7 +129,7 @@ def _rebase(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def _run_root(info: RunInfo, dag_id: str, run_id: str, settings: Settings) -> str:
+def _run_root(dag_id: str, run_id: str, settings: Settings) -> str:
     return settings.run_uri(dag_id, run_id, "x")[:-1]  # ".../runs/<dag>/<run>/"
 
 
@@ -208,7 +208,10 @@ def run_cached(info: RunInfo, key: CacheKey | None, prefixes: list[str], compute
     else:
         holder = _lookup(info, key, settings)
         if holder is not None:
-            return _reuse(info, key, prefixes, holder, settings)
+            try:
+                return _reuse(info, key, prefixes, holder, settings)
+            except (CacheError, OSError) as exc:  # the holder's files went away while being copied
+                log.warning("cache: cannot reuse run %s's %s (%s); running the step", holder["run_id"], key.step, exc)
         log.info("cache miss: %s key %s (parts %s): %s; running the step", key.step, key.value, key.parts,
                  _miss_reason(key, info, settings))
     result = {k: v for k, v in compute().items() if k != "cache"}
@@ -217,11 +220,13 @@ def run_cached(info: RunInfo, key: CacheKey | None, prefixes: list[str], compute
 
 
 def _reuse(info: RunInfo, key: CacheKey, prefixes: list[str], holder: dict, settings: Settings) -> dict:
-    src_root = _run_root(info, holder["dag_id"], holder["run_id"], settings)
-    dst_root = _run_root(info, info.dag_id, info.run_id, settings)
+    src_root = _run_root(holder["dag_id"], holder["run_id"], settings)
+    dst_root = _run_root(info.dag_id, info.run_id, settings)
     if src_root != dst_root:
         for prefix in prefixes:
             src = uri_to_path(src_root + prefix)
+            if src_root + prefix in holder["manifest"] and not src.is_dir():
+                raise CacheError(f"{src} is gone")
             if src.is_dir():
                 publish_dir(src, dst_root + prefix)
     result = _rebase(holder["result"], src_root, dst_root)
