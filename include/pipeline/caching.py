@@ -198,8 +198,8 @@ def run_cached(info: RunInfo, key: CacheKey | None, prefixes: list[str], compute
     settings = settings or get_settings()
     if key is None:
         return {**compute(), "cache": {"hit": False, "key": None}}
-    try:
-        uri_to_path(settings.uri("cache"))
+    try:  # the run's outputs must be local files to be hard-linked and checked against a manifest
+        uri_to_path(info.uri(prefixes[0], settings))
     except ConfigError:
         log.info("step caching: the object store is not local; %s runs uncached", key.step)
         return {**compute(), "cache": {"hit": False, "key": key.value}}
