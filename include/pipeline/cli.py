@@ -170,7 +170,9 @@ def print_artifacts(run_id: str | None = None) -> None:
         print(f"\n  [{doc['step']}]  ds={doc['ds']}  attempt {doc['try_number']}")
         job = r.get("job") if isinstance(r, dict) else None
         if job:
-            print(f"    job        {job['job_name']}  ({job['wall_s']}s)")
+            cache = r.get("cache") or {}
+            origin = f"; cache hit: run {cache.get('source_run_id')}'s job" if cache.get("hit") else ""
+            print(f"    job        {job['job_name']}  ({job['wall_s']}s{origin})")
         for key, value in (r.items() if isinstance(r, dict) else []):
             if key == "job" or value in (None, "", [], {}):
                 continue
