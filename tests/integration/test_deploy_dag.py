@@ -11,12 +11,11 @@ from include.serving import endpoint
 from tests.integration.conftest import DEPLOY, run_dag
 
 
-def _reject_when_asked(result: dict, stop: threading.Event) -> None:
+def _reject_when_asked(result: dict, stop: threading.Event, app) -> None:
     """Acts as the reviewer: finds the pending approval over the REST API and rejects it."""
-    from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
-    client = TestClient(create_app())
+    client = TestClient(app)
     base = "/api/v2/dags/review_sentiment_pipeline/dagRuns"
     while not stop.is_set():
         listing = client.get(f"{base}/~/hitlDetails")
@@ -44,9 +43,14 @@ def run_evaluation_uri(run_id: str) -> str:
 
 
 def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
+    from airflow.api_fastapi.app import create_app
+
     result: dict = {}
     stop = threading.Event()
-    reviewer = threading.Thread(target=_reject_when_asked, args=(result, stop), daemon=True)
+    # Built here, not in the thread: the app's imports racing the DAG run's first ORM query in the
+    # main thread deadlock (import lock vs SQLAlchemy's mapper-configure lock).
+    app = create_app()
+    reviewer = threading.Thread(target=_reject_when_asked, args=(result, stop, app), daemon=True)
     reviewer.start()
     try:
         dr, states = run_dag("review_sentiment_pipeline", **DEPLOY, auto_approve=False)
