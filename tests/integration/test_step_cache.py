@@ -32,23 +32,27 @@ def _cache(run_id: str) -> dict[str, dict]:
     return {s: json.loads((lineage / f"{s}.json").read_text())["result"]["cache"] for s in STEPS}
 
 
-def _log(capfd) -> str:
+def _log(capfd, caplog) -> str:
+    """What the runs logged since the last call: the task log reaches stdout or the logging
+    handlers depending on how Airflow's logging was set up in this session, so read both."""
     out = capfd.readouterr()
-    return out.out + out.err
+    text = out.out + out.err + caplog.text
+    caplog.clear()
+    return text
 
 
 def _line(log: str, words: str) -> str:
     return next((line for line in log.splitlines() if words in line), "")
 
 
-def test_a_rerun_reuses_the_steps_and_params_code_or_data_changes_miss(landed, capfd, monkeypatch, tmp_path):
+def test_a_rerun_reuses_the_steps_and_params_code_or_data_changes_miss(landed, capfd, caplog, monkeypatch, tmp_path):
     first = _run(0)
     assert not any(c["hit"] for c in _cache(first).values())
-    _log(capfd)
+    _log(capfd, caplog)
 
     # 1. Same data, params and code: all three steps are cache hits from the first run.
     second = _run(1)
-    log = _log(capfd)
+    log = _log(capfd, caplog)
     cache = _cache(second)
     for step in STEPS:
         assert cache[step]["hit"] and cache[step]["source_run_id"] == first, (step, cache)
@@ -69,7 +73,7 @@ def test_a_rerun_reuses_the_steps_and_params_code_or_data_changes_miss(landed, c
 
     # 2. A training param changes: preprocess still hits (from the second run's copy), train misses.
     third = _run(2, learning_rate=2e-4)
-    log = _log(capfd)
+    log = _log(capfd, caplog)
     cache = _cache(third)
     assert cache["preprocess"]["hit"] and cache["preprocess"]["copied_from"] == second
     assert not cache["train"]["hit"] and not cache["evaluate"]["hit"]
@@ -86,7 +90,7 @@ def test_a_rerun_reuses_the_steps_and_params_code_or_data_changes_miss(landed, c
     with monkeypatch.context() as patch:
         patch.setattr(runner, "SCRIPTS_DIR", scripts)
         fourth = _run(3)
-    log = _log(capfd)
+    log = _log(capfd, caplog)
     assert not any(c["hit"] for c in _cache(fourth).values())
     assert "differs in code" in _line(log, "cache miss: preprocess"), log[-4000:]
 
@@ -96,6 +100,6 @@ def test_a_rerun_reuses_the_steps_and_params_code_or_data_changes_miss(landed, c
     drop = next(uri_to_path(get_settings().landing_uri).glob(f"ds={DS}/*.csv"))
     pd.read_csv(drop, dtype=str, keep_default_na=False).iloc[:-5].to_csv(drop, index=False)  # 5 reviews fewer
     fifth = _run(4)
-    log = _log(capfd)
+    log = _log(capfd, caplog)
     assert not _cache(fifth)["preprocess"]["hit"]
     assert "differs in data" in _line(log, "cache miss: preprocess"), log[-4000:]
