@@ -806,6 +806,23 @@ ORDER BY r.ds, r.source_file, r.source_line
 """
 
 
+def published_deliveries(ds_to: str, ds_from: str | None = None, settings: Settings | None = None) -> list[dict]:
+    """The published deliveries with ``ds`` in ``[ds_from, ds_to]`` - what :func:`export_clean`
+    reads - as ``{"ds", "delivery_id", "content_hash", "rows", "bad_rows"}``, oldest first: the
+    identity of a run's input data (step caching keys on it)."""
+    to_day, from_day = parse_ds(ds_to), parse_ds(ds_from) if ds_from else date(1970, 1, 1)
+    con = connect(settings, read_only=True)
+    try:
+        if not _has_table(con, "partitions"):
+            return []
+        cur = con.execute(f"SELECT CAST(ds AS VARCHAR) AS ds, delivery_id, content_hash, rows, bad_rows FROM {PARTITIONS} "
+                          "WHERE passed AND ds BETWEEN ? AND ? ORDER BY ds", [from_day, to_day])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+    finally:
+        con.close()
+
+
 def export_clean(ds_to: str, dest_path: Path, ds_from: str | None = None, settings: Settings | None = None) -> int:
     """Write the validated, non-quarantined rows with ``ds`` in ``[ds_from, ds_to]`` as ONE
     Parquet file (typed columns, see docs/CONTRACTS.md), atomically; returns the row count.

@@ -177,6 +177,35 @@ def deploy_model(version: str, smoke_texts: list[str] | tuple[str, ...] = SMOKE_
     return {**info, "model_name": mv.name, "approval_status": mv.approval_status, "precision_decision": decision}
 
 
+def trained_through(mv: ModelVersion) -> str:
+    """The last data day (``YYYY-MM-DD``) a version was trained on, from its registry lineage."""
+    return mv.lineage.get("data_to") or mv.lineage.get("ds") or ""
+
+
+def deploy_run_model(version: str, **kwargs) -> dict:
+    """Step 9 for a pipeline run: :func:`deploy_model`, unless the deployed version was trained on
+    newer data than ``version`` - a backfill (a run for an older logical date) registers its model
+    but never moves production backwards. Then nothing is deployed, the log says why and the
+    result has ``deployed: false`` with the reason. Equal days deploy (a re-run of the same day).
+    """
+    registry = get_registry()
+    candidate, current = registry.get(version), registry.deployed_version()
+    if current is not None and current.version != candidate.version:
+        ours, theirs = trained_through(candidate), trained_through(current)
+        if ours and theirs and ours < theirs:
+            reason = (f"version {candidate.version} was trained on data up to ds={ours}, older than the deployed "
+                      f"version {current.version} (data up to ds={theirs}): registered, not deployed - a backfill "
+                      "never moves production backwards")
+            log.warning("%s", reason)
+            return {"deployed": False, "version": candidate.version, "model_name": candidate.name,
+                    "approval_status": candidate.approval_status, "serving_version": current.version,
+                    "reason": reason}
+        if not (ours and theirs):
+            log.info("version %s or the deployed %s records no data_to/ds: deploying without the recency check",
+                     candidate.version, current.version)
+    return {**deploy_model(version, **kwargs), "deployed": True}
+
+
 def rollback_model(to_version: str = "", port: int | None = None, timeout_s: float = 120) -> dict:
     """Serve the newest Approved version older than the deployed one again (``make rollback``).
 

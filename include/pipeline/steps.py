@@ -19,9 +19,9 @@ from include.common.config import Settings, get_settings
 from include.common.io import publish_dir, uri_to_path
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
-from include.jobs.runner import get_runner
+from include.jobs.runner import JobRunner, get_runner
 from include.model.registry import ModelVersion, RegistryError, get_registry
-from include.pipeline import profiles
+from include.pipeline import caching, profiles
 from include.pipeline.context import PipelineError, RunInfo
 
 log = logging.getLogger("airflow.task")
@@ -116,12 +116,24 @@ def training_settings(params: dict) -> dict:
 
 
 def preprocess(info: RunInfo, params: dict) -> dict:
-    """Step 3: export the clean rows, run the processing job, ingest the feature snapshot."""
+    """Step 3: export the clean rows, run the processing job, ingest the feature snapshot.
+
+    Cached (``use_cache``): the same published deliveries, preprocessing settings and job code
+    reuse an earlier run's export, shards and channels (see ``caching.py``)."""
     settings = get_settings()
     runner = get_runner(settings)
     prof = training_settings(params)
     window = int(params.get("training_window_days") or 0)
     ds_from = (date.fromisoformat(info.ds) - timedelta(days=window - 1)).isoformat() if window > 0 else None
+    key = caching.preprocess_key(info, prof, ds_from, params.get("model_name_or_path") or "", runner.code_uri(),
+                                 settings)
+    return caching.run_cached(info, key, ["export", "preprocess"],
+                              lambda: _preprocess(info, params, prof, ds_from, runner, settings),
+                              enabled=caching.use_cache(params), settings=settings)
+
+
+def _preprocess(info: RunInfo, params: dict, prof: dict, ds_from: str | None, runner: JobRunner,
+                settings: Settings) -> dict:
     export_uri = info.uri("export")
     with tempfile.TemporaryDirectory() as tmp:
         rows = catalog.export_clean(info.ds, Path(tmp) / "clean.parquet", ds_from=ds_from)
@@ -161,7 +173,10 @@ def ensure_experiment(settings: Settings, name: str) -> None:
 
 
 def train(info: RunInfo, params: dict, features: dict) -> dict:
-    """Step 4: the training job; model.tar.gz under the run's ``train/`` prefix."""
+    """Step 4: the training job; model.tar.gz under the run's ``train/`` prefix.
+
+    Cached (``use_cache``): the same channels (by content), hyper-parameters and job code reuse
+    an earlier run's model."""
     settings = get_settings()
     runner = get_runner(settings)
     prof = training_settings(params)
@@ -170,6 +185,12 @@ def train(info: RunInfo, params: dict, features: dict) -> dict:
         hps["time_budget_s"] = prof["train_time_budget_s"]
     if params.get("model_name_or_path"):
         hps["model_name_or_path"] = params["model_name_or_path"]
+    key = caching.train_key(features, hps, runner.code_uri())
+    return caching.run_cached(info, key, ["train"], lambda: _train(info, features, hps, prof, runner, settings),
+                              enabled=caching.use_cache(params), settings=settings)
+
+
+def _train(info: RunInfo, features: dict, hps: dict, prof: dict, runner: JobRunner, settings: Settings) -> dict:
     name = info.job("train")
     output_uri = info.uri("train")
     checkpoint_uri = output_uri + "/checkpoints"
@@ -194,18 +215,19 @@ def _drop_other_attempts(prefix: Path, keep: str) -> None:
             shutil.rmtree(child, ignore_errors=True)
 
 
-def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
-    """Step 5: the evaluation job; returns the evaluation report and where it lies."""
+def evaluate(info: RunInfo, features: dict, trained: dict, use_cache: bool = True) -> dict:
+    """Step 5: the evaluation job; returns the evaluation report and where it lies.
+
+    Cached (``use_cache``): the same model, test channel, deployed version and job code reuse an
+    earlier run's evaluation; the HTML report is rendered for this run either way."""
     from include.pipeline import review
 
     runner = get_runner()
     output_uri = info.uri("evaluate")
     deployed = deployed_package()
-    request = requests.evaluation_request(
-        name=info.job("evaluate"), model_uri=trained["model_uri"], test_uri=features["test_uri"],
-        training_output_uri=trained["output_uri"], output_uri=output_uri, code_uri=runner.code_uri(),
-        deployed_model_uri=deployed[1] if deployed else None, deployed_version=deployed[0] if deployed else "")
-    result = runner.run(request)
+    key = caching.evaluate_key(features, trained, deployed, runner.code_uri())
+    result = caching.run_cached(info, key, ["evaluate"],
+                                lambda: _evaluate(info, features, trained, deployed, runner), enabled=use_cache)
     report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
     for rule in (report.get("debugger") or {}).get("triggered") or []:
         log.warning("debugger rule triggered during training: %s", rule)
@@ -213,9 +235,20 @@ def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
     page = review.write_evaluation_report(uri_to_path(output_uri), info.dag_id, info.run_id,
                                           review.data_range(features.get("data_from"), features.get("data_to") or info.ds,
                                                             features.get("clean_rows")))
+    return {**result, "report_uri": f"{output_uri}/{Path(page['report_path']).name}", "report_url": page["report_url"]}
+
+
+def _evaluate(info: RunInfo, features: dict, trained: dict, deployed: tuple[str, str] | None,
+              runner: JobRunner) -> dict:
+    output_uri = info.uri("evaluate")
+    request = requests.evaluation_request(
+        name=info.job("evaluate"), model_uri=trained["model_uri"], test_uri=features["test_uri"],
+        training_output_uri=trained["output_uri"], output_uri=output_uri, code_uri=runner.code_uri(),
+        deployed_model_uri=deployed[1] if deployed else None, deployed_version=deployed[0] if deployed else "")
+    result = runner.run(request)
+    report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
     return {"job": result, "evaluation_uri": f"{output_uri}/evaluation.json",
             "confusion_matrix_uri": f"{output_uri}/confusion_matrix.png",
-            "report_uri": f"{output_uri}/{Path(page['report_path']).name}", "report_url": page["report_url"],
             "deployed_version": deployed[0] if deployed else None,
             "accuracy": report["metrics"]["accuracy"]["value"], "macro_f1": report["metrics"]["macro_f1"]["value"],
             "accuracy_ci95": report["accuracy_ci95"], "test_rows": report["test_rows"]}

@@ -115,8 +115,10 @@ def evaluate(features: dict, trained: dict) -> dict:
     """Step 5: the evaluation job."""
     from include.pipeline import steps
 
-    _, info = _context()
-    return steps.evaluate(info, features, trained)
+    params, info = _context()
+    from include.pipeline.caching import use_cache
+
+    return steps.evaluate(info, features, trained, use_cache=use_cache(params))
 
 
 @airflow_step
@@ -172,10 +174,11 @@ def approval_gate(registration: dict, manual_task: str, auto_task: str) -> str:
 
 @airflow_step
 def deploy_model(registration: dict) -> dict:
-    """Step 9: serve the approved version (smoke-tested; the old one keeps serving on failure)."""
+    """Step 9: serve the approved version (smoke-tested; the old one keeps serving on failure),
+    unless the deployed model was trained on newer data (a backfill: registered, not deployed)."""
     from include.pipeline import model_steps
 
-    return model_steps.deploy_model(registration["version"])
+    return model_steps.deploy_run_model(registration["version"])
 
 
 @airflow_step
