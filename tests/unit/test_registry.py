@@ -159,9 +159,10 @@ def test_flatten_evaluation_keeps_numeric_leaves_and_drops_lists():
 
 
 @pytest.fixture
-def model_artifact(tmp_path, tiny_dir) -> str:
-    """A training job's model.tar.gz: a (tiny, structurally valid) save_pretrained folder at its root."""
-    folder = tiny_dir
+def model_artifact(tmp_path, classifier_dir) -> str:
+    """A training job's model.tar.gz: a loadable save_pretrained folder at its root (register_model
+    exports it to int8 ONNX for the endpoint, so it must be a real model)."""
+    folder = classifier_dir
     archive = tmp_path / "job" / "output" / "model.tar.gz"
     archive.parent.mkdir(parents=True)
     with tarfile.open(archive, "w:gz") as tar:
