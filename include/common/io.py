@@ -54,6 +54,69 @@ def write_bytes(uri: str, data: bytes) -> str:
     return dest.as_uri()
 
 
+def write_json(uri: str, data: Any, indent: int | None = 1) -> str:
+    """Write ``data`` as JSON at ``uri`` atomically (``file://``, path or ``s3://``)."""
+    return write_bytes(uri, json.dumps(data, indent=indent, default=str).encode())
+
+
+@contextlib.contextmanager
+def local_dir(uri: str) -> Iterator[Path]:
+    """A local folder with what lies under the prefix ``uri``: the folder itself for a
+    ``file://`` URI, a temporary download (deleted after the block) for ``s3://``."""
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+    import tempfile
+
+    from include.common.aws import download_prefix, load_aws_config
+
+    with tempfile.TemporaryDirectory(prefix="s3-") as tmp:
+        download_prefix(load_aws_config(), uri.rstrip("/") + "/", Path(tmp))
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def edit_dir(uri: str) -> Iterator[Path]:
+    """A local folder mirroring the prefix ``uri`` whose new or changed files are published to
+    ``uri`` when the block succeeds: the folder itself for ``file://``; for ``s3://`` a
+    temporary download, and each new or changed file uploaded (one PUT each) afterwards."""
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+
+    def signature(root: Path) -> dict[str, tuple[int, int]]:
+        return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in root.rglob("*") if p.is_file()}
+
+    with local_dir(uri) as folder:
+        before = signature(folder)
+        yield folder
+        for rel, sig in sorted(signature(folder).items()):
+            if before.get(rel) != sig:
+                write_bytes(f"{uri.rstrip('/')}/{rel}", (folder / rel).read_bytes())
+
+
+def exists(uri: str) -> bool:
+    """Whether there is a file (``file://``) or an object (``s3://``) at ``uri``."""
+    if is_s3(uri):
+        from include.common.aws import list_keys, load_aws_config, split_s3_uri
+
+        key = split_s3_uri(uri)[1]
+        return key in list_keys(load_aws_config(), uri)
+    return uri_to_path(uri).is_file()
+
+
+def delete_prefix(uri: str) -> None:
+    """Remove the folder (or every object under the prefix) ``uri``; nothing there is fine."""
+    if is_s3(uri):
+        from include.common.aws import delete_prefix as s3_delete
+        from include.common.aws import load_aws_config
+
+        s3_delete(load_aws_config(), uri.rstrip("/") + "/")
+        return
+    _remove(uri_to_path(uri))
+
+
 def uri_to_path(uri: str) -> Path:
     """Local path of a ``file://`` URI or a plain path; other schemes are an error here."""
     parsed = urlparse(str(uri))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from include.common.config import get_settings
 from include.common.errors import NonRetriableError
-from include.common.io import publish_dir, uri_to_path, write_json_atomic
+from include.common.io import exists, publish_dir, read_json, uri_to_path, write_json
 from include.data import feature_store
 from include.jobs import requests
 from include.jobs.runner import get_runner
@@ -166,11 +166,11 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
 def record_decision(info: RunInfo, decision: dict) -> str:
     """Write the gate's decision to the run's ``check_accuracy/decision.json``; its URI."""
     uri = info.uri("check_accuracy") + "/decision.json"
-    write_json_atomic(uri_to_path(uri), decision)
+    write_json(uri, decision)
     return uri
 
 
 def read_decision(info: RunInfo) -> dict:
     """The decision ``check_accuracy`` recorded for this run (empty if none)."""
-    path = uri_to_path(info.uri("check_accuracy")) / "decision.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    uri = info.uri("check_accuracy") + "/decision.json"
+    return read_json(uri) if exists(uri) else {}

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
 from include.analytics import analysis, drift
 from include.common.config import Settings, get_settings
-from include.common.io import publish_dir, uri_to_path
+from include.common.io import delete_prefix, edit_dir, local_dir, publish_dir, read_json, uri_to_path, write_json
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
-from include.jobs.runner import get_runner
+from include.jobs.runner import JobRunner, get_runner
 from include.model.registry import ModelVersion, RegistryError, get_registry
 from include.pipeline import profiles
 from include.pipeline.context import PipelineError, RunInfo
@@ -115,10 +115,50 @@ def training_settings(params: dict) -> dict:
     return prof
 
 
-def preprocess(info: RunInfo, params: dict) -> dict:
-    """Step 3: export the clean rows, run the processing job, ingest the feature snapshot."""
-    settings = get_settings()
-    runner = get_runner(settings)
+@dataclass
+class JobPlan:
+    """A job step's request (completed for the backend) and what its second half needs."""
+
+    step: str
+    request: dict
+    state: dict = field(default_factory=dict)
+
+
+def _plan_uri(info: RunInfo, step: str) -> str:
+    # beside, not inside, the step's own prefix: a job's output replaces that prefix whole
+    return f"{info.uri('_jobs')}/{step}.json"
+
+
+def plan_job(step: str, info: RunInfo, params: dict, inputs: dict) -> JobPlan:
+    """First half of job step ``step``: its inputs made ready and its request built, completed
+    for the backend and saved (a deferred task finishes from the saved plan)."""
+    runner = get_runner()
+    plan = JOB_STEPS[step][0](info, params, inputs, runner)
+    plan.request = runner.prepare(plan.request, step)
+    write_json(_plan_uri(info, step), {"step": plan.step, "request": plan.request, "state": plan.state})
+    return plan
+
+
+def load_plan(info: RunInfo, step: str) -> JobPlan:
+    """The plan :func:`plan_job` saved for this run's ``step``."""
+    doc = read_json(_plan_uri(info, step))
+    return JobPlan(doc["step"], doc["request"], doc["state"])
+
+
+def finish_job(step: str, info: RunInfo, params: dict, inputs: dict, plan: JobPlan, result: dict) -> dict:
+    """Second half of job step ``step``: read the job's outputs, return the step's result."""
+    return JOB_STEPS[step][1](info, params, inputs, plan, result)
+
+
+def run_job_step(step: str, info: RunInfo, params: dict, inputs: dict) -> dict:
+    """Both halves with the job run to completion in between (no deferral)."""
+    plan = plan_job(step, info, params, inputs)
+    result = get_runner().run(plan.request)
+    return finish_job(step, info, params, inputs, plan, result)
+
+
+def _plan_preprocess(info: RunInfo, params: dict, inputs: dict, runner: JobRunner) -> JobPlan:
+    """Step 3, first half: export the clean rows; the processing job's request."""
     prof = training_settings(params)
     window = int(params.get("training_window_days") or 0)
     ds_from = (date.fromisoformat(info.ds) - timedelta(days=window - 1)).isoformat() if window > 0 else None
@@ -136,34 +176,30 @@ def preprocess(info: RunInfo, params: dict) -> dict:
         train_split_percentage=prof["train_split_percentage"],
         validation_split_percentage=prof["validation_split_percentage"],
         balance_dataset=prof["balance_dataset"])
-    result = runner.run(request)
-    features_dir = uri_to_path(features_uri)
+    return JobPlan("preprocess", request, {"export_uri": export_uri, "rows": rows, "ds_from": ds_from,
+                                           "features_uri": features_uri})
+
+
+def _finish_preprocess(info: RunInfo, params: dict, inputs: dict, plan: JobPlan, result: dict) -> dict:
+    """Step 3, second half: ingest the job's feature snapshot into the feature store."""
+    settings = get_settings()
+    features_uri, ds_from = plan.state["features_uri"], plan.state["ds_from"]
     # The jobs read the feature store's point-in-time export as of the run's day, not the raw
     # shards: a backfilled run trains on what was known at its ds (include/data/feature_store.py).
     channels_uri = info.uri("preprocess") + "/channels"
-    snapshot = feature_store.ingest_run_features(features_dir, info.ds, info.run_id, channels_uri, settings)
-    stats = json.loads((features_dir / "stats.json").read_text())
+    with local_dir(features_uri) as features_dir:
+        snapshot = feature_store.ingest_run_features(features_dir, info.ds, info.run_id, channels_uri, settings)
+        stats = json.loads((features_dir / "stats.json").read_text())
     first = catalog.registered_partitions(settings)[:1]
-    return {"job": result, "export_uri": export_uri, "clean_rows": rows, "features_uri": features_uri,
-            "data_from": ds_from or (first[0] if first else info.ds), "data_to": info.ds,
-            "train_uri": f"{channels_uri}/train", "validation_uri": f"{channels_uri}/validation",
+    return {"job": result, "export_uri": plan.state["export_uri"], "clean_rows": plan.state["rows"],
+            "features_uri": features_uri, "data_from": ds_from or (first[0] if first else info.ds),
+            "data_to": info.ds, "train_uri": f"{channels_uri}/train", "validation_uri": f"{channels_uri}/validation",
             "test_uri": f"{channels_uri}/test", "feature_snapshot": snapshot, "stats": stats}
 
 
-def ensure_experiment(settings: Settings, name: str) -> None:
-    """Create the MLflow experiment with its artifact root in the state dir (not ./mlruns)."""
-    import mlflow
-
-    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    if client.get_experiment_by_name(name) is None:
-        client.create_experiment(name, artifact_location=(settings.mlflow_dir / "artifacts").as_uri())
-
-
-def train(info: RunInfo, params: dict, features: dict) -> dict:
-    """Step 4: the training job; model.tar.gz under the run's ``train/`` prefix."""
-    settings = get_settings()
-    runner = get_runner(settings)
+def _plan_train(info: RunInfo, params: dict, inputs: dict, runner: JobRunner) -> JobPlan:
+    """Step 4, first half: the training job's request (hyper-parameters from the profile)."""
+    features = inputs["features"]
     prof = training_settings(params)
     hps = {k: prof[k] for k in TRAIN_HPS}
     if prof.get("train_time_budget_s"):
@@ -172,53 +208,81 @@ def train(info: RunInfo, params: dict, features: dict) -> dict:
         hps["model_name_or_path"] = params["model_name_or_path"]
     name = info.job("train")
     output_uri = info.uri("train")
-    checkpoint_uri = output_uri + "/checkpoints"
     request = requests.training_request(
         name=name, train_uri=features["train_uri"], validation_uri=features["validation_uri"],
-        output_uri=output_uri, checkpoint_uri=checkpoint_uri, code_uri=runner.code_uri(),
-        hyperparameters=hps, environment={"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
-                                          "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "MLFLOW_RUN_NAME": name})
-    ensure_experiment(settings, EXPERIMENT)
-    result = runner.run(request)
-    _drop_other_attempts(uri_to_path(output_uri), keep=name)
+        output_uri=output_uri, checkpoint_uri=output_uri + "/checkpoints", code_uri=runner.code_uri(),
+        hyperparameters=hps, environment=runner.tracking_environment(EXPERIMENT, name))
+    return JobPlan("train", request, {"hyperparameters": hps, "profile": prof["profile"],
+                                      "overrides": prof["overrides"], "output_uri": output_uri})
+
+
+def _finish_train(info: RunInfo, params: dict, inputs: dict, plan: JobPlan, result: dict) -> dict:
+    """Step 4, second half: keep only this job's outputs; drop the checkpoints."""
+    output_uri = plan.state["output_uri"]
+    base = plan.request["TrainingJobName"]
+    # A cleared-and-rerun task replaces, never adds: other jobs of this step leave nothing behind.
+    for attempt in range(1, requests.MAX_JOBS_PER_STEP + 1):
+        if (other := requests.restart_name(base, attempt)) != result["job_name"]:
+            delete_prefix(f"{output_uri}/{other}")
     # Checkpoints only serve a retry of an unfinished job; the model is published now.
-    shutil.rmtree(uri_to_path(checkpoint_uri), ignore_errors=True)
+    delete_prefix(output_uri + "/checkpoints")
     return {"job": result, "model_uri": result["outputs"]["model"], "output_uri": result["outputs"]["output"],
-            "hyperparameters": hps, "profile": prof["profile"], "overrides": prof["overrides"]}
+            "hyperparameters": plan.state["hyperparameters"], "profile": plan.state["profile"],
+            "overrides": plan.state["overrides"]}
 
 
-def _drop_other_attempts(prefix: Path, keep: str) -> None:
-    # A cleared-and-rerun task must replace, not add: keep only this attempt's job folder.
-    for child in prefix.glob("rs-train-*"):
-        if child.name != keep and child.is_dir():
-            shutil.rmtree(child, ignore_errors=True)
-
-
-def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
-    """Step 5: the evaluation job; returns the evaluation report and where it lies."""
-    from include.pipeline import review
-
-    runner = get_runner()
+def _plan_evaluate(info: RunInfo, params: dict, inputs: dict, runner: JobRunner) -> JobPlan:
+    """Step 5, first half: the evaluation job's request (and the deployed model to compare)."""
+    features, trained = inputs["features"], inputs["trained"]
     output_uri = info.uri("evaluate")
     deployed = deployed_package()
     request = requests.evaluation_request(
         name=info.job("evaluate"), model_uri=trained["model_uri"], test_uri=features["test_uri"],
         training_output_uri=trained["output_uri"], output_uri=output_uri, code_uri=runner.code_uri(),
         deployed_model_uri=deployed[1] if deployed else None, deployed_version=deployed[0] if deployed else "")
-    result = runner.run(request)
-    report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
+    return JobPlan("evaluate", request, {"output_uri": output_uri, "deployed_version": deployed[0] if deployed else None})
+
+
+def _finish_evaluate(info: RunInfo, params: dict, inputs: dict, plan: JobPlan, result: dict) -> dict:
+    """Step 5, second half: the evaluation report rendered beside ``evaluation.json``."""
+    from include.pipeline import review
+
+    features = inputs["features"]
+    output_uri = plan.state["output_uri"]
+    report = read_json(f"{output_uri}/evaluation.json")
     for rule in (report.get("debugger") or {}).get("triggered") or []:
         log.warning("debugger rule triggered during training: %s", rule)
     # Rendered here, not in the job: the job knows no run, registry or partitions.
-    page = review.write_evaluation_report(uri_to_path(output_uri), info.dag_id, info.run_id,
-                                          review.data_range(features.get("data_from"), features.get("data_to") or info.ds,
-                                                            features.get("clean_rows")))
+    with edit_dir(output_uri) as folder:
+        page = review.write_evaluation_report(folder, info.dag_id, info.run_id,
+                                              review.data_range(features.get("data_from"),
+                                                                features.get("data_to") or info.ds,
+                                                                features.get("clean_rows")))
     return {"job": result, "evaluation_uri": f"{output_uri}/evaluation.json",
             "confusion_matrix_uri": f"{output_uri}/confusion_matrix.png",
             "report_uri": f"{output_uri}/{Path(page['report_path']).name}", "report_url": page["report_url"],
-            "deployed_version": deployed[0] if deployed else None,
+            "deployed_version": plan.state["deployed_version"],
             "accuracy": report["metrics"]["accuracy"]["value"], "macro_f1": report["metrics"]["macro_f1"]["value"],
             "accuracy_ci95": report["accuracy_ci95"], "test_rows": report["test_rows"]}
+
+
+JOB_STEPS = {"preprocess": (_plan_preprocess, _finish_preprocess), "train": (_plan_train, _finish_train),
+             "evaluate": (_plan_evaluate, _finish_evaluate)}
+
+
+def preprocess(info: RunInfo, params: dict) -> dict:
+    """Step 3: export the clean rows, run the processing job, ingest the feature snapshot."""
+    return run_job_step("preprocess", info, params, {})
+
+
+def train(info: RunInfo, params: dict, features: dict) -> dict:
+    """Step 4: the training job; model.tar.gz under the run's ``train/`` prefix."""
+    return run_job_step("train", info, params, {"features": features})
+
+
+def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
+    """Step 5: the evaluation job; returns the evaluation report and where it lies."""
+    return run_job_step("evaluate", info, {}, {"features": features, "trained": trained})
 
 
 def _deployed_version() -> ModelVersion | None:
