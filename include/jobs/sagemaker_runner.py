@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from include.common.aws import AwsConfig, AwsConfigError, load_aws_config, split_s3_uri
+from include.common.aws import AwsConfig, AwsConfigError, load_aws_config, preflight, split_s3_uri
 from include.common.config import Settings
 from include.jobs.local_runner import JobFailedError, JobRequestError
 from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
@@ -197,6 +197,14 @@ class SageMakerJobRunner(JobRunner):
         self.settings = settings
         self.cfg = cfg or load_aws_config()
         self._code_uri: str | None = None
+        self._checked = False
+        self._clients: dict[str, Any] = {}
+
+    def client(self, service: str) -> Any:
+        """One boto3 client per service for this runner (creating one costs ~0.5 s)."""
+        if service not in self._clients:
+            self._clients[service] = self.cfg.client(service)
+        return self._clients[service]
 
     # ------------------------------------------------------------- set-up
 
@@ -210,7 +218,7 @@ class SageMakerJobRunner(JobRunner):
             return self._code_uri
         digest = scripts_digest()
         scripts, archive = code_locations(self.cfg, digest)
-        s3 = self.cfg.client("s3")
+        s3 = self.client("s3")
         bucket, key = split_s3_uri(archive)
         from botocore.exceptions import ClientError
 
@@ -229,6 +237,11 @@ class SageMakerJobRunner(JobRunner):
         return scripts
 
     def prepare(self, request: dict, step: str) -> dict:
+        """The completed request; the config and the account (bucket, role) checked first, so a
+        typo fails the task before any job is created."""
+        if not self._checked:
+            preflight(self.cfg)
+            self._checked = True
         return complete_request(request, self.cfg, step)
 
     def tracking_environment(self, experiment: str, run_name: str) -> dict[str, str]:
@@ -242,7 +255,7 @@ class SageMakerJobRunner(JobRunner):
         """``DescribeXJob`` of ``name``; None when there is no such job."""
         from botocore.exceptions import ClientError
 
-        sm = self.cfg.client("sagemaker")
+        sm = self.client("sagemaker")
         try:
             if kind == TRAINING:
                 return sm.describe_training_job(TrainingJobName=name)
@@ -352,7 +365,7 @@ class SageMakerJobRunner(JobRunner):
         if action == "reuse":
             return self.result(kind, desc)
         if action == "create":
-            sm = self.cfg.client("sagemaker")
+            sm = self.client("sagemaker")
             (sm.create_training_job if kind == TRAINING else sm.create_processing_job)(**request)
         deadline = time.monotonic() + max_poll_attempts(request, 1)
         while True:
@@ -386,7 +399,7 @@ class SageMakerJobRunner(JobRunner):
         """The last ``lines`` lines of the job's CloudWatch log streams (``<name>/...``)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        logs = self.cfg.client("logs")
+        logs = self.client("logs")
         group = LOG_GROUPS[kind]
         try:
             streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{name}/")["logStreams"]
