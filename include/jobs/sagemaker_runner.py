@@ -127,7 +127,7 @@ def image_uri(cfg: AwsConfig, step: str, kind: str) -> str:
     except ValueError as exc:
         raise AwsConfigError(
             f"steps.{step}: no Hugging Face {scope} image for transformers {cfg.transformers_version} / "
-            f"{base} / {py} on {res.instance_type} in {cfg.region} ({exc}); pick another instance type "
+            f"{base} / {py} on {res.instance_type} in {cfg.region} ({str(exc).split('. ')[0]}); pick another instance type "
             f"or versions, or set steps.{step}.image_uri") from None
 
 

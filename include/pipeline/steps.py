@@ -157,9 +157,26 @@ def run_job_step(step: str, info: RunInfo, params: dict, inputs: dict) -> dict:
     return finish_job(step, info, params, inputs, plan, result)
 
 
+def preprocess_job_request(info: RunInfo, params: dict, export_uri: str, features_uri: str, code_uri: str) -> dict:
+    """Step 3's ``CreateProcessingJob`` request (no side effect: ``make validate-aws`` renders it)."""
+    prof = training_settings(params)
+    return requests.preprocess_request(
+        name=info.job("preprocess"), input_uri=export_uri, output_uri=features_uri, code_uri=code_uri,
+        model_name_or_path=params.get("model_name_or_path") or "", max_seq_length=prof["max_seq_length"],
+        train_split_percentage=prof["train_split_percentage"],
+        validation_split_percentage=prof["validation_split_percentage"],
+        balance_dataset=prof["balance_dataset"])
+
+
+def channel_uris(info: RunInfo) -> dict[str, str]:
+    """Where the jobs read each split from: the feature store's export for this run."""
+    channels_uri = info.uri("preprocess") + "/channels"
+    return {f"{split}_uri": f"{channels_uri}/{split}" for split in ("train", "validation", "test")}
+
+
 def _plan_preprocess(info: RunInfo, params: dict, inputs: dict, runner: JobRunner) -> JobPlan:
     """Step 3, first half: export the clean rows; the processing job's request."""
-    prof = training_settings(params)
+    training_settings(params)  # a bad profile param fails before the export
     window = int(params.get("training_window_days") or 0)
     ds_from = (date.fromisoformat(info.ds) - timedelta(days=window - 1)).isoformat() if window > 0 else None
     export_uri = info.uri("export")
@@ -170,12 +187,7 @@ def _plan_preprocess(info: RunInfo, params: dict, inputs: dict, runner: JobRunne
         publish_dir(Path(tmp), export_uri)
     log.info("exported %d clean reviews (ds %s..%s) to %s", rows, ds_from or "first", info.ds, export_uri)
     features_uri = info.uri("preprocess") + "/features"
-    request = requests.preprocess_request(
-        name=info.job("preprocess"), input_uri=export_uri, output_uri=features_uri, code_uri=runner.code_uri(),
-        model_name_or_path=params.get("model_name_or_path") or "", max_seq_length=prof["max_seq_length"],
-        train_split_percentage=prof["train_split_percentage"],
-        validation_split_percentage=prof["validation_split_percentage"],
-        balance_dataset=prof["balance_dataset"])
+    request = preprocess_job_request(info, params, export_uri, features_uri, runner.code_uri())
     return JobPlan("preprocess", request, {"export_uri": export_uri, "rows": rows, "ds_from": ds_from,
                                            "features_uri": features_uri})
 
@@ -186,34 +198,45 @@ def _finish_preprocess(info: RunInfo, params: dict, inputs: dict, plan: JobPlan,
     features_uri, ds_from = plan.state["features_uri"], plan.state["ds_from"]
     # The jobs read the feature store's point-in-time export as of the run's day, not the raw
     # shards: a backfilled run trains on what was known at its ds (include/data/feature_store.py).
-    channels_uri = info.uri("preprocess") + "/channels"
+    channels = channel_uris(info)
+    channels_uri = channels["train_uri"].rsplit("/", 1)[0]
     with local_dir(features_uri) as features_dir:
         snapshot = feature_store.ingest_run_features(features_dir, info.ds, info.run_id, channels_uri, settings)
         stats = json.loads((features_dir / "stats.json").read_text())
     first = catalog.registered_partitions(settings)[:1]
     return {"job": result, "export_uri": plan.state["export_uri"], "clean_rows": plan.state["rows"],
             "features_uri": features_uri, "data_from": ds_from or (first[0] if first else info.ds),
-            "data_to": info.ds, "train_uri": f"{channels_uri}/train", "validation_uri": f"{channels_uri}/validation",
-            "test_uri": f"{channels_uri}/test", "feature_snapshot": snapshot, "stats": stats}
+            "data_to": info.ds, **channels, "feature_snapshot": snapshot, "stats": stats}
 
 
-def _plan_train(info: RunInfo, params: dict, inputs: dict, runner: JobRunner) -> JobPlan:
-    """Step 4, first half: the training job's request (hyper-parameters from the profile)."""
-    features = inputs["features"]
-    prof = training_settings(params)
+def _train_hyperparameters(prof: dict, params: dict) -> dict:
     hps = {k: prof[k] for k in TRAIN_HPS}
     if prof.get("train_time_budget_s"):
         hps["time_budget_s"] = prof["train_time_budget_s"]
     if params.get("model_name_or_path"):
         hps["model_name_or_path"] = params["model_name_or_path"]
-    name = info.job("train")
+    return hps
+
+
+def train_job_request(info: RunInfo, params: dict, features: dict, code_uri: str,
+                      environment: dict[str, str]) -> dict:
+    """Step 4's ``CreateTrainingJob`` request (no side effect: ``make validate-aws`` renders it)."""
+    hps = _train_hyperparameters(training_settings(params), params)
     output_uri = info.uri("train")
-    request = requests.training_request(
-        name=name, train_uri=features["train_uri"], validation_uri=features["validation_uri"],
-        output_uri=output_uri, checkpoint_uri=output_uri + "/checkpoints", code_uri=runner.code_uri(),
-        hyperparameters=hps, environment=runner.tracking_environment(EXPERIMENT, name))
-    return JobPlan("train", request, {"hyperparameters": hps, "profile": prof["profile"],
-                                      "overrides": prof["overrides"], "output_uri": output_uri})
+    return requests.training_request(
+        name=info.job("train"), train_uri=features["train_uri"], validation_uri=features["validation_uri"],
+        output_uri=output_uri, checkpoint_uri=output_uri + "/checkpoints", code_uri=code_uri,
+        hyperparameters=hps, environment=environment)
+
+
+def _plan_train(info: RunInfo, params: dict, inputs: dict, runner: JobRunner) -> JobPlan:
+    """Step 4, first half: the training job's request (hyper-parameters from the profile)."""
+    prof = training_settings(params)
+    request = train_job_request(info, params, inputs["features"], runner.code_uri(),
+                                runner.tracking_environment(EXPERIMENT, info.job("train")))
+    return JobPlan("train", request, {"hyperparameters": _train_hyperparameters(prof, params),
+                                      "profile": prof["profile"], "overrides": prof["overrides"],
+                                      "output_uri": info.uri("train")})
 
 
 def _finish_train(info: RunInfo, params: dict, inputs: dict, plan: JobPlan, result: dict) -> dict:
@@ -231,16 +254,21 @@ def _finish_train(info: RunInfo, params: dict, inputs: dict, plan: JobPlan, resu
             "overrides": plan.state["overrides"]}
 
 
+def evaluate_job_request(info: RunInfo, features: dict, trained: dict, code_uri: str,
+                         deployed: tuple[str, str] | None) -> dict:
+    """Step 5's ``CreateProcessingJob`` request; ``deployed``: (version, package URI) to compare."""
+    return requests.evaluation_request(
+        name=info.job("evaluate"), model_uri=trained["model_uri"], test_uri=features["test_uri"],
+        training_output_uri=trained["output_uri"], output_uri=info.uri("evaluate"), code_uri=code_uri,
+        deployed_model_uri=deployed[1] if deployed else None, deployed_version=deployed[0] if deployed else "")
+
+
 def _plan_evaluate(info: RunInfo, params: dict, inputs: dict, runner: JobRunner) -> JobPlan:
     """Step 5, first half: the evaluation job's request (and the deployed model to compare)."""
-    features, trained = inputs["features"], inputs["trained"]
-    output_uri = info.uri("evaluate")
     deployed = deployed_package()
-    request = requests.evaluation_request(
-        name=info.job("evaluate"), model_uri=trained["model_uri"], test_uri=features["test_uri"],
-        training_output_uri=trained["output_uri"], output_uri=output_uri, code_uri=runner.code_uri(),
-        deployed_model_uri=deployed[1] if deployed else None, deployed_version=deployed[0] if deployed else "")
-    return JobPlan("evaluate", request, {"output_uri": output_uri, "deployed_version": deployed[0] if deployed else None})
+    request = evaluate_job_request(info, inputs["features"], inputs["trained"], runner.code_uri(), deployed)
+    return JobPlan("evaluate", request, {"output_uri": info.uri("evaluate"),
+                                         "deployed_version": deployed[0] if deployed else None})
 
 
 def _finish_evaluate(info: RunInfo, params: dict, inputs: dict, plan: JobPlan, result: dict) -> dict:
