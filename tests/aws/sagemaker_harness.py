@@ -43,6 +43,7 @@ class SageMakerHarness:
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = Path(work_dir)
         self.calls: list[tuple[str, dict]] = []
+        self.async_calls: list[tuple[str, dict]] = []  # made by aiobotocore: the provider's triggers
         self.forced: dict[str, tuple[str, str]] = {}
         self.held: dict[str, threading.Event] = {}
         self.errors: list[str] = []
@@ -96,6 +97,8 @@ class SageMakerHarness:
                 params = {}
             with harness._lock:
                 harness.calls.append((action, params))
+                if "aiobotocore" in (response.headers.get("User-Agent") or ""):
+                    harness.async_calls.append((action, params))  # the deferred task's trigger
             result = original(response)
             if action in ("CreateProcessingJob", "CreateTrainingJob"):
                 harness._launch(response.sagemaker_backend, action[len("Create"):-len("Job")], params)
