@@ -258,6 +258,16 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"COMMENT ON COLUMN {table}.{col} IS '{_sql_str(text)}'")
 
 
+def memory_catalog() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding the catalog's (empty) tables: where the aws backend runs the
+    same SQL (quality rules, clean export) over rows it reads from S3."""
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{_memory_limit()}'")
+    con.execute("SET enable_progress_bar = false")
+    _ensure_schema(con)
+    return con
+
+
 def _sql_str(text: str) -> str:
     # COMMENT ON takes no bind parameters; the texts are our own constants.
     return text.replace("'", "''")
@@ -470,7 +480,7 @@ class _Loaded:
     line_sql: str  # SELECT of the RAW columns (minus ds) from the temp table
 
 
-def _load_file(con: duckdb.DuckDBPyConnection, check: FileCheck, table: str) -> _Loaded:
+def load_csv_file(con: duckdb.DuckDBPyConnection, check: FileCheck, table: str) -> _Loaded:
     """Read one file into a temp table (file order kept in rowid); work out its line numbers."""
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_read_csv_sql(check.columns)}", {"path": str(check.path)})
@@ -584,7 +594,7 @@ def _set_status(con: duckdb.DuckDBPyConnection, ids: list[str], status: str) -> 
 def _stage(con: duckdb.DuckDBPyConnection, day: date, delivery_id: str, checks: list[FileCheck], digest: str,
            run_id: str) -> int:
     """Load the files into temp tables, then write staging + delivery rows in one transaction."""
-    loaded = [_load_file(con, check, f"_load_{i}") for i, check in enumerate(checks)]
+    loaded = [load_csv_file(con, check, f"_load_{i}") for i, check in enumerate(checks)]
     rows = sum(item.rows for item in loaded)
     cols = ", ".join(RAW_COLUMNS)
     con.execute("BEGIN TRANSACTION")
