@@ -72,6 +72,7 @@ class GlueCatalog:
         self.database = self.cfg.glue_database
         self._s3 = self.cfg.client("s3")
         self._glue = self.cfg.client("glue")
+        self._columns: dict[str, list[dict]] = {}  # Glue table -> its columns, once the tables exist
 
     # ------------------------------------------------------------------ addresses
 
@@ -96,6 +97,8 @@ class GlueCatalog:
         local catalog's, so both backends document the same columns)."""
         from botocore.exceptions import ClientError
 
+        if self._columns:
+            return
         try:
             self._glue.create_database(DatabaseInput={
                 "Name": self.database, "Description": "Review-sentiment data catalog (include/data/glue_catalog.py)"})
@@ -115,6 +118,9 @@ class GlueCatalog:
                 "PartitionKeys": [{"Name": key, "Type": "string", "Comment": docs.get(key, "")[:255]}],
                 "StorageDescriptor": self._storage(self.table_uri(name), [
                     {"Name": c, "Type": t, "Comment": docs.get(c, "")[:255]} for c, t in columns if c != key])})
+        for name in TABLES:
+            self._columns[name] = self._glue.get_table(DatabaseName=self.database,
+                                                       Name=name)["Table"]["StorageDescriptor"]["Columns"]
 
     @staticmethod
     def _storage(location: str, columns: list[dict] | None = None) -> dict:
@@ -149,8 +155,8 @@ class GlueCatalog:
         """Create the partition, or point the existing one at ``location`` (one Glue call: the swap)."""
         from botocore.exceptions import ClientError
 
-        columns = self._glue.get_table(DatabaseName=self.database, Name=table)["Table"]["StorageDescriptor"]["Columns"]
-        entry = {"Values": [value], "StorageDescriptor": self._storage(location, columns),
+        self.ensure_tables()
+        entry = {"Values": [value], "StorageDescriptor": self._storage(location, self._columns[table]),
                  "Parameters": {k: str(v) for k, v in params.items()}}
         try:
             self._glue.create_partition(DatabaseName=self.database, TableName=table, PartitionInput=entry)
