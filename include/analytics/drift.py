@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from include.common.config import Settings
-from include.common.io import atomic_path, write_text_atomic
+from include.common.io import atomic_path, is_s3, read_bytes, write_text_atomic
 from include.data import catalog
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,14 @@ def _length_bins(baseline_words: pd.Series) -> np.ndarray:
 def _load_baseline(baseline: pd.DataFrame | Path | str) -> pd.DataFrame:
     if isinstance(baseline, pd.DataFrame):
         df = baseline
+    elif is_s3(str(baseline)):  # the aws backend's export (an S3 object)
+        import io
+
+        try:
+            data = read_bytes(str(baseline))
+        except Exception as exc:  # noqa: BLE001 - any read failure: the baseline is not there
+            raise DriftError(f"{baseline}: baseline (training data of the deployed model) not readable: {exc}") from None
+        df = pd.read_parquet(io.BytesIO(data), columns=list(NEEDED))
     else:
         path = Path(baseline)
         if not path.exists():
@@ -71,16 +79,12 @@ def _load_baseline(baseline: pd.DataFrame | Path | str) -> pd.DataFrame:
     return df
 
 
+CURRENT_SQL = f"SELECT product_category, review_body, star_rating FROM {catalog.TYPED} WHERE list_contains($ds, ds)"
+
+
 def _load_current(ds_list: list[str], settings: Settings | None) -> pd.DataFrame:
     days = [catalog.parse_ds(d) for d in ds_list]
-    con = catalog.connect(settings)
-    try:
-        df = con.execute(
-            f"SELECT product_category, review_body, star_rating FROM {catalog.TYPED} WHERE list_contains($ds, ds)",
-            {"ds": days},
-        ).df()
-    finally:
-        con.close()
+    df = catalog.get_catalog(settings).query(CURRENT_SQL, {"ds": days})  # DuckDB, or Athena on aws
     if df.empty:
         raise DriftError(f"no valid catalogued reviews in partition(s) {', '.join(ds_list)}")
     return df

@@ -562,6 +562,7 @@ WHERE latest = 1"""
 DIALECT: tuple[tuple[str, str], ...] = (
     ("len(regexp_split_to_array(", "cardinality(regexp_split("),  # words in a text
     (" // ", " / "),  # integer division: DuckDB's // is Trino's / on integers
+    ("list_contains(", "contains("),  # a value in a list (the list parameter becomes ARRAY[...])
 )
 _PARAM = re.compile(r"\$([A-Za-z_]\w*)")
 
@@ -571,7 +572,7 @@ def athena_sql(sql: str, params: dict[str, Any], database: str) -> str:
 
     The view becomes :data:`TYPED_SQL` over the Glue tables, :data:`DIALECT` rewrites the
     functions spelled differently, and each ``$name`` becomes a literal of its checked type
-    (dates and numbers only - the values are ours, never free text).
+    (dates and numbers, or lists of them - the values are ours, never free text).
     """
     if not re.fullmatch(r"[a-z0-9_]+", database):
         raise CatalogError(f"glue_database {database!r}: use lower-case letters, digits and _ only")
@@ -585,6 +586,8 @@ def _literal(name: str, params: dict[str, Any]) -> str:
     if name not in params:
         raise CatalogError(f"SQL parameter ${name} has no value (known: {', '.join(sorted(params))})")
     value = params[name]
+    if isinstance(value, (list, tuple)):
+        return "ARRAY[" + ", ".join(_literal(name, {name: v}) for v in value) + "]"
     if isinstance(value, date):
         return f"DATE '{value.isoformat()}'"
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from include.analytics import analysis, drift
 from include.common.config import Settings, get_settings
-from include.common.io import location, output_dir, publish_dir, relocate, uri_to_path
+from include.common.io import is_s3, location, output_dir, publish_dir, relocate, uri_to_path
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
 from include.jobs.runner import get_runner
@@ -289,7 +289,10 @@ def check_drift(info: RunInfo, registered: dict, baseline_uri: str, threshold: f
         log.info("no drift_baseline_uri and no deployed model with recorded training data: drift check skipped")
         return {"skipped": True}
     ds_list = registered.get("partitions") or registered.get("catalog_partitions", [])[-1:]
-    result = drift.compare(ds_list, uri_to_path(baseline), threshold=threshold,
-                           report_dir=uri_to_path(info.uri("drift")))
+    out_uri = info.uri("drift")
+    with output_dir(out_uri) as out_dir:  # on aws: uploaded to S3
+        result = drift.compare(ds_list, baseline if is_s3(baseline) else uri_to_path(baseline), threshold=threshold,
+                               report_dir=out_dir)
+    result = relocate(result, str(out_dir), location(out_uri))
     print(f"drift report: {result['report_path']}", flush=True)
     return result

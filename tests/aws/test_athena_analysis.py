@@ -18,7 +18,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from include.analytics import analysis
+from include.analytics import analysis, drift
 from include.common import aws
 from include.data import catalog
 from include.data.glue_catalog import athena_sql
@@ -116,3 +116,29 @@ def test_only_dates_and_numbers_are_bound_into_athena_sql():
         athena_sql("SELECT $missing", {}, DB)
     with pytest.raises(catalog.CatalogError, match="glue_database 'db; drop'"):
         athena_sql("SELECT 1", {}, "db; drop")
+
+
+def test_check_drift_reads_the_baseline_from_s3_asks_athena_and_writes_its_report_to_s3(aws_analysis):
+    import io
+
+    baseline = pd.DataFrame({"product_category": ["Dresses"] * 50 + ["Knits"] * 50,
+                             "review_body": ["nice and warm"] * 100, "star_rating": [5] * 80 + [1] * 20})
+    buf = io.BytesIO()
+    baseline.to_parquet(buf, index=False)
+    baseline_uri = f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/r0/export/clean.parquet"
+    aws.write_bytes(aws.load_aws_config(), baseline_uri, buf.getvalue())
+    # moto answers with what is queued: a current mix shifted to 1-star reviews
+    _queue(aws_analysis, [pd.DataFrame({"product_category": ["Dresses"] * 10, "review_body": ["cold"] * 10,
+                                        "star_rating": [1] * 10})])
+    info = RunInfo(dag_id="review_catalog_analysis", run_id="manual__d1", ds="2026-03-05")
+    result = steps.check_drift(info, {"partitions": ["2026-03-04", "2026-03-05"]}, baseline_uri, 0.2)
+
+    (sent,) = _queries_sent()
+    assert sent == athena_sql(drift.CURRENT_SQL,
+                              {"ds": [date(2026, 3, 4), date(2026, 3, 5)]}, DB)
+    assert "WHERE contains(ARRAY[DATE '2026-03-04', DATE '2026-03-05'], ds)" in sent
+    assert result["drift"] and "star_rating" in result["drifted"] and result["rows_baseline"] == 100
+    prefix = "rs/runs/review_catalog_analysis/manual__d1/drift/"
+    assert result["report_path"] == f"s3://{BUCKET}/{prefix}drift_report.html"
+    keys = set(aws.list_keys(aws.load_aws_config(), f"s3://{BUCKET}/{prefix}"))
+    assert {prefix + "drift_report.html", prefix + "drift.json", prefix + "drift_star_rating.png"} <= keys
