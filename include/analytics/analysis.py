@@ -193,9 +193,12 @@ def run_analysis(
     top_n: int = 3,
     min_reviews: int = 20,
     bin_width: int = 10,
+    location: str | None = None,
 ) -> dict:
     """Answer the questions, write one PNG per question, ``report.html`` and ``summary.json``.
 
+    ``location``: where ``out_dir`` is published (an ``s3://`` prefix on aws); the paths in
+    ``summary.json`` and in the result name it. Default: ``out_dir``.
     Returns ``{"report_path", "plots": {name: path}, "rows": {name: n}, "reviews": total}``.
     """
     out_dir = Path(out_dir)
@@ -210,16 +213,17 @@ def run_analysis(
               "min_reviews": min_reviews, "bin_width": bin_width}
     report = out_dir / "report.html"
     write_text_atomic(report, render_report(answers, plots, params, total))
+    shown = (location or str(out_dir)).rstrip("/")
     summary = {
-        "report_path": str(report),
-        "plots": {k: str(v) for k, v in plots.items()},
+        "report_path": f"{shown}/{report.name}",
+        "plots": {k: f"{shown}/{v.name}" for k, v in plots.items()},
         "rows": {k: len(v) for k, v in answers.items()},
         "reviews": total,
         "params": params,
         "answers": {k: json.loads(v.to_json(orient="records")) for k, v in answers.items()},
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-    log.info("analysed %d reviews: %d questions, report %s", total, len(QUESTIONS), report)
+    log.info("analysed %d reviews: %d questions, report %s", total, len(QUESTIONS), summary["report_path"])
     return {k: summary[k] for k in ("report_path", "plots", "rows", "reviews")}
 
 

@@ -96,12 +96,14 @@ def compare(
     threshold: float = DEFAULT_THRESHOLD,
     report_dir: Path | None = None,
     settings: Settings | None = None,
+    report_location: str | None = None,
 ) -> dict:
     """PSI per feature between partitions ``current_ds_list`` and ``baseline``.
 
     ``baseline`` is a DataFrame or a Parquet path with ``product_category, review_body,
     star_rating`` (an ``export_clean`` file). Writes ``drift_report.html`` and ``drift.json``
-    into ``report_dir`` when given. Returns ``{"psi": {...}, "drifted": [...], "drift": bool,
+    into ``report_dir`` when given (``report_location``: where that folder is published, an
+    ``s3://`` prefix on aws; ``report_path`` names it). Returns ``{"psi": {...}, "drifted": [...], "drift": bool,
     "threshold", "rows_current", "rows_baseline", "report_path"}``; logs a warning on drift.
     """
     if not current_ds_list:
@@ -144,7 +146,7 @@ def compare(
     if report_dir is not None:
         tables = {name: share_table(b, c, labels if name == "review_length_words" else None)
                   for name, (b, c) in distributions.items()}
-        _write_report(Path(report_dir), result, tables)
+        _write_report(Path(report_dir), result, tables, report_location)
     return result
 
 
@@ -198,10 +200,10 @@ def _chart(name: str, table: pd.DataFrame, psi_value: float, dest: Path) -> byte
     return data
 
 
-def _write_report(report_dir: Path, result: dict, tables: dict[str, pd.DataFrame]) -> Path:
+def _write_report(report_dir: Path, result: dict, tables: dict[str, pd.DataFrame], location: str | None = None) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "drift_report.html"
-    result["report_path"] = str(path)
+    result["report_path"] = f"{(location or str(report_dir)).rstrip('/')}/{path.name}"
     sections = []
     for name, table in tables.items():
         png = _chart(name, table, result["psi"][name], report_dir / f"drift_{name}.png")

@@ -159,18 +159,6 @@ def output_dir(uri: str) -> Iterator[Path]:
                 publish_dir(out, uri)
 
 
-def relocate(value: Any, local_dir: str, published: str) -> Any:
-    """``value`` (a str, or a dict / list of them) with paths below ``local_dir`` named by where
-    :func:`output_dir` published them (``published``)."""
-    if isinstance(value, str):
-        return published + value[len(local_dir):] if value.startswith(local_dir) else value
-    if isinstance(value, dict):
-        return {k: relocate(v, local_dir, published) for k, v in value.items()}
-    if isinstance(value, list):
-        return [relocate(v, local_dir, published) for v in value]
-    return value
-
-
 def publish_tar(src: Path, dest_uri: str, arc_root: str = "") -> str:
     """Write ``src``'s contents as a gzip tarball at ``dest_uri`` (temp name, then rename)."""
     dest = uri_to_path(dest_uri)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from include.analytics import analysis, drift
 from include.common.config import Settings, get_settings
-from include.common.io import is_s3, location, output_dir, publish_dir, relocate, uri_to_path
+from include.common.io import is_s3, location, output_dir, publish_dir, uri_to_path
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
 from include.jobs.runner import get_runner
@@ -267,8 +267,7 @@ def analyse(info: RunInfo, ds_from: str | None, ds_to: str | None, top_n: int) -
     """The lab's SQL questions over the catalog: plots + ``report.html`` under ``analysis/``."""
     out_uri = info.uri("analysis")
     with output_dir(out_uri) as out_dir:  # on aws: plots and report uploaded to S3
-        result = analysis.run_analysis(out_dir, ds_from, ds_to, top_n=top_n)
-    result = relocate(result, str(out_dir), location(out_uri))
+        result = analysis.run_analysis(out_dir, ds_from, ds_to, top_n=top_n, location=location(out_uri))
     print(f"analysis report: {result['report_path']}", flush=True)
     return result
 
@@ -292,7 +291,6 @@ def check_drift(info: RunInfo, registered: dict, baseline_uri: str, threshold: f
     out_uri = info.uri("drift")
     with output_dir(out_uri) as out_dir:  # on aws: uploaded to S3
         result = drift.compare(ds_list, baseline if is_s3(baseline) else uri_to_path(baseline), threshold=threshold,
-                               report_dir=out_dir)
-    result = relocate(result, str(out_dir), location(out_uri))
+                               report_dir=out_dir, report_location=location(out_uri))
     print(f"drift report: {result['report_path']}", flush=True)
     return result
