@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -194,6 +195,31 @@ def publish_dir(src: Path, dest_uri: str) -> str:
     with atomic_path(dest) as tmp:
         shutil.copytree(src, tmp, copy_function=link_or_copy)
     return dest.as_uri()
+
+
+def location(uri: str) -> str:
+    """Where a user reads ``uri``: the local path of a ``file://`` URI, the ``s3://`` URI itself."""
+    return str(uri).rstrip("/") if is_s3(uri) else str(uri_to_path(uri))
+
+
+@contextlib.contextmanager
+def output_dir(uri: str) -> Iterator[Path]:
+    """A local folder for a step to write the folder ``uri`` into.
+
+    ``file://``: the folder itself (the step publishes atomically into it). ``s3://``: a
+    temporary folder, uploaded to ``uri`` when the block ends - also when it raises, so that a
+    failed quality gate's report is there to read - if the step created it.
+    """
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="reviews-out-") as tmp:
+        out = Path(tmp) / "out"
+        try:
+            yield out
+        finally:
+            if out.is_dir():
+                publish_dir(out, uri)
 
 
 def publish_tar(src: Path, dest_uri: str, arc_root: str = "") -> str:

@@ -16,7 +16,18 @@ from pathlib import Path
 
 from include.analytics import analysis, drift
 from include.common.config import Settings, get_settings
-from include.common.io import delete_prefix, edit_dir, local_dir, publish_dir, read_json, uri_to_path, write_json
+from include.common.io import (
+    delete_prefix,
+    edit_dir,
+    is_s3,
+    local_dir,
+    location,
+    output_dir,
+    publish_dir,
+    read_json,
+    uri_to_path,
+    write_json,
+)
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
 from include.jobs.runner import JobRunner, get_runner
@@ -76,12 +87,14 @@ def validate_dataset(info: RunInfo, partitions: list[str], max_bad_row_fraction:
     if not partitions:
         log.info("no staged delivery to audit (nothing new, or identical to the published data): gate skipped")
         return {"skipped": True, "passed": True, "partitions": [], "rows": 0, "bad_rows": 0}
-    report_dir = uri_to_path(info.uri("validate"))
+    report_uri = info.uri("validate")
     try:
-        result = quality.validate_partitions(partitions, info.run_id, max_bad_row_fraction, report_dir,
-                                             **{k: v for k, v in tolerances.items() if v is not None})
+        with output_dir(report_uri) as report_dir:  # on aws: uploaded to S3, whatever the verdict
+            result = quality.validate_partitions(partitions, info.run_id, max_bad_row_fraction, report_dir,
+                                                 report_location=location(report_uri),
+                                                 **{k: v for k, v in tolerances.items() if v is not None})
     except quality.DataQualityError:
-        print(f"validation report: {report_dir / 'validation_report.html'}", flush=True)
+        print(f"validation report: {location(report_uri)}/validation_report.html", flush=True)
         raise
     print(f"validation report: {result['report_path']}", flush=True)
     log.info("validation: %d rows, %d bad (%.2f%%); published %s", result["rows"], result["bad_rows"],
@@ -355,7 +368,9 @@ def accuracy_gate(evaluation: dict, min_accuracy: float, champion: float | None 
 
 def analyse(info: RunInfo, ds_from: str | None, ds_to: str | None, top_n: int) -> dict:
     """The lab's SQL questions over the catalog: plots + ``report.html`` under ``analysis/``."""
-    result = analysis.run_analysis(uri_to_path(info.uri("analysis")), ds_from, ds_to, top_n=top_n)
+    out_uri = info.uri("analysis")
+    with output_dir(out_uri) as out_dir:  # on aws: plots and report uploaded to S3
+        result = analysis.run_analysis(out_dir, ds_from, ds_to, top_n=top_n, location=location(out_uri))
     print(f"analysis report: {result['report_path']}", flush=True)
     return result
 
@@ -376,7 +391,9 @@ def check_drift(info: RunInfo, registered: dict, baseline_uri: str, threshold: f
         log.info("no drift_baseline_uri and no deployed model with recorded training data: drift check skipped")
         return {"skipped": True}
     ds_list = registered.get("partitions") or registered.get("catalog_partitions", [])[-1:]
-    result = drift.compare(ds_list, uri_to_path(baseline), threshold=threshold,
-                           report_dir=uri_to_path(info.uri("drift")))
+    out_uri = info.uri("drift")
+    with output_dir(out_uri) as out_dir:  # on aws: uploaded to S3
+        result = drift.compare(ds_list, baseline if is_s3(baseline) else uri_to_path(baseline), threshold=threshold,
+                               report_dir=out_dir, report_location=location(out_uri))
     print(f"drift report: {result['report_path']}", flush=True)
     return result
