@@ -137,3 +137,29 @@ def test_metadata_encoding_keeps_50_properties_in_priority_order():
         "x": "é {json}", "y": "b64:literal"}
     long = decode_properties(encode_properties({"u": "s3://b/" + "k" * 400}))["u"]
     assert long.endswith("[cut]") and len(encode_properties({"u": "s3://b/" + "k" * 400})["u"]) <= 256
+
+
+def test_register_model_step_packages_the_s3_artifact_to_s3_and_registers_it_once(registry, tiny_dir, tmp_path):
+    # The pipeline's step 7 on aws: the training job's model.tar.gz on S3 in, the package on S3 out.
+    import tarfile
+
+    from include.model.packaging import extract_package
+
+    artifact = tmp_path / "model.tar.gz"
+    with tarfile.open(artifact, "w:gz") as tar:
+        for f in tiny_dir.iterdir():
+            tar.add(f, arcname=f.name)
+    key = "rs/runs/review_sentiment_pipeline/r1/train/output/model.tar.gz"
+    boto3.client("s3", region_name=REGION).upload_file(str(artifact), BUCKET, key)
+    evaluation = {"metrics": {"accuracy": {"value": 0.7}}}
+    out = model_steps.register_model(f"s3://{BUCKET}/{key}", evaluation, _lineage(), auto_approve=False,
+                                     package_dest_uri=PACKAGE_URI)
+    assert (out["version"], out["approval_status"], out["package_uri"], out["created"]) == (
+        "1", PENDING, PACKAGE_URI, True)
+    unpacked = extract_package(PACKAGE_URI, tmp_path / "unpacked")  # the manifest checks every file
+    assert (unpacked / "code" / "inference.py").is_file() and (unpacked / "model.safetensors").is_file()
+    again = model_steps.register_model(f"s3://{BUCKET}/{key}", evaluation, _lineage(), auto_approve=False,
+                                       package_dest_uri=PACKAGE_URI)
+    assert (again["version"], again["created"]) == ("1", False)
+    lineage = registry.get("1").lineage
+    assert (lineage["model_artifact_uri"], lineage["package_uri"]) == (f"s3://{BUCKET}/{key}", PACKAGE_URI)
