@@ -4,8 +4,8 @@ Shaped like SageMaker Feature Store (the course's first lab): a :class:`FeatureG
 name, a record identifier (``review_id``), an event time, typed features, a description and a
 version; ``create_feature_group`` twice is a no-op, an incompatible change is an error that
 names the field. The interface is :class:`FeatureStore`; :func:`get_feature_store` picks the
-implementation from the backend (``local`` today; ``aws`` = SageMaker Feature Store, blocked
-until the aws backend exists).
+implementation from the backend (``local``; ``aws`` = SageMaker Feature Store,
+``include/data/sagemaker_feature_store.py``).
 
 Local flavour (:class:`LocalFeatureStore`):
 
@@ -326,8 +326,10 @@ def get_feature_store(settings: Settings | None = None) -> FeatureStore:
     settings = settings or get_settings()
     if settings.backend == "local":
         return LocalFeatureStore(settings)
-    raise ConfigError("REVIEWS_BACKEND=aws: the SageMaker Feature Store implementation is not available until the "
-                      "aws backend exists (issue #12); use REVIEWS_BACKEND=local")
+    from include.common.aws import load_aws_config
+    from include.data.sagemaker_feature_store import SageMakerFeatureStore
+
+    return SageMakerFeatureStore(load_aws_config().validate())
 
 
 def to_utc_naive(value: datetime | date | str) -> datetime:
@@ -627,27 +629,15 @@ class LocalFeatureStore(FeatureStore):
                              record_ids: list[str] | None = None) -> dict:
         """Write the point-in-time read as ``<dest>/<split>/part-00000.parquet`` (the preprocess
         job's shard layout, what the training job reads), atomically; returns rows per split."""
-        import tempfile
-
         con = self._connect(read_only=True)
         try:
             group = self._require(con, name)
             if "split_type" not in group.feature_names:
                 raise FeatureValidationError(f"feature group {name}: has no split_type feature to export channels by")
-            con.register("pit_src", self._pit(con, group, as_of, record_ids).to_arrow_table())
-            rows = dict(con.execute("SELECT split_type, count(*) FROM pit_src GROUP BY 1").fetchall())
-            with tempfile.TemporaryDirectory() as tmp:
-                for split in SPLITS:  # constants: safe to inline
-                    (Path(tmp) / split).mkdir()
-                    con.execute(f"COPY (SELECT * FROM pit_src WHERE split_type = '{split}' "
-                                f"ORDER BY {group.record_identifier}) "
-                                f"TO '{_sql_str(str(Path(tmp) / split / 'part-00000.parquet'))}' (FORMAT parquet)")
-                publish_dir(Path(tmp), dest_uri)
+            table = self._pit(con, group, as_of, record_ids).to_arrow_table()
         finally:
             con.close()
-        counts = {s: int(rows.get(s, 0)) for s in SPLITS}
-        log.info("exported %s as of %s to %s: %s", name, to_utc_naive(as_of), dest_uri, counts)
-        return {"feature_group": name, "as_of": to_utc_naive(as_of).isoformat(), "uri": dest_uri, "rows": counts}
+        return write_channels(group, table, as_of, dest_uri)
 
     def get_record(self, name: str, record_id: str) -> dict | None:
         return self.online.get_record(name, record_id)
@@ -667,6 +657,32 @@ class LocalFeatureStore(FeatureStore):
             raise FeatureValidationError(f"query failed: {exc}") from None
         finally:
             con.close()
+
+
+def write_channels(group: FeatureGroup, table: "pa.Table", as_of: datetime, dest_uri: str) -> dict:
+    """Write a point-in-time read as ``<dest>/<split>/part-00000.parquet`` (rows sorted by record
+    identifier), published atomically; both backends' exports end here, so the training job reads
+    the same files whichever store they came from."""
+    import tempfile
+
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("pit_src", table)
+        rows = dict(con.execute("SELECT split_type, count(*) FROM pit_src GROUP BY 1").fetchall())
+        with tempfile.TemporaryDirectory() as tmp:
+            for split in SPLITS:  # constants: safe to inline
+                (Path(tmp) / split).mkdir()
+                con.execute(f"COPY (SELECT * FROM pit_src WHERE split_type = '{split}' "
+                            f"ORDER BY {group.record_identifier}) "
+                            f"TO '{_sql_str(str(Path(tmp) / split / 'part-00000.parquet'))}' (FORMAT parquet)")
+            publish_dir(Path(tmp), dest_uri)
+    finally:
+        con.close()
+    counts = {s: int(rows.get(s, 0)) for s in SPLITS}
+    log.info("exported %s as of %s to %s: %s", group.name, to_utc_naive(as_of), dest_uri, counts)
+    return {"feature_group": group.name, "as_of": to_utc_naive(as_of).isoformat(), "uri": dest_uri, "rows": counts}
 
 
 def _latest_sql(group: FeatureGroup, where: str = "true", partitions: str = "true") -> str:

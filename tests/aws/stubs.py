@@ -8,6 +8,7 @@ hook lets a test play the part of the service for the stubbed call (e.g. apply a
 from __future__ import annotations
 
 import io
+import threading
 from typing import Callable
 
 from botocore.response import StreamingBody
@@ -23,6 +24,7 @@ class OperationStubber(Stubber):
         super().__init__(client)
         self.operations = operations
         self.on_call = on_call
+        self._local = threading.local()  # the API parameters of the call in flight, per thread
 
     def _events(self) -> list[tuple[str, str]]:
         service = self.client.meta.service_model.service_id.hyphenize()
@@ -43,13 +45,13 @@ class OperationStubber(Stubber):
             self.client.meta.events.unregister(call, self._get_response_handler, unique_id=f"{self._event_id}-{call}")
 
     def _assert_expected_params(self, model, params, context, **kwargs):
-        self._api_params = dict(params)  # the API parameters (before-call sees the serialized request)
+        self._local.params = dict(params)  # the API parameters (before-call sees the serialized request)
         return super()._assert_expected_params(model, params, context, **kwargs)
 
     def _get_response_handler(self, model, params, context, **kwargs):
         response = super()._get_response_handler(model, params, context, **kwargs)
         if self.on_call is not None:
-            self.on_call(model.name, self._api_params)
+            self.on_call(model.name, self._local.params)
         return response
 
 

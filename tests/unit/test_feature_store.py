@@ -223,7 +223,11 @@ def test_cli_lists_groups_with_counts_and_runs_sql(store, capsys):
     assert "query failed" in capsys.readouterr().err
 
 
-def test_the_aws_backend_is_refused_until_it_exists(reviews_home, monkeypatch):
+def test_the_aws_backend_without_an_aws_config_names_what_is_missing(reviews_home, monkeypatch):
+    # The SageMaker Feature Store itself is tested against moto in tests/aws/test_sagemaker_feature_store.py.
     monkeypatch.setenv("REVIEWS_BACKEND", "aws")
-    with pytest.raises(ConfigError, match="issue #12"):
+    for var in ("REVIEWS_AWS_CONF", "REVIEWS_AWS_REGION", "REVIEWS_AWS_BUCKET", "REVIEWS_AWS_ROLE_ARN",
+                "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="bucket is not set"):
         fs.get_feature_store()
