@@ -317,6 +317,11 @@ class FeatureStore(ABC):
         """The online store's latest record of ``record_id``."""
 
     @abstractmethod
+    def snapshot(self, name: str, source: str | None = None) -> tuple[str, datetime] | None:
+        """``(source, latest event time)`` of the ingestions of ``source`` (a pipeline run), or of
+        the most recent ingestion that named one when ``source`` is None; None when there is none."""
+
+    @abstractmethod
     def batch_get_record(self, name: str, record_ids: list[str]) -> dict[str, dict]:
         """The online store's latest records of ``record_ids``."""
 
@@ -642,6 +647,23 @@ class LocalFeatureStore(FeatureStore):
     def get_record(self, name: str, record_id: str) -> dict | None:
         return self.online.get_record(name, record_id)
 
+    def snapshot(self, name: str, source: str | None = None) -> tuple[str, datetime] | None:
+        con = self._connect(read_only=True)
+        try:
+            if self._stored(con, name) is None:
+                return None
+            if source is None:
+                row = con.execute(f"SELECT source FROM {INGESTIONS} WHERE group_name = ? AND coalesce(source, '') <> '' "
+                                  "ORDER BY committed_at DESC LIMIT 1", [name]).fetchone()
+                if not row:
+                    return None
+                source = row[0]
+            row = con.execute(f"SELECT max(max_event_time) FROM {INGESTIONS} WHERE group_name = ? AND source = ?",
+                              [name, source]).fetchone()
+        finally:
+            con.close()
+        return (source, row[0]) if row and row[0] is not None else None
+
     def batch_get_record(self, name: str, record_ids: list[str]) -> dict[str, dict]:
         return self.online.batch_get_record(name, record_ids)
 
@@ -731,16 +753,8 @@ def ingest_run_features(features_dir: Path, ds: str, source: str, channels_uri: 
 
 def latest_snapshot(settings: Settings | None = None) -> str | None:
     """The pipeline run (ingestion ``source``) that most recently added records to ``reviews_features``."""
-    store = get_feature_store(settings)
-    con = store._connect(read_only=True)
-    try:
-        if store._stored(con, REVIEWS.name) is None:
-            return None
-        row = con.execute(f"SELECT source FROM {INGESTIONS} WHERE group_name = ? AND coalesce(source, '') <> '' "
-                          "ORDER BY committed_at DESC LIMIT 1", [REVIEWS.name]).fetchone()
-    finally:
-        con.close()
-    return row[0] if row else None
+    found = get_feature_store(settings).snapshot(REVIEWS.name)
+    return found[0] if found else None
 
 
 def export_snapshot(snapshot_id: str, dest: Path, settings: Settings | None = None) -> dict[str, int]:
@@ -748,16 +762,11 @@ def export_snapshot(snapshot_id: str, dest: Path, settings: Settings | None = No
     known then, as ``<dest>/<split>/part-00000.parquet``; rows per split. Raises
     :class:`FeatureStoreError` when the run ingested nothing or a split is empty."""
     store = get_feature_store(settings)
-    con = store._connect(read_only=True)
-    try:
-        row = con.execute(f"SELECT max(max_event_time) FROM {INGESTIONS} WHERE group_name = ? AND source = ?",
-                          [REVIEWS.name, snapshot_id]).fetchone() if store._stored(con, REVIEWS.name) else None
-    finally:
-        con.close()
-    if not row or row[0] is None:
+    found = store.snapshot(REVIEWS.name, snapshot_id)
+    if found is None:
         raise FeatureStoreError(f"feature snapshot {snapshot_id!r}: no ingestion into {REVIEWS.name} by that run; "
                                 "run review_sentiment_pipeline's preprocess first, or pass another snapshot_id")
-    rows = store.export_point_in_time(REVIEWS.name, row[0], Path(dest).as_uri())["rows"]
+    rows = store.export_point_in_time(REVIEWS.name, found[1], Path(dest).as_uri())["rows"]
     missing = [s for s in ("train", "validation", "test") if not rows.get(s)]
     if missing:
         raise FeatureStoreError(f"feature snapshot {snapshot_id!r} has no {', '.join(missing)} rows (it has {rows})")

@@ -21,7 +21,9 @@
   and the latest record per identifier with event time <= ``as_of`` kept (ties: the latest
   write; deleted records dropped) - the local store's semantics. Re-putting a (record id,
   event time) appends a second copy in SageMaker's offline store; the read keeps one, so a
-  re-run changes nothing a reader sees.
+  re-run changes nothing a reader sees. Each ingestion, once visible, is logged in
+  ``feature-store/<group>/ingestions/`` (source run, event-time range), which
+  :meth:`SageMakerFeatureStore.snapshot` reads for the AutoML DAG's snapshot export.
 - **Online store**: ``GetRecord`` / ``BatchGetRecord``, values typed back like the local online
   store's JSON (ints, lists, ``YYYY-MM-DD`` dates, ``YYYY-MM-DD HH:MM:SS`` timestamps).
 """
@@ -32,6 +34,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
@@ -296,6 +299,13 @@ class SageMakerFeatureStore(FeatureStore):
                     last_log = time.monotonic()
         put_s = time.monotonic() - t0
         self._wait_offline(group, keys)
+        if rows:  # the ingestion log (what snapshot() reads), written once the offline store shows it all
+            events = [to_utc_naive(et) for _, et in keys]
+            stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:10]}"
+            s3_write(self.cfg, self.cfg.s3_uri(f"feature-store/{name}/ingestions/{stamp}.json"), json.dumps(
+                {"source": source, "records": len(rows), "min_event_time": min(events).isoformat(),
+                 "max_event_time": max(events).isoformat(), "committed_at": time.time()}).encode(),
+                "application/json")
         result = {"feature_group": name, "ingestion_id": None, "source": source, "records": len(rows),
                   "duplicates_skipped": None, "files": [], "put_s": round(put_s, 3),
                   "online_records_written": len(rows), "wall_s": round(time.monotonic() - t0, 3)}
@@ -406,6 +416,19 @@ class SageMakerFeatureStore(FeatureStore):
         if "split_type" not in group.feature_names:
             raise FeatureValidationError(f"feature group {name}: has no split_type feature to export channels by")
         return write_channels(group, self.point_in_time(name, as_of, record_ids), as_of, dest_uri)
+
+    def snapshot(self, name: str, source: str | None = None) -> tuple[str, datetime] | None:
+        """See :meth:`FeatureStore.snapshot` (from the ingestion log beside the offline store)."""
+        log_uri = self.cfg.s3_uri(f"feature-store/{name}/ingestions/")
+        entries = [json.loads(self._read(f"s3://{split_s3_uri(log_uri)[0]}/{k}"))
+                   for k in sorted(self._keys(log_uri))]
+        if source is None:
+            named = [e for e in entries if e.get("source")]
+            if not named:
+                return None
+            source = max(named, key=lambda e: e["committed_at"])["source"]
+        events = [datetime.fromisoformat(e["max_event_time"]) for e in entries if e.get("source") == source]
+        return (source, max(events)) if events else None
 
     def _typed(self, group: FeatureGroup, record: list[dict]) -> dict:
         out: dict = {f.name: None for f in group.features}

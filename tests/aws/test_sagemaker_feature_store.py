@@ -233,3 +233,9 @@ def test_the_pipeline_step_ingests_and_exports_through_the_same_function(aws_acc
     assert out["rows"] == {"train": 2, "validation": 1, "test": 1}
     assert out["as_of"] == "2024-01-01T00:00:00"
     assert isinstance(feature_store.get_feature_store(), SageMakerFeatureStore)
+    # what the AutoML DAG reads: the latest run's snapshot, exported as of its event time
+    assert feature_store.latest_snapshot() == "d1"
+    assert feature_store.export_snapshot("d1", tmp_path / "automl") == {"train": 2, "validation": 1, "test": 1}
+    assert pq.read_table(tmp_path / "automl" / "test" / "part-00000.parquet").column("review_id").to_pylist() == ["d"]
+    with pytest.raises(feature_store.FeatureStoreError, match="no ingestion"):
+        feature_store.export_snapshot("never-ran", tmp_path / "none")
