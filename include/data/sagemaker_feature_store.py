@@ -319,7 +319,7 @@ class SageMakerFeatureStore(FeatureStore):
         wanted = {(rid, to_utc_naive(et)) for rid, et in keys}
         started = time.monotonic()
         while True:
-            table = self._offline_records(group, max(et for _, et in wanted))
+            table = self._offline_records(group, max(et for _, et in wanted), min(et for _, et in wanted))
             present = set(zip(table.column(group.record_identifier).to_pylist(),
                               table.column(group.event_time).to_pylist(), strict=True)) if table.num_rows else set()
             missing = len(wanted - present)
@@ -339,18 +339,20 @@ class SageMakerFeatureStore(FeatureStore):
         """Where SageMaker writes the group's offline store (``ResolvedOutputS3Uri``)."""
         return self._describe(name)["OfflineStoreConfig"]["S3StorageConfig"]["ResolvedOutputS3Uri"]
 
-    def _offline_records(self, group: FeatureGroup, up_to: datetime) -> "pa.Table":
-        """Every offline-store row in partitions up to ``up_to``'s day (types as SageMaker wrote them)."""
+    def _offline_records(self, group: FeatureGroup, up_to: datetime, since: datetime | None = None) -> "pa.Table":
+        """Every offline-store row in the day partitions up to ``up_to``'s (from ``since``'s when given),
+        cast back to the group's types."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         root = self.offline_uri(group.name).rstrip("/") + "/"
         bucket, _ = split_s3_uri(root)
-        day = to_utc_naive(up_to).date()
+        last = to_utc_naive(up_to).date()
+        first = to_utc_naive(since).date() if since is not None else date.min
         tables = []
         for key in self._keys(root):
             m = _DAY.search("/" + key)
-            if not key.endswith(".parquet") or (m and date(*map(int, m.groups())) > day):
+            if not key.endswith(".parquet") or (m and not first <= date(*map(int, m.groups())) <= last):
                 continue
             tables.append(pq.read_table(io.BytesIO(self._read(f"s3://{bucket}/{key}"))))
         if not tables:

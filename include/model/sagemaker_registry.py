@@ -179,8 +179,13 @@ class SageMakerModelRegistry(ModelRegistry):
         out: list[dict] = []
         pages = self.sm.get_paginator("list_model_packages").paginate(
             ModelPackageGroupName=self.group, ModelPackageType="Versioned")
-        for page in pages:
-            out += page.get("ModelPackageSummaryList", [])
+        try:
+            for page in pages:
+                out += page.get("ModelPackageSummaryList", [])
+        except Exception as exc:  # noqa: BLE001 - no group yet: no versions
+            if not _not_found(exc):
+                raise
+            return []
         return sorted(out, key=lambda s: int(s.get("ModelPackageVersion") or 0))
 
     def _descriptions(self) -> list[dict]:
