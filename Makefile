@@ -24,7 +24,7 @@ help:
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make data-status - catalog partitions (published delivery, rows, last audit) and rejected deliveries"
 	@echo "make features [SQL=\"SELECT ...\"] - feature groups with counts, or SQL on the offline feature store"
-	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
+	@echo "make stop       - stop the model endpoint (aws: delete the SageMaker endpoint; make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make rollback   - serve the previous Approved model version again"
 	@echo "make validate-aws CONF=<file> [DS=..] [PARAMS=json] - dry run of the aws backend: every SageMaker"
 	@echo "                  request of one run for that config, and its problems (no AWS call)"

@@ -74,9 +74,12 @@ class AwsConfig:
     athena_output_uri: str = ""  # empty: s3://<bucket>/<prefix>/athena-results/
     model_package_group: str = "review-sentiment"
     feature_group: str = "reviews-features"
+    offline_store_wait_s: int = 1800  # longest an ingestion waits for SageMaker's offline store to show its records
     endpoint_name: str = "review-sentiment"
     endpoint_instance_type: str = "ml.m5.xlarge"
     endpoint_instance_count: int = 1
+    endpoint_image_uri: str = ""  # empty: the Hugging Face inference image for the region
+    endpoint_wait_s: int = 1800  # longest a deploy waits for the endpoint to be InService
     subnets: tuple[str, ...] = ()
     security_group_ids: tuple[str, ...] = ()
     kms_key_id: str = ""

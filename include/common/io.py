@@ -42,6 +42,52 @@ def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
 
 
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path holding the object or folder at ``uri`` while the block runs: the path
+    itself for ``file://``, a temporary download (removed afterwards) for ``s3://``."""
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+    import tempfile
+
+    from botocore.exceptions import ClientError
+
+    from include.common.aws import download_prefix, load_aws_config, split_s3_uri
+
+    cfg = load_aws_config()
+    bucket, key = split_s3_uri(uri)
+    name = key.rstrip("/").rsplit("/", 1)[-1] or bucket
+    with tempfile.TemporaryDirectory(prefix="reviews-in-") as tmp:
+        target = Path(tmp) / name
+        try:
+            if key.endswith("/") or not key:
+                raise FileNotFoundError(uri)
+            cfg.client("s3").head_object(Bucket=bucket, Key=key)
+        except (ClientError, FileNotFoundError):  # not one object: a folder (prefix) then
+            if not download_prefix(cfg, uri.rstrip("/") + "/", target):
+                raise FileNotFoundError(f"{uri}: no such object or folder on S3") from None
+        else:
+            cfg.client("s3").download_file(bucket, key, str(target))
+        yield target
+
+
+def publish_file(src: Path, dest_uri: str) -> str:
+    """Put the file ``src`` at ``dest_uri`` (temp name then rename; on S3 one upload)."""
+    if is_s3(dest_uri):
+        from include.common.aws import load_aws_config, split_s3_uri
+
+        cfg = load_aws_config()
+        bucket, key = split_s3_uri(dest_uri)
+        extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": cfg.kms_key_id} if cfg.kms_key_id else None
+        cfg.client("s3").upload_file(str(src), bucket, key, ExtraArgs=extra)
+        return dest_uri
+    dest = uri_to_path(dest_uri)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return dest.as_uri()
+
+
 def write_bytes(uri: str, data: bytes) -> str:
     """Write ``data`` at ``uri`` atomically: rename locally, one PUT on S3."""
     if is_s3(uri):
