@@ -382,6 +382,13 @@ class MlflowModelRegistry(ModelRegistry):
         return self._to_version(mv)
 
 
+def registry_exists() -> bool:
+    """Whether there can be any version yet: on ``local``, whether MLflow's store was created (asking
+    would create it); on ``aws`` the SageMaker registry is asked (a missing group lists none)."""
+    settings = get_settings()
+    return settings.backend != "local" or (settings.mlflow_dir / "mlflow.db").exists()
+
+
 def get_registry(name: str = MODEL_NAME) -> ModelRegistry:
     """The registry of the configured backend (``local``: MLflow under the state dir; ``aws``:
     the SageMaker Model Registry group of the aws config).

@@ -31,7 +31,7 @@ from include.common.io import (
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
 from include.jobs.runner import JobRunner, get_runner
-from include.model.registry import ModelVersion, RegistryError, get_registry
+from include.model.registry import ModelVersion, RegistryError, get_registry, registry_exists
 from include.pipeline import profiles
 from include.pipeline.context import PipelineError, RunInfo
 
@@ -328,7 +328,7 @@ def evaluate(info: RunInfo, features: dict, trained: dict) -> dict:
 
 def _deployed_version() -> ModelVersion | None:
     # what the endpoint serves, per the registry; None before any registry or deploy exists
-    if not (get_settings().mlflow_dir / "mlflow.db").exists():
+    if not registry_exists():
         return None
     try:
         return get_registry().deployed_version()
