@@ -40,8 +40,6 @@ class CountingPlugin:
         self._lock = threading.Lock()
 
     def _task(self) -> str:
-        if threading.current_thread().name.startswith("sagemaker-"):
-            return "outside_tasks:harness_playing_sagemaker"
         try:
             from airflow.sdk import get_current_context
 
@@ -57,6 +55,12 @@ class CountingPlugin:
         op = f"{model.service_model.service_name}.{model.name}" if model is not None else "?"
         with self._lock:
             self.calls[self._task()][op] += 1
+
+    def before_harness_call(self, model=None, **kwargs) -> None:
+        """Calls of clients made by the harness's job threads (SageMaker's side, not ours)."""
+        op = f"{model.service_model.service_name}.{model.name}" if model is not None else "?"
+        with self._lock:
+            self.calls["outside_tasks:harness_playing_sagemaker"][op] += 1
 
     def before_async_call(self, model=None, **kwargs) -> None:
         """The same hook on aiobotocore's sessions: the provider's trigger polling the job of the
@@ -74,7 +78,12 @@ class CountingPlugin:
 
         def counting_init(self, *args, **kwargs):
             init(self, *args, **kwargs)
-            hook = plugin.before_async_call if type(self).__name__ == "AioSession" else plugin.before_call
+            if threading.current_thread().name.startswith("sagemaker-"):  # the harness playing a job
+                hook = plugin.before_harness_call
+            elif type(self).__name__ == "AioSession":
+                hook = plugin.before_async_call
+            else:
+                hook = plugin.before_call
             self.register("before-call", hook, unique_id="aws-moto-benchmark-counter")
 
         botocore.session.Session.__init__ = counting_init  # every session, boto3's and aiobotocore's
