@@ -475,6 +475,29 @@ class GlueCatalog:
         log.info("published ds=%s: Glue %s.%s partition -> %s (%d stale object(s) of the previous delivery deleted)",
                  ds, self.database, RAW_TABLE, dest, stale)
 
+    def data_status(self) -> dict:
+        """:func:`catalog.data_status` from Glue: the partitions' parameters and the delivery records."""
+        staged_rows = {p["value"]: int(p["params"].get("rows", 0)) for p in self.partitions(STAGING_TABLE)}
+        quarantined = {p["value"]: int(p["params"].get("rows", 0)) for p in self.partitions(QUARANTINE_TABLE)}
+        partitions = []
+        for p in self.partitions(RAW_TABLE):
+            params = p["params"]
+            partitions.append({"ds": p["value"], "delivery_id": params.get("delivery_id"),
+                               "rows": int(params.get("rows", 0)), "bad_rows": int(params.get("bad_rows") or 0),
+                               "validated_at": params.get("validated_at"),
+                               "validation_run_id": params.get("validation_run_id"),
+                               "passed": {"true": True, "false": False}.get(params.get("passed", "")),
+                               "files": json.loads(params.get("files", "[]"))})
+        keys = aws.list_keys(self.cfg, self.cfg.s3_uri("catalog/deliveries/"))
+        records = [json.loads(aws.read_bytes(self.cfg, f"s3://{self.cfg.bucket}/{k}")) for k in keys]
+        waiting = [{**d, "staged_rows": staged_rows.get(d["delivery_id"], 0),
+                    "quarantined_rows": quarantined.get(d["delivery_id"], 0)}
+                   for d in sorted(records, key=lambda d: (d["ds"], d["staged_at"]))
+                   if d["status"] in (catalog.STAGED, catalog.REJECTED, catalog.EXPIRED)]
+        return {"partitions": partitions, "deliveries": waiting, "retention_days": catalog.retention_days(),
+                "catalog": f"Glue database {self.database} ({self.cfg.root_uri})",
+                "staging_table": f"{self.database}.{STAGING_TABLE}"}
+
     # ------------------------------------------------------------------ export and SQL
 
     def export_clean(self, ds_to: str, dest_path: Path, ds_from: str | None = None) -> int:

@@ -160,6 +160,15 @@ def test_a_failing_gate_rejects_the_delivery_and_leaves_the_published_day_alone(
     assert [p["Values"] for p in _partitions(QUARANTINE_TABLE)] == [[second["delivery_id"]]]
     again = catalog.register_partition("2026-03-04", retry_rejected=False)
     assert again["status"] == "rejected"
+    # make data-status reads the same from Glue and the delivery records
+    status = catalog.data_status()
+    assert status["staging_table"] == f"{DB}.{STAGING_TABLE}" and DB in status["catalog"]
+    assert [(p["ds"], p["delivery_id"], p["rows"], p["passed"]) for p in status["partitions"]] == [
+        ("2026-03-04", first["delivery_id"], 3, True)]
+    (rejected,) = status["deliveries"]
+    assert (rejected["delivery_id"], rejected["status"], rejected["staged_rows"], rejected["quarantined_rows"]) == (
+        second["delivery_id"], "rejected", 2, 1)
+    assert rejected["audit_run_id"] == "r2" and "bad row fraction" in rejected["reason"]
 
 
 def test_validate_step_writes_the_report_to_the_runs_s3_prefix(aws_catalog):
