@@ -192,3 +192,30 @@ def test_deploy_model_step_deploys_an_approved_package_and_marks_it_deployed(aws
 
 def _config_name(harness: Harness, version: str) -> str:
     return harness.endpoint.config_name(_package(version), version)
+
+
+def test_a_real_package_is_deployed_updated_and_answers_through_its_own_handler(aws_account, classifier_dir,
+                                                                                 tmp_path, monkeypatch):
+    # InvokeEndpoint runs the package's code/inference.py (tests/aws/sagemaker_fakes.py plays the
+    # container), so the smoke test and predict() exercise the real wire format end to end.
+    from include.model.packaging import build_package
+    from tests.aws.sagemaker_fakes import install
+
+    monkeypatch.setenv("INFERENCE_NUM_THREADS", "1")
+    _, fake = install(monkeypatch, REGION, tmp_path / "container")
+    v1 = build_package(classifier_dir, f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/a/register_model/")
+    v2 = build_package(classifier_dir, f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/b/register_model/")
+    first = endpoint.deploy(v1, "1", TEXTS)
+    assert first["mode"] == "created"
+    assert {a["predicted_label"] for a in first["smoke"]} <= {-1, 0, 1}
+    assert all(0.0 <= a["probability"] <= 1.0 for a in first["smoke"])
+    second = endpoint.deploy(v2, "2", TEXTS, precision="int8")
+    assert (second["mode"], second["previous_version"]) == ("updated", "1")
+    assert [u["EndpointConfigName"] for u in fake.updates] == [second["endpoint_config"]]
+    answers = endpoint.predict(["I love this dress, it fits perfectly."])
+    assert answers[0]["model_version"] == "2" and answers[0]["label"] in ("negative", "neutral", "positive")
+    assert fake.invocations[-1]["ContentType"] == "application/json"
+    fake.fail_updates = "The primary container for production variant AllTraffic did not pass the ping health check."
+    with pytest.raises(EndpointDeployError, match="ping health check.*version 2\\) still serves"):
+        endpoint.deploy(v1, "1", TEXTS)
+    assert endpoint.status()["version"] == "2"
