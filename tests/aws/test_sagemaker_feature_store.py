@@ -173,3 +173,26 @@ def test_the_pipeline_step_ingests_and_exports_through_the_same_function(aws_acc
     assert pq.read_table(tmp_path / "automl" / "test" / "part-00000.parquet").column("review_id").to_pylist() == ["d"]
     with pytest.raises(feature_store.FeatureStoreError, match="no ingestion"):
         feature_store.export_snapshot("never-ran", tmp_path / "none")
+
+
+def test_a_new_feature_is_added_with_update_feature_group(aws_account):
+    # UpdateFeatureGroup is not in moto 5.2: stubbed (botocore Stubber, that operation only).
+    from tests.aws.stubs import OperationStubber
+
+    cfg = load_aws_config().validate()
+    sm = cfg.client("sagemaker")
+    store = SageMakerFeatureStore(cfg, sm=sm, poll_s=0.01)
+    store.create_feature_group(REVIEWS)
+    grown = FeatureGroup(REVIEWS.name, REVIEWS.record_identifier, REVIEWS.event_time,
+                         REVIEWS.features + (Feature("helpful_votes", "int32", "Positive feedback count."),),
+                         REVIEWS.description, version=2)
+    stub = OperationStubber(sm, "UpdateFeatureGroup")
+    stub.add_response("update_feature_group", {"FeatureGroupArn": f"arn:aws:sagemaker:{REGION}:123456789012:"
+                                                                  "feature-group/reviews-features"},
+                      {"FeatureGroupName": "reviews-features",
+                       "FeatureAdditions": [{"FeatureName": "helpful_votes", "FeatureType": "Integral"}]})
+    stub.activate()
+    assert store.create_feature_group(grown) == "updated"
+    stub.assert_no_pending_responses()
+    assert store.describe_feature_group(REVIEWS.name) == grown
+    assert store.create_feature_group(grown) == "exists"  # no second UpdateFeatureGroup (none is queued)
