@@ -136,7 +136,8 @@ def serving_environment(version: str = "") -> dict[str, str]:
     return env
 
 
-def _not_found(exc: Exception) -> bool:
+def is_not_found(exc: Exception) -> bool:
+    """Whether ``exc`` is SageMaker saying the named resource does not exist."""
     from botocore.exceptions import ClientError
 
     if not isinstance(exc, ClientError):
@@ -167,7 +168,7 @@ class SageMakerModelRegistry(ModelRegistry):
         try:
             self.sm.describe_model_package_group(ModelPackageGroupName=self.group)
         except Exception as exc:  # noqa: BLE001 - only "does not exist" is handled
-            if not _not_found(exc):
+            if not is_not_found(exc):
                 raise
             self.sm.create_model_package_group(
                 ModelPackageGroupName=self.group,
@@ -183,7 +184,7 @@ class SageMakerModelRegistry(ModelRegistry):
             for page in pages:
                 out += page.get("ModelPackageSummaryList", [])
         except Exception as exc:  # noqa: BLE001 - no group yet: no versions
-            if not _not_found(exc):
+            if not is_not_found(exc):
                 raise
             return []
         return sorted(out, key=lambda s: int(s.get("ModelPackageVersion") or 0))
