@@ -196,3 +196,19 @@ def test_a_new_feature_is_added_with_update_feature_group(aws_account):
     stub.assert_no_pending_responses()
     assert store.describe_feature_group(REVIEWS.name) == grown
     assert store.create_feature_group(grown) == "exists"  # no second UpdateFeatureGroup (none is queued)
+
+
+def test_list_feature_groups_reads_list_feature_groups(aws_account):
+    # ListFeatureGroups is not in moto 5.2: stubbed (botocore Stubber, that operation only).
+    from tests.aws.stubs import OperationStubber
+
+    cfg = load_aws_config().validate()
+    sm = cfg.client("sagemaker")
+    stub = OperationStubber(sm, "ListFeatureGroups")
+    stub.add_response("list_feature_groups", {"FeatureGroupSummaries": [{
+        "FeatureGroupName": "reviews-features", "FeatureGroupStatus": "Created", "CreationTime": datetime(2024, 1, 1),
+        "FeatureGroupArn": f"arn:aws:sagemaker:{REGION}:123456789012:feature-group/reviews-features"}]}, {})
+    stub.activate()
+    groups = SageMakerFeatureStore(cfg, sm=sm).list_feature_groups()
+    assert [(g["name"], g["status"], g["records"]) for g in groups] == [("reviews-features", "Created", None)]
+    stub.assert_no_pending_responses()
