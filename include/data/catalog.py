@@ -692,32 +692,6 @@ def reject_deliveries(con: duckdb.DuckDBPyConnection, audits: list[dict], run_id
         raise
 
 
-def data_status(settings: Settings | None = None) -> dict:
-    """What ``make data-status`` prints: every published partition (delivery, rows, last audit)
-    and every delivery waiting for the gate or rejected by it (still inspectable or expired)."""
-    con = connect(settings, read_only=True)
-    try:
-        if not _has_table(con, "deliveries"):
-            con.close()
-            con = connect(settings)  # a catalog from before write-audit-publish: migrate it
-        cur = con.execute(
-            f"SELECT CAST(p.ds AS VARCHAR) AS ds, p.delivery_id, p.rows, p.bad_rows, p.validated_at, "
-            f"p.validation_run_id, p.passed, p.files FROM {PARTITIONS} p ORDER BY p.ds")
-        names = [d[0] for d in cur.description]
-        partitions = [dict(zip(names, r)) for r in cur.fetchall()]
-        cur = con.execute(
-            f"SELECT delivery_id, CAST(ds AS VARCHAR) AS ds, status, rows, bad_rows, staged_at, staged_by_run, "
-            f"audited_at, audit_run_id, reason, report_path, files, "
-            f"(SELECT count(*) FROM {STAGING} s WHERE s.delivery_id = d.delivery_id) AS staged_rows, "
-            f"(SELECT count(*) FROM {QUARANTINE} q WHERE q.delivery_id = d.delivery_id) AS quarantined_rows "
-            f"FROM {DELIVERIES} d WHERE status IN ('{STAGED}', '{REJECTED}', '{EXPIRED}') ORDER BY ds, staged_at")
-        names = [d[0] for d in cur.description]
-        waiting = [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
-    return {"partitions": partitions, "deliveries": waiting, "retention_days": retention_days()}
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -796,6 +770,9 @@ class Catalog(Protocol):
     def query(self, sql: str, params: dict) -> pd.DataFrame:
         """Run one analysis query (DuckDB dialect, ``$name`` parameters) over ``reviews.reviews_typed``."""
 
+    def data_status(self) -> dict:
+        """Published partitions and the deliveries staged or rejected; see :func:`data_status`."""
+
 
 def get_catalog(settings: Settings | None = None) -> Catalog:
     """The catalog of the configured backend - the one place that chooses it."""
@@ -838,6 +815,13 @@ def export_clean(ds_to: str, dest_path: Path, ds_from: str | None = None, settin
     empty. Raises ``CatalogError`` when no passed partition lies in the range.
     """
     return get_catalog(settings).export_clean(ds_to, dest_path, ds_from)
+
+
+def data_status(settings: Settings | None = None) -> dict:
+    """What ``make data-status`` prints: every published partition (delivery, rows, last audit)
+    and every delivery waiting for the gate or rejected by it (still inspectable or expired),
+    with ``catalog`` (where it lives) and ``staging_table`` (where to inspect a delivery)."""
+    return get_catalog(settings).data_status()
 
 
 def export_range(ds_to: str, ds_from: str | None) -> tuple[date, date]:
@@ -1049,6 +1033,32 @@ class DuckDbCatalog:
             con.execute("COMMIT")
         finally:
             con.close()
+
+    def data_status(self) -> dict:
+        """What ``make data-status`` prints: every published partition (delivery, rows, last audit)
+        and every delivery waiting for the gate or rejected by it (still inspectable or expired)."""
+        con = connect(self.settings, read_only=True)
+        try:
+            if not _has_table(con, "deliveries"):
+                con.close()
+                con = connect(self.settings)  # a catalog from before write-audit-publish: migrate it
+            cur = con.execute(
+                f"SELECT CAST(p.ds AS VARCHAR) AS ds, p.delivery_id, p.rows, p.bad_rows, p.validated_at, "
+                f"p.validation_run_id, p.passed, p.files FROM {PARTITIONS} p ORDER BY p.ds")
+            names = [d[0] for d in cur.description]
+            partitions = [dict(zip(names, r)) for r in cur.fetchall()]
+            cur = con.execute(
+                f"SELECT delivery_id, CAST(ds AS VARCHAR) AS ds, status, rows, bad_rows, staged_at, staged_by_run, "
+                f"audited_at, audit_run_id, reason, report_path, files, "
+                f"(SELECT count(*) FROM {STAGING} s WHERE s.delivery_id = d.delivery_id) AS staged_rows, "
+                f"(SELECT count(*) FROM {QUARANTINE} q WHERE q.delivery_id = d.delivery_id) AS quarantined_rows "
+                f"FROM {DELIVERIES} d WHERE status IN ('{STAGED}', '{REJECTED}', '{EXPIRED}') ORDER BY ds, staged_at")
+            names = [d[0] for d in cur.description]
+            waiting = [dict(zip(names, r)) for r in cur.fetchall()]
+        finally:
+            con.close()
+        return {"partitions": partitions, "deliveries": waiting, "retention_days": retention_days(),
+                "catalog": str(self.settings.catalog_path), "staging_table": STAGING}
 
     def query(self, sql: str, params: dict) -> pd.DataFrame:
         """Run ``sql`` with its bound parameters on the DuckDB catalog."""

@@ -216,6 +216,32 @@ class GlueCatalog:
     def _save_delivery(self, record: dict) -> None:
         aws.write_bytes(self.cfg, self._delivery_uri(record["ds"], record["delivery_id"]),
                         json.dumps(record, indent=1, default=str).encode(), "application/json")
+        # rejected deliveries are also listed under their own prefix, so the purge reads only them
+        marker = self.cfg.s3_uri(f"catalog/rejected/{record['delivery_id']}")
+        if record["status"] == catalog.REJECTED:
+            aws.write_bytes(self.cfg, marker, record["ds"].encode(), "text/plain")
+        else:
+            self._s3.delete_object(Bucket=self.cfg.bucket, Key=aws.split_s3_uri(marker)[1])
+
+    def purge_expired(self) -> int:
+        """Delete the staged object and quarantine partition of each delivery rejected more than
+        ``REVIEWS_REJECTED_RETENTION_DAYS`` ago (its record stays, as ``expired``); returns how many."""
+        days = catalog.retention_days()
+        cutoff = datetime.now(timezone.utc).timestamp() - days * 86400
+        expired = []
+        for key in aws.list_keys(self.cfg, self.cfg.s3_uri("catalog/rejected/")):
+            ds = aws.read_bytes(self.cfg, f"s3://{self.cfg.bucket}/{key}").decode()
+            record = next((d for d in self._deliveries(ds) if d["delivery_id"] == Path(key).name), None)
+            if not record or record["status"] != catalog.REJECTED:
+                continue
+            if datetime.fromisoformat(record["audited_at"]).timestamp() < cutoff:
+                self._unstage(record["delivery_id"])
+                self._write_quarantine(record["delivery_id"], _empty_quarantine())
+                self._save_delivery({**record, "status": catalog.EXPIRED})
+                expired.append(record["delivery_id"])
+        if expired:
+            log.info("purged %d rejected deliveries older than %d days: %s", len(expired), days, ", ".join(expired))
+        return len(expired)
 
     # ------------------------------------------------------------------ Catalog interface
 
@@ -285,6 +311,7 @@ class GlueCatalog:
             files = self._fetch(self._resolve_input(day, input_uri), Path(tmp))
             checks = [_named(lambda p=path: catalog.inspect_file(p), path, uri) for uri, path in files]
             digest = catalog.content_hash([path for _, path in files])
+            self.purge_expired()
             delivery_id = f"{day}-{digest[:12]}"
             result = {"ds": day, "files": [uri for uri, _ in files], "bytes": sum(c.bytes for c in checks),
                       "delivery_id": delivery_id, "content_hash": digest}
@@ -474,6 +501,29 @@ class GlueCatalog:
                              "report_path": summary["report_path"]})
         log.info("published ds=%s: Glue %s.%s partition -> %s (%d stale object(s) of the previous delivery deleted)",
                  ds, self.database, RAW_TABLE, dest, stale)
+
+    def data_status(self) -> dict:
+        """:func:`catalog.data_status` from Glue: the partitions' parameters and the delivery records."""
+        staged_rows = {p["value"]: int(p["params"].get("rows", 0)) for p in self.partitions(STAGING_TABLE)}
+        quarantined = {p["value"]: int(p["params"].get("rows", 0)) for p in self.partitions(QUARANTINE_TABLE)}
+        partitions = []
+        for p in self.partitions(RAW_TABLE):
+            params = p["params"]
+            partitions.append({"ds": p["value"], "delivery_id": params.get("delivery_id"),
+                               "rows": int(params.get("rows", 0)), "bad_rows": int(params.get("bad_rows") or 0),
+                               "validated_at": params.get("validated_at"),
+                               "validation_run_id": params.get("validation_run_id"),
+                               "passed": {"true": True, "false": False}.get(params.get("passed", "")),
+                               "files": json.loads(params.get("files", "[]"))})
+        keys = aws.list_keys(self.cfg, self.cfg.s3_uri("catalog/deliveries/"))
+        records = [json.loads(aws.read_bytes(self.cfg, f"s3://{self.cfg.bucket}/{k}")) for k in keys]
+        waiting = [{**d, "staged_rows": staged_rows.get(d["delivery_id"], 0),
+                    "quarantined_rows": quarantined.get(d["delivery_id"], 0)}
+                   for d in sorted(records, key=lambda d: (d["ds"], d["staged_at"]))
+                   if d["status"] in (catalog.STAGED, catalog.REJECTED, catalog.EXPIRED)]
+        return {"partitions": partitions, "deliveries": waiting, "retention_days": catalog.retention_days(),
+                "catalog": f"Glue database {self.database} ({self.cfg.root_uri})",
+                "staging_table": f"{self.database}.{STAGING_TABLE}"}
 
     # ------------------------------------------------------------------ export and SQL
 

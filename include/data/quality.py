@@ -12,6 +12,11 @@ passes. GX runs on all rows of the batch, with ``review_body`` cut to 5,001 char
 ``GX_MAX_ROWS`` rows (1M, env ``REVIEWS_GX_MAX_ROWS``); above that GX checks a deterministic
 sample (noted in the report) while the SQL rules stay exact, so memory stays bounded.
 
+The rows come from the catalog backend (``catalog.get_catalog``): the DuckDB catalog itself, or
+on aws an in-memory DuckDB holding the audited rows read from S3, whose quarantine rows then go
+to the Glue table ``reviews_quarantine`` (``include/data/glue_catalog.py``) - one suite, one
+set of rules for both backends.
+
 Decisions (see also docs/CONTRACTS.md):
 - A ``review_id`` twice in one partition: the later occurrences are quarantined
   (``review_id_unique``). The same ``review_id`` in two daily drops is an update, not an

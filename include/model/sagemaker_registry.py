@@ -136,7 +136,8 @@ def serving_environment(version: str = "") -> dict[str, str]:
     return env
 
 
-def _not_found(exc: Exception) -> bool:
+def is_not_found(exc: Exception) -> bool:
+    """Whether ``exc`` is SageMaker saying the named resource does not exist."""
     from botocore.exceptions import ClientError
 
     if not isinstance(exc, ClientError):
@@ -167,7 +168,7 @@ class SageMakerModelRegistry(ModelRegistry):
         try:
             self.sm.describe_model_package_group(ModelPackageGroupName=self.group)
         except Exception as exc:  # noqa: BLE001 - only "does not exist" is handled
-            if not _not_found(exc):
+            if not is_not_found(exc):
                 raise
             self.sm.create_model_package_group(
                 ModelPackageGroupName=self.group,
@@ -183,7 +184,7 @@ class SageMakerModelRegistry(ModelRegistry):
             for page in pages:
                 out += page.get("ModelPackageSummaryList", [])
         except Exception as exc:  # noqa: BLE001 - no group yet: no versions
-            if not _not_found(exc):
+            if not is_not_found(exc):
                 raise
             return []
         return sorted(out, key=lambda s: int(s.get("ModelPackageVersion") or 0))
@@ -243,11 +244,11 @@ class SageMakerModelRegistry(ModelRegistry):
     def register(self, package_uri: str, metrics: dict, lineage: dict,
                  approval_status: str = PENDING) -> ModelVersion:
         """See :meth:`ModelRegistry.register`. ``lineage["evaluation_uri"]`` (evaluation.json on
-        S3) becomes the package's ModelMetrics."""
+        S3), when given, becomes the package's ModelMetrics."""
         check_status(approval_status)
         metrics, lineage = _clean_metrics(metrics), _clean_lineage(lineage)
         evaluation_uri = lineage.get("evaluation_uri", "")
-        if not package_uri.startswith("s3://") or not evaluation_uri.startswith("s3://"):
+        if not package_uri.startswith("s3://") or (evaluation_uri and not evaluation_uri.startswith("s3://")):
             raise RegistryError(f"package_uri {package_uri!r} and lineage evaluation_uri {evaluation_uri!r} must be "
                                 "s3:// URIs: SageMaker serves the package and reads the metrics from S3")
         key = registration_key(lineage["dag_id"], lineage["run_id"])
@@ -270,13 +271,16 @@ class SageMakerModelRegistry(ModelRegistry):
                                 "Environment": serving_environment()}],
                 "SupportedContentTypes": CONTENT_TYPES, "SupportedResponseMIMETypes": CONTENT_TYPES,
                 "SupportedRealtimeInferenceInstanceTypes": [self.cfg.endpoint_instance_type]},
-            "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json",
-                                                             "S3Uri": evaluation_uri}}},
             "ModelApprovalStatus": approval_status,
             "CustomerMetadataProperties": encode_properties(props),
             "Domain": "NATURAL_LANGUAGE_PROCESSING", "Task": "CLASSIFICATION",
             "ClientToken": key,
         }
+        if evaluation_uri:
+            request["ModelMetrics"] = {"ModelQuality": {"Statistics": {"ContentType": "application/json",
+                                                                       "S3Uri": evaluation_uri}}}
+        else:
+            logger.warning("registering without ModelMetrics: the lineage names no evaluation_uri")
         if lineage.get("git_commit"):
             request["MetadataProperties"] = {"CommitId": lineage["git_commit"][:1024],
                                              "GeneratedBy": lineage.get("training_job", "")[:1024] or "unknown"}

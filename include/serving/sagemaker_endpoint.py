@@ -27,7 +27,7 @@ import time
 from functools import cached_property
 
 from include.common.aws import AwsConfig
-from include.model.sagemaker_registry import _not_found, inference_image_uri, serving_environment
+from include.model.sagemaker_registry import inference_image_uri, is_not_found, serving_environment
 from include.serving.protocol import JSONLINES, PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class SageMakerEndpoint:
         try:
             return self.sm.describe_endpoint(EndpointName=self.name)
         except Exception as exc:  # noqa: BLE001 - only "does not exist" is handled
-            if _not_found(exc):
+            if is_not_found(exc):
                 return None
             raise
 
@@ -88,7 +88,7 @@ class SageMakerEndpoint:
             variants = self.sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
             model = self.sm.describe_model(ModelName=variants[0]["ModelName"])
         except Exception as exc:  # noqa: BLE001 - a config or model deleted by hand: version unknown
-            if _not_found(exc):
+            if is_not_found(exc):
                 return None
             raise
         return (model.get("PrimaryContainer") or {}).get("Environment", {}).get("MODEL_VERSION")
@@ -121,7 +121,7 @@ class SageMakerEndpoint:
             self.sm.describe_model(ModelName=name)
             return  # same name = same package, image and settings (the name hashes them)
         except Exception as exc:  # noqa: BLE001
-            if not _not_found(exc):
+            if not is_not_found(exc):
                 raise
         env = {**serving_environment(version), "INFERENCE_PRECISION": precision}
         request = {"ModelName": name, "ExecutionRoleArn": self.cfg.role_arn,
@@ -137,7 +137,7 @@ class SageMakerEndpoint:
             self.sm.describe_endpoint_config(EndpointConfigName=name)
             return
         except Exception as exc:  # noqa: BLE001
-            if not _not_found(exc):
+            if not is_not_found(exc):
                 raise
         request = {"EndpointConfigName": name,
                    "ProductionVariants": [{"VariantName": VARIANT, "ModelName": model_name,

@@ -1,9 +1,11 @@
 """Stubs for the few AWS calls moto lacks, at the boto3 level, and nothing else.
 
 :class:`OperationStubber` is botocore's :class:`~botocore.stub.Stubber` limited to the named
-operations: every other call of the same client still goes to moto's server. Its ``on_call``
-hook lets a test play the part of the service for the stubbed call (e.g. apply an
-``UpdateEndpoint`` to moto's state, as SageMaker would), since moto cannot.
+operations: every other call of the same client still goes to moto's server. Either queue
+responses as with any Stubber (``add_response``, with expected parameters) and let ``on_call``
+play the service's part for each call (e.g. apply an ``UpdateEndpoint`` to moto's state, as
+SageMaker would), or pass ``respond`` to answer every call of those operations from a function
+(what a whole-DAG test needs, where the number of calls is not known in advance).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import io
 import threading
 from typing import Callable
 
+from botocore.awsrequest import AWSResponse
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
@@ -20,10 +23,12 @@ MOTO_ACCOUNT = "123456789012"
 class OperationStubber(Stubber):
     """A Stubber that intercepts only ``operations`` (e.g. ``"UpdateEndpoint"``) of ``client``."""
 
-    def __init__(self, client, *operations: str, on_call: Callable[[str, dict], None] | None = None) -> None:
+    def __init__(self, client, *operations: str, on_call: Callable[[str, dict], None] | None = None,
+                 respond: Callable[[str, dict], dict] | None = None) -> None:
         super().__init__(client)
         self.operations = operations
         self.on_call = on_call
+        self.respond = respond  # (operation, API params) -> the parsed response (or error(...))
         self._local = threading.local()  # the API parameters of the call in flight, per thread
 
     def _events(self) -> list[tuple[str, str]]:
@@ -46,9 +51,15 @@ class OperationStubber(Stubber):
 
     def _assert_expected_params(self, model, params, context, **kwargs):
         self._local.params = dict(params)  # the API parameters (before-call sees the serialized request)
-        return super()._assert_expected_params(model, params, context, **kwargs)
+        if self.respond is None:
+            return super()._assert_expected_params(model, params, context, **kwargs)
+        return None
 
     def _get_response_handler(self, model, params, context, **kwargs):
+        if self.respond is not None:
+            parsed = self.respond(model.name, self._local.params)
+            status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 200)
+            return AWSResponse(None, status, {}, None), parsed
         response = super()._get_response_handler(model, params, context, **kwargs)
         if self.on_call is not None:
             self.on_call(model.name, self._local.params)
@@ -65,3 +76,8 @@ def moto_sagemaker(region: str):
     from moto.sagemaker.models import sagemaker_backends
 
     return sagemaker_backends[MOTO_ACCOUNT][region]
+
+
+def error(code: str, message: str, status: int = 400) -> dict:
+    """A parsed error response for ``respond`` (botocore raises it as a ClientError)."""
+    return {"ResponseMetadata": {"HTTPStatusCode": status}, "Error": {"Code": code, "Message": message}}

@@ -160,6 +160,15 @@ def test_a_failing_gate_rejects_the_delivery_and_leaves_the_published_day_alone(
     assert [p["Values"] for p in _partitions(QUARANTINE_TABLE)] == [[second["delivery_id"]]]
     again = catalog.register_partition("2026-03-04", retry_rejected=False)
     assert again["status"] == "rejected"
+    # make data-status reads the same from Glue and the delivery records
+    status = catalog.data_status()
+    assert status["staging_table"] == f"{DB}.{STAGING_TABLE}" and DB in status["catalog"]
+    assert [(p["ds"], p["delivery_id"], p["rows"], p["passed"]) for p in status["partitions"]] == [
+        ("2026-03-04", first["delivery_id"], 3, True)]
+    (rejected,) = status["deliveries"]
+    assert (rejected["delivery_id"], rejected["status"], rejected["staged_rows"], rejected["quarantined_rows"]) == (
+        second["delivery_id"], "rejected", 2, 1)
+    assert rejected["audit_run_id"] == "r2" and "bad row fraction" in rejected["reason"]
 
 
 def test_validate_step_writes_the_report_to_the_runs_s3_prefix(aws_catalog):
@@ -176,3 +185,21 @@ def test_validate_step_writes_the_report_to_the_runs_s3_prefix(aws_catalog):
     report = json.loads(aws.read_bytes(aws.load_aws_config(), f"{ROOT}/{prefix}validation.json"))
     assert report["passed"] is True and report["rows"] == 3 and report["ds_list"] == ["2026-03-05"]
     assert catalog.registered_partitions() == ["2026-03-05"]
+
+
+def test_a_rejected_delivery_is_purged_after_the_retention_period(aws_catalog, tmp_path, monkeypatch):
+    _land(HEADER + "x,Dresses,ok,5,\ny,Dresses,bad,9,\n", "2026-03-06")
+    rejected = catalog.register_partition("2026-03-06")
+    with pytest.raises(quality.DataQualityError):
+        quality.validate_partitions(["2026-03-06"], "r1", 0.1, tmp_path / "r1")
+    _land(GOOD, "2026-03-07")
+    catalog.register_partition("2026-03-07")  # within the retention period: the rejected rows stay
+    assert [p["Values"] for p in _partitions(QUARANTINE_TABLE)] == [[rejected["delivery_id"]]]
+    monkeypatch.setenv("REVIEWS_REJECTED_RETENTION_DAYS", "0")
+    _land(GOOD, "2026-03-08")
+    catalog.register_partition("2026-03-08")  # the next registration purges it
+    assert [d["status"] for d in catalog.data_status()["deliveries"] if d["ds"] == "2026-03-06"] == ["expired"]
+    assert _keys(f"staging/reviews/delivery_id={rejected['delivery_id']}/") == []
+    assert _partitions(QUARANTINE_TABLE) == [] and _keys("quarantine/") == []
+    assert _keys("catalog/rejected/") == []
+    assert rejected["delivery_id"] not in [p["Values"][0] for p in _partitions(STAGING_TABLE)]

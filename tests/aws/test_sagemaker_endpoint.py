@@ -192,3 +192,56 @@ def test_deploy_model_step_deploys_an_approved_package_and_marks_it_deployed(aws
 
 def _config_name(harness: Harness, version: str) -> str:
     return harness.endpoint.config_name(_package(version), version)
+
+
+def test_a_real_package_is_deployed_updated_and_answers_through_its_own_handler(aws_account, classifier_dir,
+                                                                                 tmp_path, monkeypatch):
+    # InvokeEndpoint runs the package's code/inference.py (tests/aws/sagemaker_fakes.py plays the
+    # container), so the smoke test and predict() exercise the real wire format end to end.
+    from include.model.packaging import build_package
+    from tests.aws.sagemaker_fakes import install
+
+    monkeypatch.setenv("INFERENCE_NUM_THREADS", "1")
+    _, fake = install(monkeypatch, REGION, tmp_path / "container")
+    v1 = build_package(classifier_dir, f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/a/register_model/")
+    v2 = build_package(classifier_dir, f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/b/register_model/")
+    first = endpoint.deploy(v1, "1", TEXTS)
+    assert first["mode"] == "created"
+    assert {a["predicted_label"] for a in first["smoke"]} <= {-1, 0, 1}
+    assert all(0.0 <= a["probability"] <= 1.0 for a in first["smoke"])
+    second = endpoint.deploy(v2, "2", TEXTS, precision="int8")
+    assert (second["mode"], second["previous_version"]) == ("updated", "1")
+    assert [u["EndpointConfigName"] for u in fake.updates] == [second["endpoint_config"]]
+    answers = endpoint.predict(["I love this dress, it fits perfectly."])
+    assert answers[0]["model_version"] == "2" and answers[0]["label"] in ("negative", "neutral", "positive")
+    assert fake.invocations[-1]["ContentType"] == "application/json"
+    fake.fail_updates = "The primary container for production variant AllTraffic did not pass the ping health check."
+    with pytest.raises(EndpointDeployError, match="ping health check.*version 2\\) still serves"):
+        endpoint.deploy(v1, "1", TEXTS)
+    assert endpoint.status()["version"] == "2"
+
+
+def test_the_int8_decision_reads_the_package_and_the_test_split_from_s3(aws_account, classifier_dir, monkeypatch):
+    # deploy_model(precision="auto") on aws: both the package and the run's test split live on S3.
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from include.model.packaging import build_package
+
+    monkeypatch.setenv("INFERENCE_NUM_THREADS", "1")
+    channels = f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/r1/preprocess/channels"
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"review_body": TEXTS * 2, "label_id": pa.array([2, 1, 0] * 2, pa.int8())}), buf)
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=BUCKET, Key="rs/runs/review_sentiment_pipeline/r1/preprocess/channels/test/part-00000.parquet",
+        Body=buf.getvalue())
+    package = build_package(classifier_dir, f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/r1/register_model/")
+    mv = get_registry().register(package, {"accuracy": 0.7}, {"dag_id": "review_sentiment_pipeline", "run_id": "r1",
+                                                              "train_data_uri": f"{channels}/train"}, APPROVED)
+    decision = model_steps.choose_precision(mv)
+    assert decision["test_uri"] == f"{channels}/test"
+    assert decision["eval_rows"] == 6  # measured on the split downloaded from S3
+    assert decision["precision"] == ("int8" if decision["accuracy_drop_points"] <= decision["max_drop_points"]
+                                     else "fp32")

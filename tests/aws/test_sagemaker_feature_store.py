@@ -1,22 +1,21 @@
 """SageMaker Feature Store backend against moto's server.
 
 moto runs CreateFeatureGroup / DescribeFeatureGroup and S3. Stubbed at the boto3 level
-(botocore Stubber limited to these operations, tests/aws/stubs.py), because moto 5.2 does not
-implement them:
+(botocore Stubber limited to these operations: tests/aws/stubs.py, tests/aws/sagemaker_fakes.py),
+because moto 5.2 does not implement them:
 
-* ``sagemaker-featurestore-runtime.PutRecord`` - the stub's hook plays SageMaker: it keeps the
-  online record and writes the record to the offline store in moto's S3 as SageMaker does
-  (one Parquet file under ``<ResolvedOutputS3Uri>/year=/month=/day=/hour=/``, with
-  ``write_time``, ``api_invocation_time`` and ``is_deleted``);
-* ``GetRecord`` / ``BatchGetRecord`` - answered from what the PutRecord hook kept online.
+* ``sagemaker-featurestore-runtime.PutRecord`` - the fake plays SageMaker: it keeps the online
+  record and writes the record to the offline store in moto's S3 as SageMaker does (one
+  Parquet file under ``<ResolvedOutputS3Uri>/year=/month=/day=/hour=/``, with ``write_time``,
+  ``api_invocation_time`` and ``is_deleted``);
+* ``GetRecord`` / ``BatchGetRecord`` - answered from what PutRecord kept online.
 
 The point-in-time export then reads the offline store from S3 with the production code.
 """
 from __future__ import annotations
 
 import io
-import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 import boto3
 import pyarrow as pa
@@ -28,66 +27,14 @@ from include.data import feature_store
 from include.data.feature_store import REVIEWS, Feature, FeatureGroup, FeatureValidationError, SchemaChangeError
 from include.data.sagemaker_feature_store import SageMakerFeatureStore
 from tests.aws.conftest import BUCKET, REGION
-from tests.aws.stubs import OperationStubber
-
-SM_TYPES = {"Integral": pa.int64(), "Fractional": pa.float64(), "String": pa.string()}
-
-
-class FakeFeatureStoreRuntime:
-    """Plays SageMaker Feature Store's part for the runtime calls moto lacks."""
-
-    def __init__(self, runtime) -> None:
-        self.sm = boto3.client("sagemaker", region_name=REGION)
-        self.s3 = boto3.client("s3", region_name=REGION)
-        self.puts: list[dict] = []
-        self.online: dict[str, tuple[str, list[dict]]] = {}
-        self.groups: dict[str, dict] = {}
-        self.stub = OperationStubber(runtime, "PutRecord", "GetRecord", "BatchGetRecord", on_call=self._call)
-        self.stub.activate()
-
-    def expect_puts(self, n: int) -> None:
-        for _ in range(n):
-            self.stub.add_response("put_record", {})
-
-    def _call(self, op: str, params: dict) -> None:
-        if op == "PutRecord":
-            self._put(params)
-
-    def _put(self, params: dict) -> None:
-        self.puts.append(params)
-        name = params["FeatureGroupName"]
-        desc = self.groups.get(name) or self.groups.setdefault(name, self.sm.describe_feature_group(
-            FeatureGroupName=name))
-        values = {r["FeatureName"]: r["ValueAsString"] for r in params["Record"]}
-        event = values[desc["EventTimeFeatureName"]]
-        cols = {}
-        for d in desc["FeatureDefinitions"]:
-            raw = values.get(d["FeatureName"])
-            value = None if raw is None else int(raw) if d["FeatureType"] == "Integral" else (
-                float(raw) if d["FeatureType"] == "Fractional" else raw)
-            cols[d["FeatureName"]] = pa.array([value], SM_TYPES[d["FeatureType"]])
-        now = datetime.now(timezone.utc).replace(tzinfo=None)
-        cols["write_time"] = pa.array([now], pa.timestamp("us"))
-        cols["api_invocation_time"] = pa.array([now], pa.timestamp("us"))
-        cols["is_deleted"] = pa.array([False])
-        buf = io.BytesIO()
-        pq.write_table(pa.table(cols), buf)
-        et = datetime.fromisoformat(event.replace("Z", ""))
-        root = desc["OfflineStoreConfig"]["S3StorageConfig"]["ResolvedOutputS3Uri"]
-        bucket, prefix = root[len("s3://"):].split("/", 1)
-        key = (f"{prefix}/year={et:%Y}/month={et:%m}/day={et:%d}/hour={et:%H}/"
-               f"{now:%Y%m%dT%H%M%SZ}_{uuid.uuid4().hex[:12]}.parquet")
-        self.s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
-        rid = values[desc["RecordIdentifierFeatureName"]]
-        if rid not in self.online or event >= self.online[rid][0]:
-            self.online[rid] = (event, params["Record"])
+from tests.aws.sagemaker_fakes import FeatureStoreFake, install
 
 
 @pytest.fixture
 def fs(aws_account):
     cfg = load_aws_config().validate()
     runtime = cfg.client("sagemaker-featurestore-runtime")
-    fake = FakeFeatureStoreRuntime(runtime)
+    fake = FeatureStoreFake(runtime, REGION)
     store = SageMakerFeatureStore(cfg, runtime=runtime, poll_s=0.01, put_workers=2)
     return store, fake
 
@@ -146,10 +93,8 @@ def test_a_group_created_before_its_definition_was_saved_is_compared_not_recreat
 def test_ingest_puts_every_record_to_both_stores_as_strings(fs):
     store, fake = fs
     store.create_feature_group(REVIEWS)
-    fake.expect_puts(3)
     out = store.ingest(REVIEWS.name, _rows(["r1", "r2", "r3"], "2024-01-01"), source="run-1")
-    assert out["records"] == 3
-    fake.stub.assert_no_pending_responses()
+    assert out["records"] == 3 and len(fake.puts) == 3
     put = next(p for p in fake.puts if p["Record"][0]["ValueAsString"] == "r2")
     assert put["FeatureGroupName"] == "reviews-features"
     assert put["TargetStores"] == ["OnlineStore", "OfflineStore"]
@@ -174,7 +119,6 @@ def test_point_in_time_export_as_of_a_day_does_not_see_later_updates(fs, tmp_pat
     store, fake = fs
     store.create_feature_group(REVIEWS)
     ids = [f"r{i}" for i in range(6)]
-    fake.expect_puts(6 + 6 + 2)
     store.ingest(REVIEWS.name, _rows(ids, "2024-01-01", body="first"))
     store.ingest(REVIEWS.name, _rows(ids, "2024-01-01", body="first"))  # a re-run: appended again by SageMaker
     store.ingest(REVIEWS.name, _rows(["r0", "r9"], "2024-01-02", body="second", splits=["train", "train"]))
@@ -199,39 +143,29 @@ def test_point_in_time_export_as_of_a_day_does_not_see_later_updates(fs, tmp_pat
 def test_online_lookups_through_get_record_and_batch_get_record(fs):
     store, fake = fs
     store.create_feature_group(REVIEWS)
-    fake.expect_puts(2)
     store.ingest(REVIEWS.name, _rows(["r1", "r2"], "2024-01-01"))
-    fake.stub.add_response("get_record", {"Record": fake.online["r1"][1]},
-                           {"FeatureGroupName": "reviews-features", "RecordIdentifierValueAsString": "r1"})
     record = store.get_record(REVIEWS.name, "r1")
     assert record["review_id"] == "r1" and record["input_ids"] == [101, 2000, 102]
     assert (record["label_id"], record["event_time"], record["date"]) == (2, "2024-01-01 00:00:00", "2024-01-01")
-    fake.stub.add_response(
-        "batch_get_record",
-        {"Records": [{"FeatureGroupName": "reviews-features", "RecordIdentifierValueAsString": r,
-                      "Record": fake.online[r][1]} for r in ("r1", "r2")], "Errors": [], "UnprocessedIdentifiers": []},
-        {"Identifiers": [{"FeatureGroupName": "reviews-features", "RecordIdentifiersValueAsString": ["r1", "r2"]}]})
-    both = store.batch_get_record(REVIEWS.name, ["r1", "r2"])
+    assert store.get_record(REVIEWS.name, "nobody") is None
+    both = store.batch_get_record(REVIEWS.name, ["r1", "r2", "nobody"])
     assert sorted(both) == ["r1", "r2"] and both["r2"]["review_body"] == "fits well r2"
-    fake.stub.assert_no_pending_responses()
+    assert both["r1"] == record
 
 
 def test_the_pipeline_step_ingests_and_exports_through_the_same_function(aws_account, tmp_path, monkeypatch):
     # preprocess's feature-store part (ingest_run_features) on REVIEWS_BACKEND=aws
-    cfg = load_aws_config().validate()
-    runtime = cfg.client("sagemaker-featurestore-runtime")
-    fake = FakeFeatureStoreRuntime(runtime)
-    monkeypatch.setattr(SageMakerFeatureStore, "runtime", property(lambda self: runtime))
+    fake, _ = install(monkeypatch, REGION, tmp_path / "endpoint")
     features = tmp_path / "features"
     for split, ids in (("train", ["a", "b"]), ("validation", ["c"]), ("test", ["d"])):
         (features / split).mkdir(parents=True)
         pq.write_table(_rows(ids, "2024-01-01", splits=[split] * len(ids)).drop_columns(["event_time"]),
                        features / split / "part-00000.parquet")
-    fake.expect_puts(4)
     dest = f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/d1/preprocess/channels"
     out = feature_store.ingest_run_features(features, "2024-01-01", "d1", dest)
     assert out["rows"] == {"train": 2, "validation": 1, "test": 1}
     assert out["as_of"] == "2024-01-01T00:00:00"
+    assert len(fake.puts) == 4
     assert isinstance(feature_store.get_feature_store(), SageMakerFeatureStore)
     # what the AutoML DAG reads: the latest run's snapshot, exported as of its event time
     assert feature_store.latest_snapshot() == "d1"
@@ -239,3 +173,42 @@ def test_the_pipeline_step_ingests_and_exports_through_the_same_function(aws_acc
     assert pq.read_table(tmp_path / "automl" / "test" / "part-00000.parquet").column("review_id").to_pylist() == ["d"]
     with pytest.raises(feature_store.FeatureStoreError, match="no ingestion"):
         feature_store.export_snapshot("never-ran", tmp_path / "none")
+
+
+def test_a_new_feature_is_added_with_update_feature_group(aws_account):
+    # UpdateFeatureGroup is not in moto 5.2: stubbed (botocore Stubber, that operation only).
+    from tests.aws.stubs import OperationStubber
+
+    cfg = load_aws_config().validate()
+    sm = cfg.client("sagemaker")
+    store = SageMakerFeatureStore(cfg, sm=sm, poll_s=0.01)
+    store.create_feature_group(REVIEWS)
+    grown = FeatureGroup(REVIEWS.name, REVIEWS.record_identifier, REVIEWS.event_time,
+                         REVIEWS.features + (Feature("helpful_votes", "int32", "Positive feedback count."),),
+                         REVIEWS.description, version=2)
+    stub = OperationStubber(sm, "UpdateFeatureGroup")
+    stub.add_response("update_feature_group", {"FeatureGroupArn": f"arn:aws:sagemaker:{REGION}:123456789012:"
+                                                                  "feature-group/reviews-features"},
+                      {"FeatureGroupName": "reviews-features",
+                       "FeatureAdditions": [{"FeatureName": "helpful_votes", "FeatureType": "Integral"}]})
+    stub.activate()
+    assert store.create_feature_group(grown) == "updated"
+    stub.assert_no_pending_responses()
+    assert store.describe_feature_group(REVIEWS.name) == grown
+    assert store.create_feature_group(grown) == "exists"  # no second UpdateFeatureGroup (none is queued)
+
+
+def test_list_feature_groups_reads_list_feature_groups(aws_account):
+    # ListFeatureGroups is not in moto 5.2: stubbed (botocore Stubber, that operation only).
+    from tests.aws.stubs import OperationStubber
+
+    cfg = load_aws_config().validate()
+    sm = cfg.client("sagemaker")
+    stub = OperationStubber(sm, "ListFeatureGroups")
+    stub.add_response("list_feature_groups", {"FeatureGroupSummaries": [{
+        "FeatureGroupName": "reviews-features", "FeatureGroupStatus": "Created", "CreationTime": datetime(2024, 1, 1),
+        "FeatureGroupArn": f"arn:aws:sagemaker:{REGION}:123456789012:feature-group/reviews-features"}]}, {})
+    stub.activate()
+    groups = SageMakerFeatureStore(cfg, sm=sm).list_feature_groups()
+    assert [(g["name"], g["status"], g["records"]) for g in groups] == [("reviews-features", "Created", None)]
+    stub.assert_no_pending_responses()

@@ -80,6 +80,18 @@ def test_auto_approve_registers_approved(registry):
     assert registry.register(PACKAGE_URI, {"accuracy": 0.7}, _lineage(), APPROVED).approval_status == APPROVED
 
 
+def test_automl_baselines_go_to_their_own_group_without_model_metrics_when_no_evaluation_is_named(aws_account):
+    from include.model.registry import BASELINE_MODEL_NAME
+
+    baseline = get_registry(BASELINE_MODEL_NAME)
+    mv = baseline.register(PACKAGE_URI, {"accuracy": 0.68}, {"dag_id": "review_automl_baseline", "run_id": "a1"})
+    assert (baseline.group, mv.version) == ("review-sentiment-baseline", "1")
+    desc = _sm().describe_model_package(ModelPackageName=_sm().list_model_packages(
+        ModelPackageGroupName="review-sentiment-baseline")["ModelPackageSummaryList"][0]["ModelPackageArn"])
+    assert "ModelMetrics" not in desc
+    assert get_registry().list_versions() == []  # the BERT group is another group
+
+
 def test_approval_decisions_update_the_package_status_and_keep_the_lineage(registry):
     registry.register(PACKAGE_URI, {"accuracy": 0.7}, _lineage())
     registry.register(PACKAGE_URI, {"accuracy": 0.6}, _lineage("r2"))
@@ -121,6 +133,8 @@ def test_deployed_version_and_the_previous_approved_one_for_rollback(registry):
 def test_register_refuses_local_uris_and_missing_lineage(registry):
     with pytest.raises(RegistryError, match="s3://"):
         registry.register("file:///tmp/model.tar.gz", {"accuracy": 0.7}, _lineage())
+    with pytest.raises(RegistryError, match="s3://"):
+        registry.register(PACKAGE_URI, {"accuracy": 0.7}, {**_lineage(), "evaluation_uri": "file:///tmp/e.json"})
     with pytest.raises(RegistryError, match="run_id"):
         registry.register(PACKAGE_URI, {"accuracy": 0.7}, {"dag_id": "d", "evaluation_uri": EVAL_URI})
     with pytest.raises(RegistryError, match="no version"):
