@@ -234,6 +234,8 @@ class SageMakerModelRegistry(ModelRegistry):
     def _update(self, desc: dict, props: dict[str, str], **changes) -> None:
         # CustomerMetadataProperties merges on SageMaker; moto replaces them: send them all.
         current = decode_properties(desc.get("CustomerMetadataProperties"))
+        if desc.get("ModelApprovalStatus"):  # moto clears a status an update leaves out; SageMaker keeps it
+            changes.setdefault("ModelApprovalStatus", desc["ModelApprovalStatus"])
         self.sm.update_model_package(ModelPackageArn=desc["ModelPackageArn"],
                                      CustomerMetadataProperties=encode_properties({**current, **props}),
                                      ApprovalDescription=changes.pop("ApprovalDescription",

@@ -14,9 +14,10 @@ What is PLAYED, because moto cannot do it (and only that):
   integration tests), uploads the outputs where SageMaker puts them, writes the CloudWatch log
   and sets the job status; every SageMaker call the server received is recorded;
 * ``sagemaker-featurestore-runtime`` PutRecord - a botocore Stubber on that operation only
-  (tests/aws/stubs.py) whose hook writes each record to the offline store in moto's S3 as
-  SageMaker does (``FakeFeatureStoreRuntime``, tests/aws/test_sagemaker_feature_store.py);
-* ``sagemaker-runtime`` InvokeEndpoint - a Stubber answering the smoke test (moto runs no model).
+  (tests/aws/sagemaker_fakes.py) that writes each record to the offline store in moto's S3 as
+  SageMaker does;
+* ``sagemaker-runtime`` InvokeEndpoint - a Stubber that runs the deployed package's own
+  handler (moto runs no model); ``UpdateEndpoint`` likewise (not called on a first deploy).
 """
 from __future__ import annotations
 
@@ -33,42 +34,25 @@ from include.data.landing import land_daily_drops
 from include.jobs import requests
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS
 from tests.aws.conftest import BUCKET, REGION, ROLE_ARN
-from tests.aws.stubs import OperationStubber, streaming
 from tests.integration.conftest import DEPLOY, DS, run_dag
 
 DAG_ID = "review_sentiment_pipeline"
 
 
 @pytest.fixture
-def played_services(aws_account, monkeypatch):
-    """The feature-store and endpoint runtime calls moto lacks, played at the boto3 level."""
-    from include.data.sagemaker_feature_store import SageMakerFeatureStore
-    from include.serving.sagemaker_endpoint import SageMakerEndpoint
-    from tests.aws.test_sagemaker_feature_store import FakeFeatureStoreRuntime
+def played_services(aws_account, monkeypatch, tmp_path):
+    """The feature-store and endpoint calls moto lacks, played at the boto3 level
+    (tests/aws/sagemaker_fakes.py): PutRecord writes moto's offline store; InvokeEndpoint runs
+    the deployed package's own handler; UpdateEndpoint switches moto's endpoint."""
+    from tests.aws.sagemaker_fakes import install
 
-    cfg = aws.load_aws_config()
-    fs_runtime = cfg.client("sagemaker-featurestore-runtime")
-    feature_store = FakeFeatureStoreRuntime(fs_runtime)
-    feature_store.expect_puts(2000)  # more than the run can put; the count is asserted below
-    monkeypatch.setattr(SageMakerFeatureStore, "runtime", property(lambda self: fs_runtime))
     monkeypatch.setattr("include.data.sagemaker_feature_store.POLL_S", 0.05, raising=False)
-    sm_runtime = cfg.client("sagemaker-runtime")
-    invoke = OperationStubber(sm_runtime, "InvokeEndpoint")
-    body = "\n".join(json.dumps({"features": [t]}) for t in SMOKE_REVIEWS).encode()
-    answers = "\n".join(json.dumps({"predicted_label": 1, "probability": 0.9}) for _ in SMOKE_REVIEWS).encode()
-    invoke.add_response("invoke_endpoint", {"Body": streaming(answers), "ContentType": JSONLINES},
-                        {"EndpointName": cfg.endpoint_name, "ContentType": JSONLINES, "Accept": JSONLINES,
-                         "Body": body})
-    invoke.activate()
-    monkeypatch.setattr(SageMakerEndpoint, "runtime", property(lambda self: sm_runtime))
-    yield feature_store, invoke
-    invoke.deactivate()
-    feature_store.stub.deactivate()
+    return install(monkeypatch, REGION, tmp_path / "endpoint")
 
 
 def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_account, sagemaker, played_services, reviews_home,
                                                      airflow_db, tmp_path):
-    feature_store, invoke = played_services
+    feature_store, endpoint_fake = played_services
     cfg = aws.load_aws_config()
     drops = land_daily_drops(tmp_path / "landing", date.fromisoformat(DS), days=2, limit=600)
     aws.upload_dir(cfg, tmp_path / "landing", cfg.s3_uri("landing/reviews"))
@@ -159,4 +143,13 @@ def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_account, sagemaker, pla
     model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
     assert model["PrimaryContainer"]["ModelDataUrl"] == package_uri
     assert config["ProductionVariants"][0]["InstanceType"] == cfg.endpoint_instance_type
-    invoke.assert_no_pending_responses()  # the smoke test sent exactly the JSON Lines request expected
+    # the smoke test: one JSON Lines request, answered by the package's own handler
+    assert len(endpoint_fake.invocations) == 1
+    call = endpoint_fake.invocations[0]
+    assert (call["EndpointName"], call["ContentType"], call["Accept"]) == (cfg.endpoint_name, JSONLINES, JSONLINES)
+    body = call["Body"].decode() if isinstance(call["Body"], bytes) else call["Body"]
+    assert [json.loads(line)["features"] for line in body.splitlines()] == [[t] for t in SMOKE_REVIEWS]
+    deployed = json.loads(aws.read_bytes(cfg, f"{run}/_lineage/deploy_model.json"))["result"]
+    assert (deployed["mode"], deployed["endpoint_name"], deployed["status"]) == ("created", cfg.endpoint_name, "InService")
+    assert len(deployed["smoke"]) == len(SMOKE_REVIEWS)
+    assert all(a["predicted_label"] in (-1, 0, 1) for a in deployed["smoke"]), deployed["smoke"]
