@@ -150,6 +150,7 @@ def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_account, sagemaker, pla
     body = call["Body"].decode() if isinstance(call["Body"], bytes) else call["Body"]
     assert [json.loads(line)["features"] for line in body.splitlines()] == [[t] for t in SMOKE_REVIEWS]
     deployed = json.loads(aws.read_bytes(cfg, f"{run}/_lineage/deploy_model.json"))["result"]
-    assert (deployed["mode"], deployed["endpoint_name"], deployed["status"]) == ("created", cfg.endpoint_name, "InService")
+    assert (deployed["mode"], deployed["endpoint_name"], deployed["version"]) == ("created", cfg.endpoint_name, "1")
+    assert deployed["endpoint_config"] == endpoint["EndpointConfigName"]
     assert len(deployed["smoke"]) == len(SMOKE_REVIEWS)
     assert all(a["predicted_label"] in (-1, 0, 1) for a in deployed["smoke"]), deployed["smoke"]
