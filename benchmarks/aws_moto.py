@@ -5,8 +5,9 @@ moto's server, SageMaker jobs played by the harness on the integration tests' ti
 pytest with a counting plugin:
 
 - every AWS API call the project makes is counted through a botocore ``before-call`` event hook
-  registered on every botocore (and aiobotocore) session, and attributed to the Airflow task
-  running at that moment; calls made by the harness playing SageMaker (its job threads) and by
+  registered on every client (and every aiobotocore session: the provider's triggers), and
+  attributed to the Airflow task running at that moment; calls of the clients that the test's
+  harness and fakes create to play SageMaker's part (jobs, Feature Store runtime, endpoint) and
   the test's own set-up and checks are counted apart (``outside_tasks``), not as the pipeline's;
 - ``aws_e2e_wall_s`` is the wall time of the DAG run (``dag.test()``), job execution included.
 
@@ -17,6 +18,7 @@ Usage: ``python benchmarks/aws_moto.py``.
 from __future__ import annotations
 
 import collections
+import inspect
 import sys
 import threading
 import time
@@ -27,6 +29,8 @@ from _common import write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = "tests/aws/test_pipeline_aws.py"
+# test code that plays AWS's part (SageMaker jobs, Feature Store runtime, endpoint): not our calls
+PLAYERS = {"sagemaker_harness.py", "sagemaker_fakes.py", "stubs.py"}
 
 
 class CountingPlugin:
@@ -75,18 +79,25 @@ class CountingPlugin:
 
         plugin = self
         init = botocore.session.Session.__init__
+        create_client = botocore.session.Session.create_client
 
         def counting_init(self, *args, **kwargs):
             init(self, *args, **kwargs)
-            if threading.current_thread().name.startswith("sagemaker-"):  # the harness playing a job
-                hook = plugin.before_harness_call
-            elif type(self).__name__ == "AioSession":
-                hook = plugin.before_async_call
-            else:
-                hook = plugin.before_call
-            self.register("before-call", hook, unique_id="aws-moto-benchmark-counter")
+            if type(self).__name__ == "AioSession":  # the provider's triggers
+                self.register("before-call", plugin.before_async_call, unique_id="aws-moto-benchmark-counter")
 
-        botocore.session.Session.__init__ = counting_init  # every session, boto3's and aiobotocore's
+        def counting_create_client(self, *args, **kwargs):
+            client = create_client(self, *args, **kwargs)
+            # clients the test's fakes / harness make play AWS's side: counted apart
+            # (``install`` makes the production classes' own clients: those calls are ours)
+            played = any(Path(f.filename).name in PLAYERS and f.function != "install" for f in inspect.stack(0)[1:12])
+            hook = plugin.before_harness_call if played or threading.current_thread().name.startswith(
+                "sagemaker-") else plugin.before_call
+            client.meta.events.register("before-call", hook, unique_id="aws-moto-benchmark-counter")
+            return client
+
+        botocore.session.Session.__init__ = counting_init
+        botocore.session.Session.create_client = counting_create_client
         test = DAG.test
 
         def timed_test(dag, *args, **kwargs):
