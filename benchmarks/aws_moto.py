@@ -4,7 +4,9 @@ Runs the end-to-end test ``tests/aws/test_pipeline_aws.py`` (the whole DAG with 
 moto's server, SageMaker jobs played by the harness on the integration tests' tiny budget) under
 pytest with a counting plugin:
 
-- every AWS API call the project makes is counted through a botocore ``before-call`` event hook
+- every AWS API call the project makes is counted through a botocore event hook
+  (``before-parameter-build``: it fires for every call, also those a botocore Stubber answers,
+  which ``before-call`` handlers registered after the stub's never see)
   registered on every client (and every aiobotocore session: the provider's triggers), and
   attributed to the Airflow task running at that moment; calls of the clients that the test's
   harness and fakes create to play SageMaker's part (jobs, Feature Store runtime, endpoint) and
@@ -55,7 +57,7 @@ class CountingPlugin:
             return "outside_tasks:test_setup_and_checks"
 
     def before_call(self, model=None, **kwargs) -> None:
-        """botocore's ``before-call`` hook: one API call about to be sent."""
+        """botocore's ``before-parameter-build`` hook: one API call about to be made."""
         op = f"{model.service_model.service_name}.{model.name}" if model is not None else "?"
         with self._lock:
             self.calls[self._task()][op] += 1
@@ -84,7 +86,7 @@ class CountingPlugin:
         def counting_init(self, *args, **kwargs):
             init(self, *args, **kwargs)
             if type(self).__name__ == "AioSession":  # the provider's triggers
-                self.register("before-call", plugin.before_async_call, unique_id="aws-moto-benchmark-counter")
+                self.register("before-parameter-build", plugin.before_async_call, unique_id="aws-moto-benchmark-counter")
 
         def counting_create_client(self, *args, **kwargs):
             client = create_client(self, *args, **kwargs)
@@ -93,7 +95,7 @@ class CountingPlugin:
             played = any(Path(f.filename).name in PLAYERS and f.function != "install" for f in inspect.stack(0)[1:12])
             hook = plugin.before_harness_call if played or threading.current_thread().name.startswith(
                 "sagemaker-") else plugin.before_call
-            client.meta.events.register("before-call", hook, unique_id="aws-moto-benchmark-counter")
+            client.meta.events.register_first("before-parameter-build", hook, unique_id="aws-moto-benchmark-counter")
             return client
 
         botocore.session.Session.__init__ = counting_init
