@@ -144,3 +144,15 @@ def test_train_and_evaluate_defer_on_sagemaker_and_finish_from_their_saved_plans
     for name in (train_name, eval_name):
         assert all(f"[{name}] {line}" in log for line in sagemaker.job_logs[name][-3:]), log[-3000:]
 
+
+    # A cleared-and-rerun train task re-plans the same request (same name) and reuses the Completed job.
+    from include.pipeline import steps
+    from include.pipeline.context import RunInfo
+
+    info = RunInfo(dag_id="aws_job_steps", run_id=dr.run_id, ds="2026-11-20")
+    sagemaker.calls.clear()
+    replanned = steps.plan_job("train", info, {**TINY, "ds": "2026-11-20"}, {"features": features})
+    assert replanned.request == train_req
+    again = get_runner().start(replanned.request, context={}, task=None)
+    assert again["job_name"] == train_name and again["outputs"]["model"] == model_uri
+    assert sagemaker.actions("Create") == [], "a retry never pays twice"
