@@ -13,6 +13,7 @@ PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 include mk/serve.mk
 include mk/features.mk
+include mk/aws.mk
 help:
 	@echo "make run [PROFILE=quick|quality] [DS=YYYY-MM-DD] [CONF=json] - install, land the real data, run"
 	@echo "                  review_sentiment_pipeline end to end (quick: < 10 min; quality: best accuracy, ~30 min)"
@@ -23,8 +24,10 @@ help:
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make data-status - catalog partitions (published delivery, rows, last audit) and rejected deliveries"
 	@echo "make features [SQL=\"SELECT ...\"] - feature groups with counts, or SQL on the offline feature store"
-	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
+	@echo "make stop       - stop the model endpoint (aws: delete the SageMaker endpoint; make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make rollback   - serve the previous Approved model version again"
+	@echo "make validate-aws CONF=<file> [DS=..] [PARAMS=json] - dry run of the aws backend: every SageMaker"
+	@echo "                  request of one run for that config, and its problems (no AWS call)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
 	@echo "make chromium   - install Debian's chromium (apt-get) for the UI approval test (the test does it too)"
 

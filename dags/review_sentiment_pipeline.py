@@ -129,10 +129,14 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
 def review_sentiment_pipeline():
     register = task(task_id="register_dataset", outlets=[REVIEWS_LANDING])(tasks.register_dataset)()
     validated = task(task_id="validate_dataset")(tasks.validate_dataset)(register)
-    features = task(task_id="preprocess", execution_timeout=TASK_TIMEOUTS["processing"])(tasks.preprocess)(validated)
-    trained = task(task_id="train", execution_timeout=TASK_TIMEOUTS["training"])(tasks.train)(features)
-    evaluation = task(task_id="evaluate", execution_timeout=TASK_TIMEOUTS["processing"])(tasks.evaluate)(
-        features, trained)
+    # job steps: a local subprocess, or a deferred SageMaker job on aws (include/pipeline/tasks.py)
+    features = tasks.JobStepOperator(task_id="preprocess", step="preprocess", inputs={"validated": validated},
+                                     execution_timeout=TASK_TIMEOUTS["processing"]).output
+    trained = tasks.JobStepOperator(task_id="train", step="train", inputs={"features": features},
+                                    execution_timeout=TASK_TIMEOUTS["training"]).output
+    evaluation = tasks.JobStepOperator(task_id="evaluate", step="evaluate",
+                                       inputs={"features": features, "trained": trained},
+                                       execution_timeout=TASK_TIMEOUTS["processing"]).output
     check = task.branch(task_id="check_accuracy", execution_timeout=TASK_TIMEOUTS["processing"])(tasks.check_accuracy)(
         evaluation, pass_task="register_model", fail_task="skip_registration", features=features)
     registration = task(task_id="register_model")(tasks.register_model)(register, features, trained, evaluation)

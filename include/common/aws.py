@@ -75,17 +75,23 @@ class AwsConfig:
     athena_output_uri: str = ""  # empty: s3://<bucket>/<prefix>/athena-results/
     model_package_group: str = "review-sentiment"
     feature_group: str = "reviews-features"
+    offline_store_wait_s: int = 1800  # longest an ingestion waits for SageMaker's offline store to show its records
     endpoint_name: str = "review-sentiment"
     endpoint_instance_type: str = "ml.m5.xlarge"
     endpoint_instance_count: int = 1
+    endpoint_image_uri: str = ""  # empty: the Hugging Face inference image for the region
+    endpoint_wait_s: int = 1800  # longest a deploy waits for the endpoint to be InService
     subnets: tuple[str, ...] = ()
     security_group_ids: tuple[str, ...] = ()
     kms_key_id: str = ""
     spot_training: bool = False
     spot_max_wait_s: int = 0  # 0: twice the training step's max runtime
     transformers_version: str = "4.49.0"
-    pytorch_version: str = "2.5.1"
+    pytorch_version: str = "2.5.1"  # the training image (Hugging Face training DLCs are GPU-only)
     py_version: str = "py311"
+    processing_pytorch_version: str = "2.6.0"  # the processing image: HF inference DLC, cpu or gpu
+    processing_py_version: str = "py312"
+    job_check_interval_s: int = 30  # how often the deferred task's trigger polls a job
 
     # ----------------------------------------------------------------- addresses
 
@@ -154,6 +160,8 @@ class AwsConfig:
         found += _instance_problems("endpoint_instance_type", self.endpoint_instance_type, ENDPOINT_ENUM)
         if self.security_group_ids and not self.subnets:
             found.append("security_group_ids are set but subnets are not (a VPC config needs both)")
+        if self.job_check_interval_s < 1:
+            found.append(f"job_check_interval_s must be >= 1 (got {self.job_check_interval_s})")
         if self.endpoint_url and urlparse(self.endpoint_url).scheme not in ("http", "https"):
             found.append(f"endpoint_url {self.endpoint_url!r} is not an http(s) URL")
         return found
@@ -390,6 +398,16 @@ def upload_dir(cfg: AwsConfig, src: Path, uri: str) -> list[str]:
     for i in range(0, len(stale), 1000):
         s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[i:i + 1000]]})
     return [f"s3://{bucket}/{k}" for k in written]
+
+
+def delete_prefix(cfg: AwsConfig, uri: str) -> int:
+    """Delete every object under the prefix ``uri``; how many were deleted."""
+    bucket, _ = split_s3_uri(uri)
+    keys = list_keys(cfg, uri)
+    s3 = cfg.client("s3")
+    for i in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+    return len(keys)
 
 
 def download_prefix(cfg: AwsConfig, uri: str, dest: Path) -> list[Path]:

@@ -23,7 +23,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from include.common.io import GZIP_LEVEL, atomic_path, uri_to_path
+from include.common.io import GZIP_LEVEL, atomic_path, is_s3, local_copy, publish_file, uri_to_path
 
 logger = logging.getLogger(__name__)
 _export_ids = itertools.count(1)
@@ -115,6 +115,8 @@ def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFER
 
     model_dir = Path(model_dir)
     validate_model_dir(model_dir)
+    if is_s3(dest_uri):  # built locally, then one upload
+        return _build_then_upload(build_package, model_dir, dest_uri, inference_script=inference_script)
     dest = uri_to_path(dest_uri)
     if not dest.name.endswith(".tar.gz"):
         dest = dest / PACKAGE_NAME
@@ -173,6 +175,8 @@ def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
     ``code/bert_inference.py`` because the baseline answers with its wire formats.
     """
     model_dir = Path(model_dir)
+    if is_s3(dest_uri):
+        return _build_then_upload(build_sklearn_package, model_dir, dest_uri)
     config_path = model_dir / "config.json"
     config = _read_config(config_path, "pass the AutoML job's model folder")
     if not config.get("id2label") or not config.get("decoder"):
@@ -186,6 +190,16 @@ def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
                (SKLEARN_INFERENCE_SCRIPT, "code/inference.py"), (INFERENCE_SCRIPT, "code/bert_inference.py")]
     _write_archive(dest, members)
     return dest.as_uri()
+
+
+def _build_then_upload(build, model_dir: Path, dest_uri: str, **kwargs) -> str:
+    import tempfile
+
+    dest_uri = dest_uri if dest_uri.endswith(".tar.gz") else dest_uri.rstrip("/") + "/" + PACKAGE_NAME
+    with tempfile.TemporaryDirectory(prefix="package-") as tmp:
+        local = Path(tmp) / PACKAGE_NAME
+        build(model_dir, local.as_uri(), **kwargs)
+        return publish_file(local, dest_uri)
 
 
 def _write_archive(dest: Path, members: list[tuple[Path, str]]) -> None:
@@ -217,6 +231,12 @@ def extract_package(package_uri: str, dest_dir: Path) -> Path:
     into place (an existing ``dest_dir`` is swapped out, not overwritten in place, so a
     process still mapping its files is unaffected). Returns ``dest_dir``.
     """
+    if is_s3(package_uri):
+        try:
+            with local_copy(package_uri) as src:
+                return extract_package(src.as_uri(), dest_dir)
+        except FileNotFoundError:
+            raise PackagingError(f"{package_uri}: no such package file") from None
     src = uri_to_path(package_uri)
     if not src.is_file():
         raise PackagingError(f"{package_uri}: no such package file")
@@ -257,7 +277,15 @@ def package_sha256(package_uri: str) -> str:
 
 
 def model_dir_from_artifact(model_artifact_uri: str, workdir: Path) -> Path:
-    """Unpack the training job's ``model.tar.gz`` into ``workdir``; the save_pretrained folder."""
+    """Unpack the training job's ``model.tar.gz`` (``file://`` or ``s3://``) into ``workdir``;
+    the save_pretrained folder."""
+    if is_s3(model_artifact_uri):
+        try:
+            with local_copy(model_artifact_uri) as src:
+                return model_dir_from_artifact(src.as_uri(), workdir)
+        except FileNotFoundError:
+            raise PackagingError(f"{model_artifact_uri}: no such model artifact (the training job's "
+                                 "model.tar.gz)") from None
     src = uri_to_path(model_artifact_uri)
     if not src.is_file():
         raise PackagingError(f"{model_artifact_uri}: no such model artifact (the training job's model.tar.gz)")

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from include.common.config import get_settings
 from include.common.errors import NonRetriableError
-from include.common.io import publish_dir, uri_to_path, write_json_atomic
+from include.common.io import exists, publish_dir, read_json, uri_to_path, write_json
 from include.data import feature_store
 from include.jobs import requests
 from include.jobs.runner import get_runner
 from include.model.packaging import build_sklearn_package
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, flatten_evaluation, get_registry
+from include.model.registry import BASELINE_MODEL_NAME, PENDING, flatten_evaluation, get_registry, registry_exists
 from include.pipeline.context import RunInfo, git_commit
 
 log = logging.getLogger("airflow.task")
@@ -106,16 +106,16 @@ def register_baseline(info: RunInfo, features: dict, searched: dict) -> dict:
 # ------------------------------------------------------------------ champion / challenger
 
 
-def _score(runner, request: dict, output_uri: str) -> float:
-    runner.run(request)
-    report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
+def _score(runner, request: dict, output_uri: str, step: str) -> float:
+    runner.run(runner.prepare(request, step))
+    report = read_json(f"{output_uri}/evaluation.json")
     return float(report["metrics"]["accuracy"]["value"])
 
 
 def baseline_figures(score_uri: str, version: str) -> dict:
     """The baseline's accuracy, macro-F1 and per-class F1 from its score job's ``evaluation.json``,
     in the shape the evaluation report and the approval request show (their ``baseline`` column)."""
-    report = json.loads((uri_to_path(score_uri) / "evaluation.json").read_text())
+    report = read_json(f"{score_uri}/evaluation.json")
     return {"title": f"AutoML baseline v{version}", "accuracy": report["metrics"]["accuracy"]["value"],
             "macro_f1": report["metrics"]["macro_f1"]["value"],
             "per_class": {k: {"f1": v["f1"]} for k, v in (report.get("per_class") or {}).items()},
@@ -126,8 +126,8 @@ def _deployed_comparison(evaluation_uri: str | None) -> dict:
     # comparison.json beside evaluation.json: the deployed version scored by the evaluation job
     if not evaluation_uri:
         return {}
-    path = uri_to_path(evaluation_uri).with_name("comparison.json")
-    return json.loads(path.read_text()).get("deployed") or {} if path.is_file() else {}
+    uri = evaluation_uri.rsplit("/", 1)[0] + "/comparison.json"
+    return read_json(uri).get("deployed") or {} if exists(uri) else {}
 
 
 def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | None = None) -> dict:
@@ -138,7 +138,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
     scored that version, else by a processing job; the baseline by ``automl.py score``.
     ``None`` where there is no such model.
     """
-    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: neither exists
+    if not registry_exists():  # no registry yet: neither exists
         return {"champion": None, "champion_version": None, "baseline": None, "baseline_version": None}
     runner = get_runner()
     out: dict = {"champion": None, "champion_version": None, "baseline": None, "baseline_version": None}
@@ -151,7 +151,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/champion"
         out["champion"] = _score(runner, requests.evaluation_request(
             name=info.job("score-champion"), model_uri=champion.package_uri, test_uri=test_uri,
-            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri)
+            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri, "evaluate")
         out["champion_version"] = champion.version
     versions = get_registry(BASELINE_MODEL_NAME).list_versions()
     if versions:
@@ -159,7 +159,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/baseline"
         out["baseline"] = _score(runner, requests.baseline_score_request(
             name=info.job("score-baseline"), model_uri=baseline.package_uri, test_uri=test_uri, output_uri=uri,
-            code_uri=runner.code_uri()), uri)
+            code_uri=runner.code_uri()), uri, "automl")
         out["baseline_figures"] = baseline_figures(uri, baseline.version)
         out["baseline_version"] = baseline.version
     return out
@@ -168,11 +168,11 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
 def record_decision(info: RunInfo, decision: dict) -> str:
     """Write the gate's decision to the run's ``check_accuracy/decision.json``; its URI."""
     uri = info.uri("check_accuracy") + "/decision.json"
-    write_json_atomic(uri_to_path(uri), decision)
+    write_json(uri, decision)
     return uri
 
 
 def read_decision(info: RunInfo) -> dict:
     """The decision ``check_accuracy`` recorded for this run (empty if none)."""
-    path = uri_to_path(info.uri("check_accuracy")) / "decision.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    uri = info.uri("check_accuracy") + "/decision.json"
+    return read_json(uri) if exists(uri) else {}

@@ -187,6 +187,51 @@ def _record(info: RunInfo, key: CacheKey, prefixes: list[str], result: dict, com
     write_json_atomic(_holders_dir(info, key.step, key.value, settings) / f"{safe_name(info.run_id)}.json", doc)
 
 
+def _is_local(info: RunInfo, prefixes: list[str], settings: Settings) -> bool:
+    # the run's outputs must be local files to be hard-linked and checked against a manifest
+    try:
+        uri_to_path(info.uri(prefixes[0], settings))
+        return True
+    except ConfigError:
+        return False
+
+
+def lookup(info: RunInfo, key: CacheKey | None, prefixes: list[str], enabled: bool = True,
+           settings: Settings | None = None) -> dict | None:
+    """A cache hit: the step's result from an intact holder of ``key``, its outputs published into
+    this run (``prefixes``, the run-scoped folders the step writes). None: run the step (a miss, with
+    the reason logged; ``enabled`` off; ``key`` None; an object store that is not local)."""
+    settings = settings or get_settings()
+    if key is None:
+        return None
+    if not _is_local(info, prefixes, settings):
+        log.info("step caching: the object store is not local; %s runs uncached", key.step)
+        return None
+    if not enabled:
+        log.info("use_cache is off: %s runs (key %s, parts %s)", key.step, key.value, key.parts)
+        return None
+    holder = _lookup(info, key, settings)
+    if holder is not None:
+        try:
+            return _reuse(info, key, prefixes, holder, settings)
+        except (CacheError, OSError) as exc:  # the holder's files went away while being copied
+            log.warning("cache: cannot reuse run %s's %s (%s); running the step", holder["run_id"], key.step, exc)
+    log.info("cache miss: %s key %s (parts %s): %s; running the step", key.step, key.value, key.parts,
+             _miss_reason(key, info, settings))
+    return None
+
+
+def record(info: RunInfo, key: CacheKey | None, prefixes: list[str], result: dict,
+           settings: Settings | None = None) -> dict:
+    """Record this run as a holder of ``key`` (its step just computed ``result``); the result
+    with ``cache: {"hit": False, "key"}``."""
+    settings = settings or get_settings()
+    result = {k: v for k, v in result.items() if k != "cache"}
+    if key is not None and _is_local(info, prefixes, settings):
+        _record(info, key, prefixes, result, info.run_id, settings)
+    return {**result, "cache": {"hit": False, "key": key.value if key else None}}
+
+
 def run_cached(info: RunInfo, key: CacheKey | None, prefixes: list[str], compute: Callable[[], dict],
                enabled: bool = True, settings: Settings | None = None) -> dict:
     """The step's result: reused from an intact holder of ``key`` (``enabled``), else ``compute()``.
@@ -194,29 +239,10 @@ def run_cached(info: RunInfo, key: CacheKey | None, prefixes: list[str], compute
     ``prefixes`` are the run-scoped folders (``info.uri(prefix)``) the step writes; on a hit they are
     published into this run from the holder's. ``key`` None (an input could not be hashed) runs the
     step uncached. The result gains ``cache``: ``{"hit", "key", "source_run_id", "copied_from"}``.
+    A deferred job step calls :func:`lookup` before and :func:`record` after instead.
     """
-    settings = settings or get_settings()
-    if key is None:
-        return {**compute(), "cache": {"hit": False, "key": None}}
-    try:  # the run's outputs must be local files to be hard-linked and checked against a manifest
-        uri_to_path(info.uri(prefixes[0], settings))
-    except ConfigError:
-        log.info("step caching: the object store is not local; %s runs uncached", key.step)
-        return {**compute(), "cache": {"hit": False, "key": key.value}}
-    if not enabled:
-        log.info("use_cache is off: %s runs (key %s, parts %s)", key.step, key.value, key.parts)
-    else:
-        holder = _lookup(info, key, settings)
-        if holder is not None:
-            try:
-                return _reuse(info, key, prefixes, holder, settings)
-            except (CacheError, OSError) as exc:  # the holder's files went away while being copied
-                log.warning("cache: cannot reuse run %s's %s (%s); running the step", holder["run_id"], key.step, exc)
-        log.info("cache miss: %s key %s (parts %s): %s; running the step", key.step, key.value, key.parts,
-                 _miss_reason(key, info, settings))
-    result = {k: v for k, v in compute().items() if k != "cache"}
-    _record(info, key, prefixes, result, info.run_id, settings)
-    return {**result, "cache": {"hit": False, "key": key.value}}
+    hit = lookup(info, key, prefixes, enabled, settings)
+    return hit if hit is not None else record(info, key, prefixes, compute(), settings)
 
 
 def _reuse(info: RunInfo, key: CacheKey, prefixes: list[str], holder: dict, settings: Settings) -> dict:

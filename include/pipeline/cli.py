@@ -198,7 +198,7 @@ def print_data_status() -> None:
     from include.data import catalog
 
     status = catalog.data_status()
-    print(f"Catalog {get_settings().catalog_path}")
+    print(f"Catalog {status['catalog']}")
     print(f"\n  published partitions ({len(status['partitions'])}):")
     print(f"    {'ds':<11} {'delivery':<24} {'rows':>8} {'bad':>6}  {'last audit':<20} {'result':<7} run")
     for p in status["partitions"]:
@@ -215,7 +215,7 @@ def print_data_status() -> None:
         if d["status"] != catalog.STAGED:
             print(f"      audit {d['audit_run_id']}: {d['reason']}")
             print(f"      report {d['report_path']}")
-        print(f"      inspect: SELECT * FROM {catalog.STAGING} WHERE delivery_id = '{d['delivery_id']}'")
+        print(f"      inspect: SELECT * FROM {status['staging_table']} WHERE delivery_id = '{d['delivery_id']}'")
     if not waiting:
         print("    none")
 

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from include.common.errors import NonRetriableError
-from include.common.io import uri_to_path
+from include.common.io import local_copy, read_json
 from include.model.packaging import build_package, extract_package, model_dir_from_artifact
 from include.model.registry import (
     APPROVED,
@@ -104,7 +104,7 @@ def register_run_model(info: RunInfo, registered: dict, features: dict, trained:
     """Step 7 for a pipeline run: the run's model, evaluation report and lineage."""
     from include.pipeline.automl_steps import read_decision
 
-    report = json.loads(uri_to_path(evaluation["evaluation_uri"]).read_text())
+    report = read_json(evaluation["evaluation_uri"])
     lineage = run_lineage(info, registered, features, trained, evaluation)
     # check_accuracy's champion/challenger decision and its three numbers go into the registry entry.
     lineage.update({f"gate_{k}": v for k, v in read_decision(info).items()
@@ -139,10 +139,16 @@ def test_split_uri(mv: ModelVersion) -> str | None:
 def choose_precision(mv: ModelVersion, max_drop_points: float = quantization.MAX_DROP_POINTS) -> dict:
     """fp32 or int8 for ``mv``: int8 only within ``max_drop_points`` of fp32 on the run's test split."""
     test_uri = test_split_uri(mv)
-    if not test_uri or not uri_to_path(test_uri).is_dir():
+    try:
+        if not test_uri:
+            raise FileNotFoundError("no train_data_uri in the lineage")
+        with local_copy(test_uri) as folder:  # s3://: downloaded for the check
+            if not folder.is_dir():
+                raise FileNotFoundError(test_uri)
+            texts, labels = quantization.load_test_split(folder.as_uri())
+    except FileNotFoundError:
         log.warning("version %s: no test split recorded (%s); serving fp32 without the int8 check", mv.version, test_uri)
         return {"precision": "fp32", "reason": f"no test split at {test_uri}"}
-    texts, labels = quantization.load_test_split(test_uri)
     with tempfile.TemporaryDirectory(prefix="precision-check-") as tmp:
         model_dir = extract_package(mv.package_uri, Path(tmp) / "model")
         decision = quantization.choose_precision(model_dir, texts, labels, max_drop_points)

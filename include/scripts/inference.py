@@ -170,7 +170,9 @@ def model_fn(model_dir: str) -> LoadedModel:
     ``INFERENCE_NUM_THREADS`` sets torch's intra-op threads (default: the cores this process
     may use); ``INFERENCE_MAX_SEQ_LENGTH`` overrides the truncation length (default: the
     config's ``max_seq_length`` if training stored one, else 128); ``INFERENCE_BATCH_SIZE``
-    the forward-pass chunk size (default 32).
+    the forward-pass chunk size (default 32); ``INFERENCE_PRECISION=int8`` serves the
+    :func:`quantize_fn` model (a SageMaker endpoint's precision; the local server calls
+    ``quantize_fn`` itself and leaves this unset).
     """
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(config_path):
@@ -197,9 +199,14 @@ def model_fn(model_dir: str) -> LoadedModel:
     batch_size = _env_int("INFERENCE_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1024)
     logger.info("model loaded from %s: %d labels, max_seq_length=%d, batch=%d, threads=%d",
                 model_dir, len(id2label), max_len, batch_size, threads)
-    return LoadedModel(model=model, tokenizer=tokenizer, id2label=id2label, max_seq_length=max_len,
-                       batch_size=batch_size, version=os.environ.get("MODEL_VERSION") or None,
-                       model_dir=str(model_dir))
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, id2label=id2label, max_seq_length=max_len,
+                         batch_size=batch_size, version=os.environ.get("MODEL_VERSION") or None,
+                         model_dir=str(model_dir))
+    # A SageMaker endpoint has no loader of ours around model_fn: the deploy sets the precision here.
+    precision = os.environ.get("INFERENCE_PRECISION", "fp32") or "fp32"
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"environment variable INFERENCE_PRECISION={precision!r} must be fp32 or int8")
+    return quantize_fn(loaded) if precision == "int8" else loaded
 
 
 def quantize_fn(model: LoadedModel) -> LoadedModel:

@@ -65,7 +65,21 @@ def aws_account(aws_env, tmp_path, monkeypatch) -> Path:
             "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                     "Principal": {"Service": "sagemaker.amazonaws.com"}}]}))
     conf = tmp_path / "aws.json"
-    conf.write_text(json.dumps({"region": REGION, "bucket": BUCKET, "role_arn": ROLE_ARN, "prefix": "rs"}))
+    conf.write_text(json.dumps({"region": REGION, "bucket": BUCKET, "role_arn": ROLE_ARN, "prefix": "rs",
+                                "job_check_interval_s": 1}))
     monkeypatch.setenv("REVIEWS_AWS_CONF", str(conf))
     monkeypatch.setenv("REVIEWS_BACKEND", "aws")
     return conf
+
+
+@pytest.fixture
+def sagemaker(aws_account, tmp_path, monkeypatch):
+    """The harness that plays SageMaker behind moto (tests/aws/sagemaker_harness.py)."""
+    from tests.aws.sagemaker_harness import SageMakerHarness
+
+    harness = SageMakerHarness(tmp_path / "sagemaker").install(monkeypatch)
+    harness.work_dir.mkdir(parents=True, exist_ok=True)
+    yield harness
+    for event in harness.held.values():
+        event.set()
+    harness.wait_idle(120)
