@@ -9,7 +9,7 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test lint readme ui land artifacts data-status lock clean
+.PHONY: help install run test lint readme ui land artifacts data-status lock clean chromium
 
 include mk/serve.mk
 include mk/features.mk
@@ -29,6 +29,7 @@ help:
 	@echo "make validate-aws CONF=<file> [DS=..] [PARAMS=json] - dry run of the aws backend: every SageMaker"
 	@echo "                  request of one run for that config, and its problems (no AWS call)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
+	@echo "make chromium   - install Debian's chromium (apt-get) for the UI approval test (the test does it too)"
 
 $(STAMP): requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +68,10 @@ artifacts: install
 
 data-status: install
 	@$(ENV) $(BIN)/python -m include.pipeline.cli data-status
+
+# Debian's chromium for tests/integration/test_ui_approval.py (playwright never downloads a browser).
+chromium: install
+	@$(ENV) $(BIN)/python -m tests.integration.browser
 
 lock:
 	UV=$${UV:-uv} tools/lock.sh

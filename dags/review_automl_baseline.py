@@ -18,9 +18,11 @@ DOC = """
 2. **automl_search** - processing job (`include/scripts/automl.py`): TF-IDF word and character
    n-grams with logistic regression (sentiments, or star ratings decoded as an ordinal score), a
    linear SVM, complement naive Bayes and gradient boosting; each family's default, then a random
-   hyper-parameter search until `time_budget_s` is spent; one log line per candidate. Candidates
-   are ranked on the validation split plus a balanced hold-out of training rows (test accuracy never
-   chooses) and the winner is refitted on all training rows; the leaderboard (accuracy, training time, inference time per
+   hyper-parameter search until `time_budget_s` is spent; one log line per candidate. Each
+   candidate is ranked by 3-fold cross-validated class-balanced accuracy on the training split
+   (its class bias tuned on the out-of-fold scores; validation and test accuracy never choose),
+   then fitted on all training rows; the best of each kind are stacked as one more candidate.
+   The leaderboard (accuracy, training time, inference time per
    1,000 reviews, hyper-parameters) is written as `leaderboard.json` and `leaderboard.html` (chart);
 3. **register_baseline** - the best candidate becomes a version of `review-sentiment-baseline` in
    the model registry (a `model.tar.gz` the endpoint can serve, with the same contract as BERT).

@@ -177,13 +177,14 @@ def baseline_score_request(*, name: str, model_uri: str, test_uri: str, output_u
 
 
 def autopilot_request(*, name: str, train_csv_uri: str, validation_csv_uri: str, output_uri: str,
-                      time_budget_s: int, max_candidates: int = 20, target: str = "sentiment") -> dict:
+                      time_budget_s: int, max_candidates: int = 20, target: str = "sentiment",
+                      role_arn: str = ROLE_ARN) -> dict:
     """``CreateAutoMLJobV2`` (SageMaker Autopilot) on the same data and budget as the local search.
 
     The channels are CSV exports of the feature store's splits with ``review_body`` and the
     target column; validation is passed as its own channel (``ChannelType``) so Autopilot ranks
-    candidates on the same rows as ours. The aws backend hands this dict to boto3's
-    ``create_auto_ml_job_v2`` (the provider's ``SageMakerAutoMLOperator`` still calls V1).
+    candidates on the same rows as ours. ``include/jobs/autopilot.py`` sends it through the provider's
+    ``SageMakerHook`` client (the provider's ``SageMakerAutoMLOperator`` still calls V1).
     """
     def channel(uri: str, kind: str) -> dict:
         return {"ChannelType": kind, "ContentType": "text/csv;header=present", "CompressionType": "None",
@@ -199,5 +200,5 @@ def autopilot_request(*, name: str, train_csv_uri: str, validation_csv_uri: str,
                                    "MaxAutoMLJobRuntimeInSeconds": int(time_budget_s)},
             "Mode": "ENSEMBLING" if time_budget_s < 3600 else "HYPERPARAMETER_TUNING"}},
         "AutoMLJobObjective": {"MetricName": "Accuracy"},
-        "RoleArn": ROLE_ARN,
+        "RoleArn": role_arn,
     }

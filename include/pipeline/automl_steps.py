@@ -62,14 +62,15 @@ def search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: in
     board = json.loads((uri_to_path(out) / "leaderboard" / "leaderboard.json").read_text())
     print(f"AutoML leaderboard: {uri_to_path(out) / 'leaderboard' / 'leaderboard.html'}", flush=True)
     for row in board["leaderboard"][:5]:
-        log.info("#%d %s: validation %.4f, test %.4f, train %.1fs, %.3fs per 1000 reviews", row["rank"],
-                 row["candidate"], row["validation_accuracy"], row["test_accuracy"], row["train_s"],
-                 row["inference_s_per_1000"])
+        log.info("#%d %s: cross-validated %.4f (ranks), validation %.4f, test %.4f, train %.1fs, %.3fs per "
+                 "1000 reviews", row["rank"], row["candidate"], row["cv_accuracy"], row["validation_accuracy"],
+                 row["test_accuracy"], row["train_s"], row["inference_s_per_1000"])
     return {"job": result, "leaderboard_uri": f"{out}/leaderboard/leaderboard.json",
             "leaderboard_html_uri": f"{out}/leaderboard/leaderboard.html",
             "evaluation_uri": f"{out}/leaderboard/evaluation.json", "model_uri": f"{out}/model",
             "best_candidate": board["best_candidate"], "best_accuracy": board["best_accuracy"],
-            "best_validation_accuracy": board["best_validation_accuracy"], "candidates": board["candidates"],
+            "best_cv_accuracy": board["best_cv_accuracy"], "best_validation_accuracy": board["best_validation_accuracy"],
+            "candidates": board["candidates"],
             "wall_s": board["wall_s"]}
 
 
@@ -88,7 +89,8 @@ def register_baseline(info: RunInfo, features: dict, searched: dict) -> dict:
                 "metrics": existing.metrics, "created": False}
     evaluation = json.loads(uri_to_path(searched["evaluation_uri"]).read_text())
     metrics = {**flatten_evaluation({"metrics": evaluation["metrics"]}),
-               "validation_accuracy": searched["best_validation_accuracy"]}
+               "validation_accuracy": searched["best_validation_accuracy"],
+               "cv_accuracy": searched["best_cv_accuracy"]}
     package_uri = build_sklearn_package(uri_to_path(searched["model_uri"]), info.uri("register_baseline"))
     lineage = {"dag_id": info.dag_id, "run_id": info.run_id, "feature_group": features["feature_group"],
                "feature_snapshot_id": features["snapshot_id"], "test_data_uri": features["test_uri"],

@@ -86,7 +86,10 @@ def register_model(model_artifact_uri: str, evaluation: dict, lineage: dict, aut
         return summary(existing, created=False)
     metrics = flatten_evaluation(evaluation)
     with tempfile.TemporaryDirectory(prefix="register-model-") as tmp:
-        package_uri = build_package(model_dir_from_artifact(model_artifact_uri, Path(tmp)), package_dest_uri)
+        # the int8 ONNX model is built here, once per version, and pinned by the package manifest;
+        # whether it may serve is decided at each deploy (choose_precision)
+        package_uri = build_package(model_dir_from_artifact(model_artifact_uri, Path(tmp)), package_dest_uri,
+                                    int8_onnx=True)
     status = APPROVED if auto_approve else PENDING
     version = registry.register(package_uri, metrics,
                                 {**lineage, "model_artifact_uri": model_artifact_uri, "package_uri": package_uri,

@@ -462,7 +462,9 @@ def status() -> dict | None:
     with contextlib.suppress(httpx.HTTPError, ValueError):  # counters are a bonus, not required
         resp = httpx.get(f"{_url(port)}/admin/status", headers={"X-Admin-Token": token}, timeout=2)
         if resp.status_code == 200:
-            info["traffic"] = {k: resp.json()[k] for k in ("requests", "reviews", "client_errors", "server_errors")}
+            body = resp.json()
+            info["traffic"] = {k: body[k] for k in ("requests", "reviews", "client_errors", "server_errors")}
+            info["runtime"] = body.get("runtime")  # torch, or onnxruntime for the package's int8 ONNX model
     return info
 
 
