@@ -225,3 +225,20 @@ def test_autopilot_engines_need_the_aws_backend_and_say_so_before_anything_is_ex
     # the first task checks it first (not "no feature snapshot", which is also true here)
     with pytest.raises(automl_steps.EngineError, match="needs REVIEWS_BACKEND=aws"):
         automl_steps.export_features(RunInfo(DAG_ID, "manual__e", ""), "", "autopilot")
+
+
+def test_engine_autopilot_alone_runs_no_search_and_registers_nothing(
+        aws_account, sagemaker, played_services, autopilot_progress, reviews_home, airflow_db, tmp_path):
+    _ingest_snapshot(tmp_path)
+    cfg = aws.load_aws_config()
+    dr, states = run_dag(DAG_ID, time_budget_s=BUDGET, max_candidates=CANDIDATES, engine="autopilot")
+    assert str(dr.state).endswith("success"), states
+    assert states["automl_search"].endswith("skipped") and states["autopilot_search"].endswith("success"), states
+    assert states["register_baseline"].endswith("success"), states
+    assert sagemaker.created("Processing") == [], "our search did not run"
+    assert [a for a in sagemaker.actions() if a == "CreateAutoMLJobV2"] == ["CreateAutoMLJobV2"]
+    run = cfg.s3_uri(f"runs/{DAG_ID}/{safe_name(dr.run_id)}")
+    registered = json.loads(aws.read_bytes(cfg, f"{run}/_lineage/register_baseline.json"))["result"]
+    assert registered["created"] is False and registered["version"] is None
+    assert registered["autopilot"]["best_candidate"] == "rs-autopilot-trial-7"
+    assert get_registry(BASELINE_MODEL_NAME).list_versions() == []
