@@ -416,8 +416,9 @@ class SageMakerJobRunner(JobRunner):
         if desc is None:
             raise JobFailedError(name, "the job does not exist", [])
         tail = self.log_tail(kind, name)
-        for line in tail:
-            logger.info("[%s] %s", name, line)
+        if tail:  # stdout is the task log in Airflow 3 (whatever the logging configuration)
+            print(f"[{name}] last {len(tail)} lines of its CloudWatch log:", flush=True)
+            print("\n".join(f"[{name}] {line}" for line in tail), flush=True)
         status = desc[f"{kind}JobStatus"]
         if status != "Completed":
             raise JobFailedError(name, f"{status}: {desc.get('FailureReason', 'no reason given')}", tail)

@@ -262,7 +262,7 @@ def test_a_missing_bucket_fails_at_prepare_before_any_job(aws_account, sagemaker
     assert sagemaker.calls == []
 
 
-def test_a_processing_job_runs_the_real_script_and_its_log_tail_reaches_the_task_log(aws_account, sagemaker, caplog):
+def test_a_processing_job_runs_the_real_script_and_its_log_tail_reaches_the_task_log(aws_account, sagemaker, capsys):
     """preprocess.py on 150 synthetic reviews in moto's S3, created by the provider's operator
     (deferrable), waited on by its trigger, finished with the CloudWatch tail printed."""
     from include.common.aws import write_bytes
@@ -280,10 +280,10 @@ def test_a_processing_job_runs_the_real_script_and_its_log_tail_reaches_the_task
     assert sagemaker.created("Processing") == [req]
     event = asyncio.run(_first_event(deferred.value.trigger))
     assert event["status"] == "success", (event, sagemaker.errors)
-    with caplog.at_level("INFO", logger="airflow.task"):
-        result = runner.resume(req, event)
+    result = runner.resume(req, event)
     assert result["outputs"] == {"features": f"s3://{BUCKET}/rs/features"}
     stats = json.loads(read_bytes(cfg, f"s3://{BUCKET}/rs/features/stats.json"))
     assert sum(split["rows"] for split in stats["splits"].values()) > 100
     tail = sagemaker.job_logs["rs-preprocess-6-abc"][-5:]
-    assert tail and all(f"[rs-preprocess-6-abc] {line}" in caplog.text for line in tail)
+    out = capsys.readouterr().out
+    assert tail and all(f"[rs-preprocess-6-abc] {line}" in out for line in tail)
