@@ -262,26 +262,46 @@ def _automl_info() -> tuple[dict[str, Any], RunInfo]:
 
 @airflow_step
 def export_features() -> dict:
-    """The feature snapshot's splits (``snapshot_id`` param, empty = the latest) as the search's input."""
+    """The feature snapshot's splits (``snapshot_id`` param, empty = the latest) as the search's
+    input; the ``engine`` param checked against the backend first."""
     from include.pipeline import automl_steps
 
     params, info = _automl_info()
-    return automl_steps.export_features(info, params.get("snapshot_id") or "")
+    return automl_steps.export_features(info, params.get("snapshot_id") or "", params.get("engine") or "search")
 
 
 @airflow_step
 def automl_search(features: dict) -> dict:
-    """The AutoML search job under the ``time_budget_s`` param; the leaderboard."""
+    """The AutoML search job under the ``time_budget_s`` param; the leaderboard (skipped when
+    the ``engine`` param is ``autopilot``)."""
+    from airflow.exceptions import AirflowSkipException
+
     from include.pipeline import automl_steps
 
     params, info = _automl_info()
+    if not automl_steps.uses_search(params.get("engine") or "search"):
+        raise AirflowSkipException("engine autopilot: our search does not run")
     return automl_steps.search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]))
 
 
 @airflow_step
-def register_baseline(features: dict, searched: dict) -> dict:
-    """The best candidate as a new version of ``review-sentiment-baseline``."""
+def autopilot_search(features: dict) -> dict:
+    """SageMaker Autopilot (AutoML V2) on the same splits and budget (``engine`` = ``autopilot``
+    or ``both``, aws backend); skipped with the default ``search``."""
+    from airflow.exceptions import AirflowSkipException
+
+    from include.pipeline import automl_steps
+
+    params, info = _automl_info()
+    if not automl_steps.uses_autopilot(params.get("engine") or "search"):
+        raise AirflowSkipException("engine search: no Autopilot job")
+    return automl_steps.autopilot_search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]))
+
+
+@airflow_step
+def register_baseline(features: dict, searched: dict | None, piloted: dict | None = None) -> dict:
+    """The best candidate as a new version of ``review-sentiment-baseline`` (Autopilot's best in its lineage)."""
     from include.pipeline import automl_steps
 
     _, info = _automl_info()
-    return automl_steps.register_baseline(info, features, searched)
+    return automl_steps.register_baseline(info, features, searched, piloted)
