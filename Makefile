@@ -9,11 +9,12 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test lint readme ui land artifacts data-status lock clean
+.PHONY: help install run test lint readme ui land artifacts data-status lock clean chromium
 
 include mk/serve.mk
 include mk/features.mk
 include mk/stack.mk
+include mk/aws.mk
 help:
 	@echo "make run [PROFILE=quick|quality] [DS=YYYY-MM-DD] [CONF=json] - install, land the real data, run"
 	@echo "                  review_sentiment_pipeline end to end (quick: < 10 min; quality: best accuracy, ~30 min)"
@@ -24,11 +25,14 @@ help:
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make data-status - catalog partitions (published delivery, rows, last audit) and rejected deliveries"
 	@echo "make features [SQL=\"SELECT ...\"] - feature groups with counts, or SQL on the offline feature store"
-	@echo "make stop       - stop the local model endpoint (make endpoint-status / endpoint-predict TEXT=...)"
+	@echo "make stop       - stop the model endpoint (aws: delete the SageMaker endpoint; make endpoint-status / endpoint-predict TEXT=...)"
 	@echo "make rollback   - serve the previous Approved model version again"
 	@echo "make stack      - the production topology natively: Postgres, Celery + Redis, 2 workers, scheduler,"
 	@echo "                  dag-processor, triggerer, api-server (make stack-status / make stack-stop)"
+	@echo "make validate-aws CONF=<file> [DS=..] [PARAMS=json] - dry run of the aws backend: every SageMaker"
+	@echo "                  request of one run for that config, and its problems (no AWS call)"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
+	@echo "make chromium   - install Debian's chromium (apt-get) for the UI approval test (the test does it too)"
 
 $(STAMP): requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +71,10 @@ artifacts: install
 
 data-status: install
 	@$(ENV) $(BIN)/python -m include.pipeline.cli data-status
+
+# Debian's chromium for tests/integration/test_ui_approval.py (playwright never downloads a browser).
+chromium: install
+	@$(ENV) $(BIN)/python -m tests.integration.browser
 
 lock:
 	UV=$${UV:-uv} tools/lock.sh

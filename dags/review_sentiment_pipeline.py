@@ -8,7 +8,15 @@ from airflow.sdk import Param, chain, dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from include.pipeline import tasks
-from include.pipeline.defaults import DEFAULT_ARGS, REVIEWS_LANDING, SERVING_QUEUE, START_DATE, TRAINING_QUEUE
+from include.pipeline.defaults import (
+    DEADLINE,
+    DEFAULT_ARGS,
+    REVIEWS_LANDING,
+    SERVING_QUEUE,
+    START_DATE,
+    TASK_TIMEOUTS,
+    TRAINING_QUEUE,
+)
 from include.pipeline.profiles import BALANCE_CHOICES, DEFAULT_PROFILE, PROFILES, param_description
 from model_approval import ModelApprovalOperator
 
@@ -42,6 +50,11 @@ reviews (`landing/reviews/ds=<ds>/`, the data interval's day) and:
 9. **deploy_model** - serves the approved version on the local endpoint
    (`http://127.0.0.1:8080/invocations`), smoke-tested; the previous version keeps serving on failure.
 
+A re-run with the same data, settings and job code reuses preprocess/train/evaluate (`use_cache`);
+a backfill registers its model but never deploys it over one trained on newer data. Failed tasks and
+a run still going 2 hours after it was queued (deadline alert) are recorded under `.state/alerts/`
+and the run's `_notes/`, and notified (`REVIEWS_NOTIFIER`, default: the log).
+
 Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
 (`.state/store` locally). Backend: `REVIEWS_BACKEND` (local | aws).
 """
@@ -56,6 +69,7 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
     catchup=False,
     max_active_runs=1,  # runs share the catalog and the endpoint: one at a time
     dagrun_timeout=timedelta(hours=6),
+    deadline=DEADLINE,  # an alert when a nightly run overruns (include/pipeline/defaults.py)
     default_args=DEFAULT_ARGS,
     tags=["mlops", "sentiment", "bert"],
     doc_md=DOC,
@@ -112,6 +126,10 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
                                  description="How much higher than the deployed model's accuracy (both on this "
                                              "run's test split) the new model must score to be registered; "
                                              "negative values tolerate a drop."),
+        "use_cache": Param(True, type="boolean",
+                           description="Step caching: preprocess, train and evaluate reuse an earlier run's outputs "
+                                       "when their input data, settings and job code (include/scripts/) are the "
+                                       "same; off = always recompute."),
         "auto_approve": Param(False, type="boolean",
                               description="Register the model as Approved and deploy without waiting for a person."),
     },
@@ -119,11 +137,16 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
 def review_sentiment_pipeline():
     register = task(task_id="register_dataset", outlets=[REVIEWS_LANDING])(tasks.register_dataset)()
     validated = task(task_id="validate_dataset")(tasks.validate_dataset)(register)
-    features = task(task_id="preprocess")(tasks.preprocess)(validated)
+    # job steps: a local subprocess, or a deferred SageMaker job on aws (include/pipeline/tasks.py)
+    features = tasks.JobStepOperator(task_id="preprocess", step="preprocess", inputs={"validated": validated},
+                                     execution_timeout=TASK_TIMEOUTS["processing"]).output
     # queue: the Celery workers sized for training (TRAINING_QUEUE, set by configuration)
-    trained = task(task_id="train", queue=TRAINING_QUEUE, execution_timeout=timedelta(hours=2))(tasks.train)(features)
-    evaluation = task(task_id="evaluate")(tasks.evaluate)(features, trained)
-    check = task.branch(task_id="check_accuracy")(tasks.check_accuracy)(
+    trained = tasks.JobStepOperator(task_id="train", step="train", inputs={"features": features},
+                                    queue=TRAINING_QUEUE, execution_timeout=TASK_TIMEOUTS["training"]).output
+    evaluation = tasks.JobStepOperator(task_id="evaluate", step="evaluate",
+                                       inputs={"features": features, "trained": trained},
+                                       execution_timeout=TASK_TIMEOUTS["processing"]).output
+    check = task.branch(task_id="check_accuracy", execution_timeout=TASK_TIMEOUTS["processing"])(tasks.check_accuracy)(
         evaluation, pass_task="register_model", fail_task="skip_registration", features=features)
     registration = task(task_id="register_model")(tasks.register_model)(register, features, trained, evaluation)
     gate = task.branch(task_id="approval_gate")(tasks.approval_gate)(
@@ -135,7 +158,8 @@ def review_sentiment_pipeline():
         response_timeout=timedelta(days=3),
     )
     deploy = task(task_id="deploy_model", queue=SERVING_QUEUE,  # the worker beside the endpoint (compose)
-                  trigger_rule="none_failed_min_one_success")(tasks.deploy_model)(registration)
+                  trigger_rule="none_failed_min_one_success",
+                  execution_timeout=TASK_TIMEOUTS["deploy"])(tasks.deploy_model)(registration)
     chain(check, [registration, EmptyOperator(task_id="skip_registration")])
     chain(registration, gate, [approve, EmptyOperator(task_id="auto_approved")], deploy)
 

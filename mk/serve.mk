@@ -6,7 +6,7 @@ PYTHON ?= .venv/bin/python
 
 .PHONY: stop endpoint-status endpoint-predict rollback
 
-stop: ## Stop the local model endpoint (in-flight requests finish first)
+stop: ## Stop the model endpoint (local: in-flight requests finish first; REVIEWS_BACKEND=aws: delete the SageMaker endpoint)
 	$(PYTHON) -m include.serving.endpoint stop
 
 endpoint-status: ## Show what the local endpoint serves (version, port, pid, package)

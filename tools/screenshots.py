@@ -1,12 +1,12 @@
 """Take the README's screenshots of the approval page and the evaluation report, for real.
 
-    .venv/bin/python tools/screenshots.py --playwright-python /path/to/python-with-playwright
+    .venv/bin/python tools/screenshots.py
 
 In a throw-away state dir it lands two days of the real reviews, runs the pipeline once with
 ``auto_approve`` (version 1 is deployed), then again without it, so that the second run waits at
 ``approve_model`` with a candidate to compare with the deployed version. It starts
 ``airflow api-server`` on a free loopback port, and headless Chromium (``/usr/bin/chromium``,
-driven by the ``playwright`` package of ``--playwright-python``; playwright never downloads a
+driven by the ``playwright`` package of the lock, or of ``--playwright-python``; playwright never downloads a
 browser here) photographs the task's *Required Actions* page and the evaluation report the
 request links to. It then rejects the request over the REST API so the run ends, and stops
 everything it started. PNGs go to ``docs/img/``. Small models keep it to a few minutes; the
@@ -108,7 +108,7 @@ def _pending(api: str, timeout_s: float = 900) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--playwright-python", default="python3", help="an interpreter with the playwright package")
+    p.add_argument("--playwright-python", default=sys.executable, help="an interpreter with the playwright package")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--out", default=str(ROOT / "docs" / "img"))
     args = p.parse_args(argv)

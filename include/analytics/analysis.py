@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 VIEW = f"{catalog.SCHEMA}.reviews_typed"
 SCOPE = f"FROM {VIEW} WHERE ds BETWEEN $ds_from AND $ds_to"
+COUNT_SQL = f"SELECT count(*) AS reviews {SCOPE}"
 
 
 class AnalysisError(ValueError):
@@ -119,7 +120,7 @@ QUESTIONS: tuple[Question, ...] = (
         "Distribution of review length in words",
         "SELECT (words // $bin_width) * $bin_width AS words_from, $bin_width AS bin_width, count(*) AS reviews "
         f"FROM (SELECT len(regexp_split_to_array(trim(review_body), '\\s+')) AS words {SCOPE}) "
-        "GROUP BY words_from ORDER BY words_from",
+        "GROUP BY 1 ORDER BY words_from",  # by position: Athena cannot group by an alias
         _length_hist,
     ),
     Question(
@@ -137,11 +138,6 @@ QUESTIONS: tuple[Question, ...] = (
 )
 
 
-def _params_for(sql: str, params: dict) -> dict:
-    # DuckDB rejects named parameters a statement does not use.
-    return {k: v for k, v in params.items() if f"${k}" in sql}
-
-
 def answer_questions(
     ds_from: str | None = None,
     ds_to: str | None = None,
@@ -150,7 +146,8 @@ def answer_questions(
     min_reviews: int = 20,
     bin_width: int = 10,
 ) -> dict[str, pd.DataFrame]:
-    """Run every question's SQL with bound parameters; {question name: result DataFrame}."""
+    """Run every question's SQL with bound parameters through the catalog's SQL engine (DuckDB
+    locally, Athena on aws: ``catalog.get_catalog``); {question name: result DataFrame}."""
     if top_n < 1 or min_reviews < 0 or bin_width < 1:
         raise AnalysisError(f"top_n={top_n} (>=1), min_reviews={min_reviews} (>=0), bin_width={bin_width} (>=1)")
     params = {
@@ -160,22 +157,14 @@ def answer_questions(
         "min_reviews": min_reviews,
         "bin_width": bin_width,
     }
-    con = catalog.connect(settings)
-    try:
-        total = con.execute(f"SELECT count(*) {SCOPE}", _params_for(SCOPE, params)).fetchall()[0][0]
-        if not total:
-            raise AnalysisError(
-                f"no valid reviews in the catalog with ds in [{params['ds_from']}, {params['ds_to']}]; "
-                f"registered partitions: {', '.join(catalog_partitions(con)) or 'none'}"
-            )
-        return {q.name: con.execute(q.sql, _params_for(q.sql, params)).df() for q in QUESTIONS}
-    finally:
-        con.close()
-
-
-def catalog_partitions(con) -> list[str]:
-    """Registered ds values, through an open connection."""
-    return [r[0] for r in con.execute(f"SELECT CAST(ds AS VARCHAR) FROM {catalog.PARTITIONS} ORDER BY ds").fetchall()]
+    store = catalog.get_catalog(settings)
+    total = store.query(COUNT_SQL, params)["reviews"].iloc[0]
+    if not total:
+        raise AnalysisError(
+            f"no valid reviews in the catalog with ds in [{params['ds_from']}, {params['ds_to']}]; "
+            f"registered partitions: {', '.join(store.registered_partitions()) or 'none'}"
+        )
+    return {q.name: store.query(q.sql, params) for q in QUESTIONS}
 
 
 def _plot(question: Question, df: pd.DataFrame, dest: Path) -> None:
@@ -204,9 +193,12 @@ def run_analysis(
     top_n: int = 3,
     min_reviews: int = 20,
     bin_width: int = 10,
+    location: str | None = None,
 ) -> dict:
     """Answer the questions, write one PNG per question, ``report.html`` and ``summary.json``.
 
+    ``location``: where ``out_dir`` is published (an ``s3://`` prefix on aws); the paths in
+    ``summary.json`` and in the result name it. Default: ``out_dir``.
     Returns ``{"report_path", "plots": {name: path}, "rows": {name: n}, "reviews": total}``.
     """
     out_dir = Path(out_dir)
@@ -221,16 +213,17 @@ def run_analysis(
               "min_reviews": min_reviews, "bin_width": bin_width}
     report = out_dir / "report.html"
     write_text_atomic(report, render_report(answers, plots, params, total))
+    shown = (location or str(out_dir)).rstrip("/")
     summary = {
-        "report_path": str(report),
-        "plots": {k: str(v) for k, v in plots.items()},
+        "report_path": f"{shown}/{report.name}",
+        "plots": {k: f"{shown}/{v.name}" for k, v in plots.items()},
         "rows": {k: len(v) for k, v in answers.items()},
         "reviews": total,
         "params": params,
         "answers": {k: json.loads(v.to_json(orient="records")) for k, v in answers.items()},
     }
     write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
-    log.info("analysed %d reviews: %d questions, report %s", total, len(QUESTIONS), report)
+    log.info("analysed %d reviews: %d questions, report %s", total, len(QUESTIONS), summary["report_path"])
     return {k: summary[k] for k in ("report_path", "plots", "rows", "reviews")}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from include.common.config import Settings
-from include.common.io import atomic_path, write_text_atomic
+from include.common.io import atomic_path, is_s3, read_bytes, write_text_atomic
 from include.data import catalog
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,14 @@ def _length_bins(baseline_words: pd.Series) -> np.ndarray:
 def _load_baseline(baseline: pd.DataFrame | Path | str) -> pd.DataFrame:
     if isinstance(baseline, pd.DataFrame):
         df = baseline
+    elif is_s3(str(baseline)):  # the aws backend's export (an S3 object)
+        import io
+
+        try:
+            data = read_bytes(str(baseline))
+        except Exception as exc:  # noqa: BLE001 - any read failure: the baseline is not there
+            raise DriftError(f"{baseline}: baseline (training data of the deployed model) not readable: {exc}") from None
+        df = pd.read_parquet(io.BytesIO(data), columns=list(NEEDED))
     else:
         path = Path(baseline)
         if not path.exists():
@@ -71,16 +79,12 @@ def _load_baseline(baseline: pd.DataFrame | Path | str) -> pd.DataFrame:
     return df
 
 
+CURRENT_SQL = f"SELECT product_category, review_body, star_rating FROM {catalog.TYPED} WHERE list_contains($ds, ds)"
+
+
 def _load_current(ds_list: list[str], settings: Settings | None) -> pd.DataFrame:
     days = [catalog.parse_ds(d) for d in ds_list]
-    con = catalog.connect(settings)
-    try:
-        df = con.execute(
-            f"SELECT product_category, review_body, star_rating FROM {catalog.TYPED} WHERE list_contains($ds, ds)",
-            {"ds": days},
-        ).df()
-    finally:
-        con.close()
+    df = catalog.get_catalog(settings).query(CURRENT_SQL, {"ds": days})  # DuckDB, or Athena on aws
     if df.empty:
         raise DriftError(f"no valid catalogued reviews in partition(s) {', '.join(ds_list)}")
     return df
@@ -92,12 +96,14 @@ def compare(
     threshold: float = DEFAULT_THRESHOLD,
     report_dir: Path | None = None,
     settings: Settings | None = None,
+    report_location: str | None = None,
 ) -> dict:
     """PSI per feature between partitions ``current_ds_list`` and ``baseline``.
 
     ``baseline`` is a DataFrame or a Parquet path with ``product_category, review_body,
     star_rating`` (an ``export_clean`` file). Writes ``drift_report.html`` and ``drift.json``
-    into ``report_dir`` when given. Returns ``{"psi": {...}, "drifted": [...], "drift": bool,
+    into ``report_dir`` when given (``report_location``: where that folder is published, an
+    ``s3://`` prefix on aws; ``report_path`` names it). Returns ``{"psi": {...}, "drifted": [...], "drift": bool,
     "threshold", "rows_current", "rows_baseline", "report_path"}``; logs a warning on drift.
     """
     if not current_ds_list:
@@ -140,7 +146,7 @@ def compare(
     if report_dir is not None:
         tables = {name: share_table(b, c, labels if name == "review_length_words" else None)
                   for name, (b, c) in distributions.items()}
-        _write_report(Path(report_dir), result, tables)
+        _write_report(Path(report_dir), result, tables, report_location)
     return result
 
 
@@ -194,10 +200,10 @@ def _chart(name: str, table: pd.DataFrame, psi_value: float, dest: Path) -> byte
     return data
 
 
-def _write_report(report_dir: Path, result: dict, tables: dict[str, pd.DataFrame]) -> Path:
+def _write_report(report_dir: Path, result: dict, tables: dict[str, pd.DataFrame], location: str | None = None) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "drift_report.html"
-    result["report_path"] = str(path)
+    result["report_path"] = f"{(location or str(report_dir)).rstrip('/')}/{path.name}"
     sections = []
     for name, table in tables.items():
         png = _chart(name, table, result["psi"][name], report_dir / f"drift_{name}.png")

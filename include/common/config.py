@@ -69,7 +69,12 @@ class Settings:
         return self.uri("landing/reviews")
 
     def uri(self, key: str) -> str:
-        """The object-store URI of ``key`` (a path relative to the store root)."""
+        """The object-store URI of ``key``: ``file://`` below the store root on the local
+        backend, ``s3://<bucket>/<prefix>/key`` on aws (``include/common/aws.py``)."""
+        if self.backend == "aws":
+            from include.common.aws import load_aws_config
+
+            return load_aws_config().s3_uri(key)
         return (self.store_root / key).as_uri()
 
     def run_uri(self, dag_id: str, run_id: str, step: str) -> str:
@@ -92,9 +97,14 @@ def _airflow_variable(name: str) -> str | None:
         return None
 
 
+def env_or_variable(env: str, variable: str, default: str = "") -> str:
+    """A setting from the environment variable ``env``, else the Airflow Variable ``variable``."""
+    return os.environ.get(env) or _airflow_variable(variable) or default
+
+
 def get_settings() -> Settings:
     """Settings from the environment (read on every call so tests can change them)."""
-    backend = os.environ.get("REVIEWS_BACKEND") or _airflow_variable("reviews_backend") or "local"
+    backend = env_or_variable("REVIEWS_BACKEND", "reviews_backend", "local")
     if backend not in BACKENDS:
         raise ConfigError(f"REVIEWS_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
     state = Path(os.environ.get("REVIEWS_HOME", PROJECT_ROOT / ".state")).resolve()

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tarfile
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +20,148 @@ from urllib.parse import unquote, urlparse
 from include.common.config import ConfigError
 
 GZIP_LEVEL = 1  # float weights barely compress; level 1 is ~3x faster than 9 for ~1% size
+
+
+def is_s3(uri: str) -> bool:
+    """Whether ``uri`` addresses S3 (the aws backend's object store)."""
+    return str(uri).startswith("s3://")
+
+
+def read_bytes(uri: str) -> bytes:
+    """The bytes at ``uri``: a ``file://`` URI / path, or an ``s3://`` object (aws backend)."""
+    if is_s3(uri):
+        from include.common.aws import load_aws_config
+        from include.common.aws import read_bytes as s3_read
+
+        return s3_read(load_aws_config(), uri)
+    return uri_to_path(uri).read_bytes()
+
+
+def read_json(uri: str) -> Any:
+    """The JSON document at ``uri`` (``file://``, path or ``s3://``)."""
+    return json.loads(read_bytes(uri))
+
+
+@contextlib.contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path holding the object or folder at ``uri`` while the block runs: the path
+    itself for ``file://``, a temporary download (removed afterwards) for ``s3://``."""
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+    import tempfile
+
+    from botocore.exceptions import ClientError
+
+    from include.common.aws import download_prefix, load_aws_config, split_s3_uri
+
+    cfg = load_aws_config()
+    bucket, key = split_s3_uri(uri)
+    name = key.rstrip("/").rsplit("/", 1)[-1] or bucket
+    with tempfile.TemporaryDirectory(prefix="reviews-in-") as tmp:
+        target = Path(tmp) / name
+        try:
+            if key.endswith("/") or not key:
+                raise FileNotFoundError(uri)
+            cfg.client("s3").head_object(Bucket=bucket, Key=key)
+        except (ClientError, FileNotFoundError):  # not one object: a folder (prefix) then
+            if not download_prefix(cfg, uri.rstrip("/") + "/", target):
+                raise FileNotFoundError(f"{uri}: no such object or folder on S3") from None
+        else:
+            cfg.client("s3").download_file(bucket, key, str(target))
+        yield target
+
+
+def publish_file(src: Path, dest_uri: str) -> str:
+    """Put the file ``src`` at ``dest_uri`` (temp name then rename; on S3 one upload)."""
+    if is_s3(dest_uri):
+        from include.common.aws import load_aws_config, split_s3_uri
+
+        cfg = load_aws_config()
+        bucket, key = split_s3_uri(dest_uri)
+        extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": cfg.kms_key_id} if cfg.kms_key_id else None
+        cfg.client("s3").upload_file(str(src), bucket, key, ExtraArgs=extra)
+        return dest_uri
+    dest = uri_to_path(dest_uri)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return dest.as_uri()
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write ``data`` at ``uri`` atomically: rename locally, one PUT on S3."""
+    if is_s3(uri):
+        from include.common.aws import load_aws_config
+        from include.common.aws import write_bytes as s3_write
+
+        return s3_write(load_aws_config(), uri, data)
+    dest = uri_to_path(uri)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+    return dest.as_uri()
+
+
+def write_json(uri: str, data: Any, indent: int | None = 1) -> str:
+    """Write ``data`` as JSON at ``uri`` atomically (``file://``, path or ``s3://``)."""
+    return write_bytes(uri, json.dumps(data, indent=indent, default=str).encode())
+
+
+@contextlib.contextmanager
+def local_dir(uri: str) -> Iterator[Path]:
+    """A local folder with what lies under the prefix ``uri``: the folder itself for a
+    ``file://`` URI, a temporary download (deleted after the block) for ``s3://``."""
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+    import tempfile
+
+    from include.common.aws import download_prefix, load_aws_config
+
+    with tempfile.TemporaryDirectory(prefix="s3-") as tmp:
+        download_prefix(load_aws_config(), uri.rstrip("/") + "/", Path(tmp))
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def edit_dir(uri: str) -> Iterator[Path]:
+    """A local folder mirroring the prefix ``uri`` whose new or changed files are published to
+    ``uri`` when the block succeeds: the folder itself for ``file://``; for ``s3://`` a
+    temporary download, and each new or changed file uploaded (one PUT each) afterwards."""
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+
+    def signature(root: Path) -> dict[str, tuple[int, int]]:
+        return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in root.rglob("*") if p.is_file()}
+
+    with local_dir(uri) as folder:
+        before = signature(folder)
+        yield folder
+        for rel, sig in sorted(signature(folder).items()):
+            if before.get(rel) != sig:
+                write_bytes(f"{uri.rstrip('/')}/{rel}", (folder / rel).read_bytes())
+
+
+def exists(uri: str) -> bool:
+    """Whether there is a file (``file://``) or an object (``s3://``) at ``uri``."""
+    if is_s3(uri):
+        from include.common.aws import list_keys, load_aws_config, split_s3_uri
+
+        key = split_s3_uri(uri)[1]
+        return key in list_keys(load_aws_config(), uri)
+    return uri_to_path(uri).is_file()
+
+
+def delete_prefix(uri: str) -> None:
+    """Remove the folder (or every object under the prefix) ``uri``; nothing there is fine."""
+    if is_s3(uri):
+        from include.common.aws import delete_prefix as s3_delete
+        from include.common.aws import load_aws_config
+
+        s3_delete(load_aws_config(), uri.rstrip("/") + "/")
+        return
+    _remove(uri_to_path(uri))
 
 
 def uri_to_path(uri: str) -> Path:
@@ -87,11 +230,42 @@ def link_or_copy(src: str, dst: str) -> None:
 
 
 def publish_dir(src: Path, dest_uri: str) -> str:
-    """Replace the folder at ``dest_uri`` by the contents of ``src`` (temp copy, then rename)."""
+    """Replace the folder at ``dest_uri`` by the contents of ``src`` (temp copy, then rename;
+    on S3: upload, then delete the objects the new contents do not have)."""
+    if is_s3(dest_uri):
+        from include.common.aws import load_aws_config, upload_dir
+
+        upload_dir(load_aws_config(), Path(src), dest_uri)
+        return dest_uri.rstrip("/")
     dest = uri_to_path(dest_uri)
     with atomic_path(dest) as tmp:
         shutil.copytree(src, tmp, copy_function=link_or_copy)
     return dest.as_uri()
+
+
+def location(uri: str) -> str:
+    """Where a user reads ``uri``: the local path of a ``file://`` URI, the ``s3://`` URI itself."""
+    return str(uri).rstrip("/") if is_s3(uri) else str(uri_to_path(uri))
+
+
+@contextlib.contextmanager
+def output_dir(uri: str) -> Iterator[Path]:
+    """A local folder for a step to write the folder ``uri`` into.
+
+    ``file://``: the folder itself (the step publishes atomically into it). ``s3://``: a
+    temporary folder, uploaded to ``uri`` when the block ends - also when it raises, so that a
+    failed quality gate's report is there to read - if the step created it.
+    """
+    if not is_s3(uri):
+        yield uri_to_path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="reviews-out-") as tmp:
+        out = Path(tmp) / "out"
+        try:
+            yield out
+        finally:
+            if out.is_dir():
+                publish_dir(out, uri)
 
 
 def publish_tar(src: Path, dest_uri: str, arc_root: str = "") -> str:

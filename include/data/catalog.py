@@ -31,15 +31,19 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import duckdb
 
 from include.common.config import Settings, get_settings
 from include.common.io import uri_to_path
 from include.data.schema import RAW_COLUMNS, REQUIRED_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +258,16 @@ def _ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"COMMENT ON COLUMN {table}.{col} IS '{_sql_str(text)}'")
 
 
+def memory_catalog() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding the catalog's (empty) tables: where the aws backend runs the
+    same SQL (quality rules, clean export) over rows it reads from S3."""
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{_memory_limit()}'")
+    con.execute("SET enable_progress_bar = false")
+    _ensure_schema(con)
+    return con
+
+
 def _sql_str(text: str) -> str:
     # COMMENT ON takes no bind parameters; the texts are our own constants.
     return text.replace("'", "''")
@@ -275,31 +289,8 @@ def landing_root(settings: Settings | None = None) -> Path:
     return uri_to_path((settings or get_settings()).landing_uri)
 
 
-def landing_partitions(settings: Settings | None = None) -> list[str]:
-    """The ``ds`` values with at least one ``*.csv`` under ``landing/reviews/ds=<ds>/``."""
-    root = landing_root(settings)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        if child.is_dir() and child.name.startswith("ds=") and any(child.glob("*.csv")):
-            try:
-                found.append(parse_ds(child.name[3:]).isoformat())
-            except CatalogError:
-                log.warning("ignoring %s: not a ds=YYYY-MM-DD folder", child)
-    return sorted(found)
 
 
-def registered_partitions(settings: Settings | None = None) -> list[str]:
-    """The ``ds`` values registered in ``reviews.partitions``, oldest first."""
-    con = connect(settings, read_only=True)
-    try:
-        if not _has_table(con, "partitions"):
-            return []
-        rows = con.execute(f"SELECT CAST(ds AS VARCHAR) FROM {PARTITIONS} ORDER BY ds").fetchall()
-        return [r[0] for r in rows]
-    finally:
-        con.close()
 
 
 def partition_status(settings: Settings | None = None) -> list[dict]:
@@ -489,7 +480,7 @@ class _Loaded:
     line_sql: str  # SELECT of the RAW columns (minus ds) from the temp table
 
 
-def _load_file(con: duckdb.DuckDBPyConnection, check: FileCheck, table: str) -> _Loaded:
+def load_csv_file(con: duckdb.DuckDBPyConnection, check: FileCheck, table: str) -> _Loaded:
     """Read one file into a temp table (file order kept in rowid); work out its line numbers."""
     try:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {_read_csv_sql(check.columns)}", {"path": str(check.path)})
@@ -593,65 +584,6 @@ def _delivery(con: duckdb.DuckDBPyConnection, delivery_id: str) -> dict | None:
     return dict(zip([d[0] for d in cur.description], row)) if row else None
 
 
-def register_partition(ds: str, input_uri: str | None = None, settings: Settings | None = None, *,
-                       run_id: str = "", retry_rejected: bool = True) -> dict:
-    """Stage the CSV file(s) of one day as a delivery for partition ``ds`` (write-audit-publish).
-
-    ``input_uri`` is a ``file://`` URI or path of a file or a folder of ``*.csv``; by default
-    ``landing/reviews/ds=<ds>/``. Every file is checked before anything is written; any
-    problem raises ``RegistrationError`` and leaves the catalog unchanged. The rows go to
-    ``reviews.reviews_staging`` (one transaction); the published partition is replaced only
-    when the quality gate passes them (:func:`publish_deliveries`).
-
-    Returns ``{"ds", "rows", "files", "bytes", "delivery_id", "content_hash", "status"}`` where
-    ``status`` is ``staged`` (waiting for the gate), ``unchanged`` (identical to the published
-    delivery: nothing to do) or ``rejected`` (identical to a delivery the gate refused, and
-    ``retry_rejected`` is false: not staged again). Staging the same content twice is idempotent.
-    """
-    settings = settings or get_settings()
-    try:
-        day = parse_ds(ds)
-    except CatalogError as exc:
-        raise RegistrationError(str(exc)) from exc
-    files = resolve_input(day.isoformat(), input_uri, settings)
-    checks = [inspect_file(f) for f in files]
-    digest = content_hash([c.path for c in checks])
-    delivery_id = f"{day.isoformat()}-{digest[:12]}"
-    result = {"ds": day.isoformat(), "files": [str(c.path) for c in checks], "bytes": sum(c.bytes for c in checks),
-              "delivery_id": delivery_id, "content_hash": digest}
-    started = time.monotonic()
-    con = connect(settings)
-    try:
-        purge_expired(con)
-        published = con.execute(f"SELECT delivery_id, content_hash, rows FROM {PARTITIONS} WHERE ds = ?",
-                                [day]).fetchone()
-        if published and published[1] == digest:
-            log.info("ds=%s: delivery %s is identical to the published one (same SHA-256): nothing to do",
-                     day, published[0])
-            return {**result, "delivery_id": published[0], "rows": int(published[2]), "status": "unchanged"}
-        earlier = _delivery(con, delivery_id)
-        if earlier and earlier["status"] == STAGED:
-            log.info("ds=%s: delivery %s is already staged (by run %s), waiting for the gate", day, delivery_id,
-                     earlier["staged_by_run"])
-            return {**result, "rows": int(earlier["rows"]), "status": STAGED}
-        if earlier and earlier["status"] == REJECTED:
-            if not retry_rejected:
-                log.warning("ds=%s: delivery %s is identical to one the gate rejected (run %s: %s); not staged "
-                            "again - `make data-status` lists it, report %s", day, delivery_id,
-                            earlier["audit_run_id"], earlier["reason"], earlier["report_path"])
-                return {**result, "rows": int(earlier["rows"]), "status": REJECTED}
-            _set_status(con, [delivery_id], STAGED)  # its staged rows are still there: audit them again
-            log.info("ds=%s: delivery %s was rejected before (run %s); staged again for a new audit", day,
-                     delivery_id, earlier["audit_run_id"])
-            return {**result, "rows": int(earlier["rows"]), "status": STAGED}
-        rows = _stage(con, day, delivery_id, checks, digest, run_id)
-    except duckdb.Error as exc:
-        raise RegistrationError(f"ds={day}: staging {', '.join(map(str, files))} failed: {_short(exc)}") from exc
-    finally:
-        con.close()  # temp tables go with the connection
-    log.info("staged ds=%s as delivery %s: %d rows from %d file(s), %d bytes in %.1fs; the quality gate "
-             "publishes it", day, delivery_id, rows, len(checks), result["bytes"], time.monotonic() - started)
-    return {**result, "rows": rows, "status": STAGED}
 
 
 def _set_status(con: duckdb.DuckDBPyConnection, ids: list[str], status: str) -> None:
@@ -662,7 +594,7 @@ def _set_status(con: duckdb.DuckDBPyConnection, ids: list[str], status: str) -> 
 def _stage(con: duckdb.DuckDBPyConnection, day: date, delivery_id: str, checks: list[FileCheck], digest: str,
            run_id: str) -> int:
     """Load the files into temp tables, then write staging + delivery rows in one transaction."""
-    loaded = [_load_file(con, check, f"_load_{i}") for i, check in enumerate(checks)]
+    loaded = [load_csv_file(con, check, f"_load_{i}") for i, check in enumerate(checks)]
     rows = sum(item.rows for item in loaded)
     cols = ", ".join(RAW_COLUMNS)
     con.execute("BEGIN TRANSACTION")
@@ -760,32 +692,6 @@ def reject_deliveries(con: duckdb.DuckDBPyConnection, audits: list[dict], run_id
         raise
 
 
-def data_status(settings: Settings | None = None) -> dict:
-    """What ``make data-status`` prints: every published partition (delivery, rows, last audit)
-    and every delivery waiting for the gate or rejected by it (still inspectable or expired)."""
-    con = connect(settings, read_only=True)
-    try:
-        if not _has_table(con, "deliveries"):
-            con.close()
-            con = connect(settings)  # a catalog from before write-audit-publish: migrate it
-        cur = con.execute(
-            f"SELECT CAST(p.ds AS VARCHAR) AS ds, p.delivery_id, p.rows, p.bad_rows, p.validated_at, "
-            f"p.validation_run_id, p.passed, p.files FROM {PARTITIONS} p ORDER BY p.ds")
-        names = [d[0] for d in cur.description]
-        partitions = [dict(zip(names, r)) for r in cur.fetchall()]
-        cur = con.execute(
-            f"SELECT delivery_id, CAST(ds AS VARCHAR) AS ds, status, rows, bad_rows, staged_at, staged_by_run, "
-            f"audited_at, audit_run_id, reason, report_path, files, "
-            f"(SELECT count(*) FROM {STAGING} s WHERE s.delivery_id = d.delivery_id) AS staged_rows, "
-            f"(SELECT count(*) FROM {QUARANTINE} q WHERE q.delivery_id = d.delivery_id) AS quarantined_rows "
-            f"FROM {DELIVERIES} d WHERE status IN ('{STAGED}', '{REJECTED}', '{EXPIRED}') ORDER BY ds, staged_at")
-        names = [d[0] for d in cur.description]
-        waiting = [dict(zip(names, r)) for r in cur.fetchall()]
-    finally:
-        con.close()
-    return {"partitions": partitions, "deliveries": waiting, "retention_days": retention_days()}
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -806,47 +712,23 @@ ORDER BY r.ds, r.source_file, r.source_line
 """
 
 
-def export_clean(ds_to: str, dest_path: Path, ds_from: str | None = None, settings: Settings | None = None) -> int:
-    """Write the validated, non-quarantined rows with ``ds`` in ``[ds_from, ds_to]`` as ONE
-    Parquet file (typed columns, see docs/CONTRACTS.md), atomically; returns the row count.
 
-    Only partitions whose last validation passed are exported; a ``review_id`` present in
-    several partitions is kept from the latest one. ``review_date`` falls back to ``ds`` when
-    empty. Raises ``CatalogError`` when no passed partition lies in the range.
-    """
-    settings = settings or get_settings()
-    to_day = parse_ds(ds_to)
-    from_day = parse_ds(ds_from) if ds_from else date(1970, 1, 1)
-    if from_day > to_day:
-        raise CatalogError(f"ds_from={from_day} is after ds_to={to_day}")
-    dest = Path(dest_path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+
+def published_deliveries(ds_to: str, ds_from: str | None = None, settings: Settings | None = None) -> list[dict]:
+    """The published deliveries with ``ds`` in ``[ds_from, ds_to]`` of the local catalog - what
+    :func:`export_clean` reads - as ``{"ds", "delivery_id", "content_hash", "rows", "bad_rows"}``,
+    oldest first: the identity of a run's input data (step caching keys on it; local backend only)."""
+    to_day, from_day = parse_ds(ds_to), parse_ds(ds_from) if ds_from else date(1970, 1, 1)
     con = connect(settings, read_only=True)
     try:
         if not _has_table(con, "partitions"):
-            raise CatalogError(f"{settings.catalog_path}: no partition registered yet")
-        passed = con.execute(
-            f"SELECT count(*) FROM {PARTITIONS} WHERE passed AND ds BETWEEN ? AND ?", [from_day, to_day]
-        ).fetchall()[0][0]
-        if not passed:
-            known = con.execute(f"SELECT CAST(ds AS VARCHAR) FROM {PARTITIONS} ORDER BY ds").fetchall()
-            raise CatalogError(
-                f"no validated partition with ds in [{from_day}, {to_day}]; register and validate first "
-                f"(registered: {', '.join(r[0] for r in known) or 'none'})"
-            )
-        params = {"ds_from": from_day, "ds_to": to_day}
-        con.execute(f"COPY ({CLEAN_SELECT}) TO '{_sql_str(str(tmp))}' (FORMAT parquet)", params)
-        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_str(str(tmp))}')").fetchall()[0][0]
-        os.replace(tmp, dest)
-    except duckdb.Error as exc:
-        raise CatalogError(f"export of ds {from_day}..{to_day} to {dest} failed: {_short(exc)}") from exc
+            return []
+        cur = con.execute(f"SELECT CAST(ds AS VARCHAR) AS ds, delivery_id, content_hash, rows, bad_rows FROM {PARTITIONS} "
+                          "WHERE passed AND ds BETWEEN ? AND ? ORDER BY ds", [from_day, to_day])
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
     finally:
         con.close()
-        if tmp.exists():
-            tmp.unlink()
-    log.info("exported %d clean rows of ds %s..%s to %s", rows, from_day, to_day, dest)
-    return int(rows)
 
 
 def table_counts(settings: Settings | None = None) -> dict[str, int]:
@@ -859,3 +741,346 @@ def table_counts(settings: Settings | None = None) -> dict[str, int]:
         }
     finally:
         con.close()
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@dataclass
+class Audit:
+    """What the quality gate audits: a DuckDB connection whose catalog tables (``reviews_staging``,
+    ``reviews_raw``, ``reviews_quarantine``) hold the audited rows, and one target per day
+    (``{"ds", "delivery_id", "staged"}``: a staged delivery, or the published partition again)."""
+
+    con: duckdb.DuckDBPyConnection
+    targets: list[dict]
+    kept: dict = field(default_factory=dict)  # what a backend keeps past close_audit (e.g. quarantine rows)
+
+
+class Catalog(Protocol):
+    """The data catalog of one backend: DuckDB (local) or Glue + Athena over S3 (aws)."""
+
+    settings: Settings
+
+    def landing_partitions(self) -> list[str]:
+        """The ``ds`` values with at least one ``*.csv`` in the landing zone."""
+
+    def registered_partitions(self) -> list[str]:
+        """The published ``ds`` values, oldest first."""
+
+    def register_partition(self, ds: str, input_uri: str | None = None, *, run_id: str = "",
+                           retry_rejected: bool = True) -> dict:
+        """Check and stage one day's delivery (write-audit-publish); see :func:`register_partition`."""
+
+    def export_clean(self, ds_to: str, dest_path: Path, ds_from: str | None = None) -> int:
+        """Write the clean rows of ``[ds_from, ds_to]`` as one local Parquet file; see :func:`export_clean`."""
+
+    def open_audit(self, days: list[date]) -> Audit:
+        """The rows the quality gate audits for ``days``, in DuckDB tables shaped like the local catalog."""
+
+    def close_audit(self, audit: Audit) -> None:
+        """Release the audit's connection (keeping what :meth:`record_verdict` needs)."""
+
+    def record_verdict(self, audit: Audit, summary: dict, reason: str) -> None:
+        """Publish the staged deliveries that passed (or mark them rejected) and store the quarantine."""
+
+    def query(self, sql: str, params: dict) -> pd.DataFrame:
+        """Run one analysis query (DuckDB dialect, ``$name`` parameters) over ``reviews.reviews_typed``."""
+
+    def data_status(self) -> dict:
+        """Published partitions and the deliveries staged or rejected; see :func:`data_status`."""
+
+
+def get_catalog(settings: Settings | None = None) -> Catalog:
+    """The catalog of the configured backend - the one place that chooses it."""
+    settings = settings or get_settings()
+    if settings.backend == "aws":
+        from include.data.glue_catalog import GlueCatalog
+
+        return GlueCatalog(settings)
+    return DuckDbCatalog(settings)
+
+
+def landing_partitions(settings: Settings | None = None) -> list[str]:
+    """The ``ds`` values with at least one ``*.csv`` under ``landing/reviews/ds=<ds>/``."""
+    return get_catalog(settings).landing_partitions()
+
+
+def registered_partitions(settings: Settings | None = None) -> list[str]:
+    """The ``ds`` values published in the catalog, oldest first."""
+    return get_catalog(settings).registered_partitions()
+
+
+def register_partition(ds: str, input_uri: str | None = None, settings: Settings | None = None, *,
+                       run_id: str = "", retry_rejected: bool = True) -> dict:
+    """Stage the CSV file(s) of one day as a delivery for partition ``ds`` (write-audit-publish).
+
+    Every file is checked before anything is written (a ``RegistrationError`` names the file,
+    line and column); the published partition changes only when the quality gate passes the
+    delivery. See :meth:`DuckDbCatalog.register_partition` (local) and
+    ``include/data/glue_catalog.py`` (aws) for where the rows go.
+    """
+    return get_catalog(settings).register_partition(ds, input_uri, run_id=run_id, retry_rejected=retry_rejected)
+
+
+def export_clean(ds_to: str, dest_path: Path, ds_from: str | None = None, settings: Settings | None = None) -> int:
+    """Write the validated, non-quarantined rows with ``ds`` in ``[ds_from, ds_to]`` as ONE local
+    Parquet file (typed columns, see docs/CONTRACTS.md), atomically; returns the row count.
+
+    Only partitions whose last validation passed are exported; a ``review_id`` present in
+    several partitions is kept from the latest one. ``review_date`` falls back to ``ds`` when
+    empty. Raises ``CatalogError`` when no passed partition lies in the range.
+    """
+    return get_catalog(settings).export_clean(ds_to, dest_path, ds_from)
+
+
+def data_status(settings: Settings | None = None) -> dict:
+    """What ``make data-status`` prints: every published partition (delivery, rows, last audit)
+    and every delivery waiting for the gate or rejected by it (still inspectable or expired),
+    with ``catalog`` (where it lives) and ``staging_table`` (where to inspect a delivery)."""
+    return get_catalog(settings).data_status()
+
+
+def export_range(ds_to: str, ds_from: str | None) -> tuple[date, date]:
+    """``(from, to)`` days of an export, checked."""
+    to_day = parse_ds(ds_to)
+    from_day = parse_ds(ds_from) if ds_from else date(1970, 1, 1)
+    if from_day > to_day:
+        raise CatalogError(f"ds_from={from_day} is after ds_to={to_day}")
+    return from_day, to_day
+
+
+def no_passed_partition(from_day: date, to_day: date, known: list[str]) -> CatalogError:
+    """The error of an export whose range holds no validated partition."""
+    return CatalogError(f"no validated partition with ds in [{from_day}, {to_day}]; register and validate first "
+                        f"(registered: {', '.join(known) or 'none'})")
+
+
+def copy_clean(con: duckdb.DuckDBPyConnection, from_day: date, to_day: date, dest_path: Path) -> int:
+    """:data:`CLEAN_SELECT` over ``con``'s catalog tables into ``dest_path`` (temp name, then rename)."""
+    dest = Path(dest_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        con.execute(f"COPY ({CLEAN_SELECT}) TO '{_sql_str(str(tmp))}' (FORMAT parquet)",
+                    {"ds_from": from_day, "ds_to": to_day})
+        rows = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_str(str(tmp))}')").fetchall()[0][0]
+        os.replace(tmp, dest)
+    except duckdb.Error as exc:
+        raise CatalogError(f"export of ds {from_day}..{to_day} to {dest} failed: {_short(exc)}") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("exported %d clean rows of ds %s..%s to %s", rows, from_day, to_day, dest)
+    return int(rows)
+
+
+def duckdb_params(sql: str, params: dict) -> dict:
+    """The bind parameters ``sql`` uses (DuckDB rejects named parameters a statement does not use)."""
+    return {k: v for k, v in params.items() if f"${k}" in sql}
+
+
+def audit_targets(con: duckdb.DuckDBPyConnection, days: list[date]) -> list[dict]:
+    """Per day, what the gate audits: its newest delivery still staged (or rejected but still
+    inspectable: audited again, e.g. with new thresholds), else its published partition."""
+    targets = []
+    for day in days:
+        newest = con.execute(
+            f"SELECT delivery_id, status FROM {DELIVERIES} WHERE ds = ? AND status IN (?, ?, ?) "
+            "ORDER BY staged_at DESC LIMIT 1", [day, STAGED, REJECTED, PUBLISHED]).fetchone()
+        if newest and newest[1] in (STAGED, REJECTED):
+            targets.append({"ds": day, "delivery_id": newest[0], "staged": True})
+            continue
+        published = con.execute(f"SELECT delivery_id FROM {PARTITIONS} WHERE ds = ?", [day]).fetchone()
+        if not published:
+            raise CatalogError(f"partition {day} not registered (no staged delivery, nothing published); run "
+                               "catalog.register_partition first")
+        targets.append({"ds": day, "delivery_id": published[0], "staged": False})
+    return targets
+
+
+def verdict_deliveries(audit: Audit, summary: dict) -> list[dict]:
+    """``{"delivery_id", "bad_rows", "ds"}`` of the staged deliveries the verdict acts on: all of
+    them when the gate passed, else those that fail on their own (the others stay staged)."""
+    return [{"delivery_id": t["delivery_id"], "ds": t["ds"], "bad_rows": summary["bad_rows_per_ds"][t["ds"].isoformat()]}
+            for t in audit.targets if t["staged"] and (summary["passed"] or t.get("own_failure"))]
+
+
+class DuckDbCatalog:
+    """The local backend's catalog: one DuckDB database file (``Settings.catalog_path``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def landing_partitions(self) -> list[str]:
+        """The ``ds`` values with at least one ``*.csv`` under ``landing/reviews/ds=<ds>/``."""
+        root = landing_root(self.settings)
+        if not root.is_dir():
+            return []
+        found = []
+        for child in root.iterdir():
+            if child.is_dir() and child.name.startswith("ds=") and any(child.glob("*.csv")):
+                try:
+                    found.append(parse_ds(child.name[3:]).isoformat())
+                except CatalogError:
+                    log.warning("ignoring %s: not a ds=YYYY-MM-DD folder", child)
+        return sorted(found)
+
+    def registered_partitions(self) -> list[str]:
+        """The ``ds`` values registered in ``reviews.partitions``, oldest first."""
+        con = connect(self.settings, read_only=True)
+        try:
+            if not _has_table(con, "partitions"):
+                return []
+            rows = con.execute(f"SELECT CAST(ds AS VARCHAR) FROM {PARTITIONS} ORDER BY ds").fetchall()
+            return [r[0] for r in rows]
+        finally:
+            con.close()
+
+    def register_partition(self, ds: str, input_uri: str | None = None, *, run_id: str = "",
+                           retry_rejected: bool = True) -> dict:
+        """Stage the CSV file(s) of one day as a delivery for partition ``ds`` (write-audit-publish).
+
+        ``input_uri`` is a ``file://`` URI or path of a file or a folder of ``*.csv``; by default
+        ``landing/reviews/ds=<ds>/``. Every file is checked before anything is written; any
+        problem raises ``RegistrationError`` and leaves the catalog unchanged. The rows go to
+        ``reviews.reviews_staging`` (one transaction); the published partition is replaced only
+        when the quality gate passes them (:func:`publish_deliveries`).
+
+        Returns ``{"ds", "rows", "files", "bytes", "delivery_id", "content_hash", "status"}`` where
+        ``status`` is ``staged`` (waiting for the gate), ``unchanged`` (identical to the published
+        delivery: nothing to do) or ``rejected`` (identical to a delivery the gate refused, and
+        ``retry_rejected`` is false: not staged again). Staging the same content twice is idempotent.
+        """
+        settings = self.settings
+        try:
+            day = parse_ds(ds)
+        except CatalogError as exc:
+            raise RegistrationError(str(exc)) from exc
+        files = resolve_input(day.isoformat(), input_uri, settings)
+        checks = [inspect_file(f) for f in files]
+        digest = content_hash([c.path for c in checks])
+        delivery_id = f"{day.isoformat()}-{digest[:12]}"
+        result = {"ds": day.isoformat(), "files": [str(c.path) for c in checks], "bytes": sum(c.bytes for c in checks),
+                  "delivery_id": delivery_id, "content_hash": digest}
+        started = time.monotonic()
+        con = connect(settings)
+        try:
+            purge_expired(con)
+            published = con.execute(f"SELECT delivery_id, content_hash, rows FROM {PARTITIONS} WHERE ds = ?",
+                                    [day]).fetchone()
+            if published and published[1] == digest:
+                log.info("ds=%s: delivery %s is identical to the published one (same SHA-256): nothing to do",
+                         day, published[0])
+                return {**result, "delivery_id": published[0], "rows": int(published[2]), "status": "unchanged"}
+            earlier = _delivery(con, delivery_id)
+            if earlier and earlier["status"] == STAGED:
+                log.info("ds=%s: delivery %s is already staged (by run %s), waiting for the gate", day, delivery_id,
+                         earlier["staged_by_run"])
+                return {**result, "rows": int(earlier["rows"]), "status": STAGED}
+            if earlier and earlier["status"] == REJECTED:
+                if not retry_rejected:
+                    log.warning("ds=%s: delivery %s is identical to one the gate rejected (run %s: %s); not staged "
+                                "again - `make data-status` lists it, report %s", day, delivery_id,
+                                earlier["audit_run_id"], earlier["reason"], earlier["report_path"])
+                    return {**result, "rows": int(earlier["rows"]), "status": REJECTED}
+                _set_status(con, [delivery_id], STAGED)  # its staged rows are still there: audit them again
+                log.info("ds=%s: delivery %s was rejected before (run %s); staged again for a new audit", day,
+                         delivery_id, earlier["audit_run_id"])
+                return {**result, "rows": int(earlier["rows"]), "status": STAGED}
+            rows = _stage(con, day, delivery_id, checks, digest, run_id)
+        except duckdb.Error as exc:
+            raise RegistrationError(f"ds={day}: staging {', '.join(map(str, files))} failed: {_short(exc)}") from exc
+        finally:
+            con.close()  # temp tables go with the connection
+        log.info("staged ds=%s as delivery %s: %d rows from %d file(s), %d bytes in %.1fs; the quality gate "
+                 "publishes it", day, delivery_id, rows, len(checks), result["bytes"], time.monotonic() - started)
+        return {**result, "rows": rows, "status": STAGED}
+
+    def export_clean(self, ds_to: str, dest_path: Path, ds_from: str | None = None) -> int:
+        """:func:`export_clean` from the DuckDB catalog."""
+        from_day, to_day = export_range(ds_to, ds_from)
+        con = connect(self.settings, read_only=True)
+        try:
+            if not _has_table(con, "partitions"):
+                raise CatalogError(f"{self.settings.catalog_path}: no partition registered yet")
+            passed = con.execute(
+                f"SELECT count(*) FROM {PARTITIONS} WHERE passed AND ds BETWEEN ? AND ?", [from_day, to_day]
+            ).fetchall()[0][0]
+            if not passed:
+                known = con.execute(f"SELECT CAST(ds AS VARCHAR) FROM {PARTITIONS} ORDER BY ds").fetchall()
+                raise no_passed_partition(from_day, to_day, [r[0] for r in known])
+            return copy_clean(con, from_day, to_day, dest_path)
+        finally:
+            con.close()
+
+    def open_audit(self, days: list[date]) -> Audit:
+        """The catalog itself: the gate's SQL runs on the real tables."""
+        con = connect(self.settings)
+        try:
+            return Audit(con=con, targets=audit_targets(con, days))
+        except BaseException:
+            con.close()
+            raise
+
+    def close_audit(self, audit: Audit) -> None:
+        """Close the connection (GX then runs without holding DuckDB's write lock)."""
+        audit.con.close()
+
+    def record_verdict(self, audit: Audit, summary: dict, reason: str) -> None:
+        """Publish the staged deliveries that passed (one transaction), or mark them rejected;
+        a re-audited published partition only gets its validation bookkeeping updated.
+        (The quarantine rows were written by the gate's SQL, in this catalog.)"""
+        staged = verdict_deliveries(audit, summary)
+        con = connect(self.settings)
+        try:
+            if staged and summary["passed"]:
+                publish_deliveries(con, staged, summary["run_id"], summary["report_path"])
+            elif staged:
+                reject_deliveries(con, staged, summary["run_id"], reason, summary["report_path"])
+            con.execute("BEGIN TRANSACTION")
+            for t in audit.targets:
+                if not t["staged"]:
+                    con.execute(
+                        f"UPDATE {PARTITIONS} SET validated_at = now()::TIMESTAMP, validation_run_id = ?, "
+                        "bad_rows = ?, passed = ? WHERE ds = ?",
+                        [summary["run_id"], summary["bad_rows_per_ds"][t["ds"].isoformat()], summary["passed"],
+                         t["ds"]],
+                    )
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+    def data_status(self) -> dict:
+        """What ``make data-status`` prints: every published partition (delivery, rows, last audit)
+        and every delivery waiting for the gate or rejected by it (still inspectable or expired)."""
+        con = connect(self.settings, read_only=True)
+        try:
+            if not _has_table(con, "deliveries"):
+                con.close()
+                con = connect(self.settings)  # a catalog from before write-audit-publish: migrate it
+            cur = con.execute(
+                f"SELECT CAST(p.ds AS VARCHAR) AS ds, p.delivery_id, p.rows, p.bad_rows, p.validated_at, "
+                f"p.validation_run_id, p.passed, p.files FROM {PARTITIONS} p ORDER BY p.ds")
+            names = [d[0] for d in cur.description]
+            partitions = [dict(zip(names, r)) for r in cur.fetchall()]
+            cur = con.execute(
+                f"SELECT delivery_id, CAST(ds AS VARCHAR) AS ds, status, rows, bad_rows, staged_at, staged_by_run, "
+                f"audited_at, audit_run_id, reason, report_path, files, "
+                f"(SELECT count(*) FROM {STAGING} s WHERE s.delivery_id = d.delivery_id) AS staged_rows, "
+                f"(SELECT count(*) FROM {QUARANTINE} q WHERE q.delivery_id = d.delivery_id) AS quarantined_rows "
+                f"FROM {DELIVERIES} d WHERE status IN ('{STAGED}', '{REJECTED}', '{EXPIRED}') ORDER BY ds, staged_at")
+            names = [d[0] for d in cur.description]
+            waiting = [dict(zip(names, r)) for r in cur.fetchall()]
+        finally:
+            con.close()
+        return {"partitions": partitions, "deliveries": waiting, "retention_days": retention_days(),
+                "catalog": str(self.settings.catalog_path), "staging_table": STAGING}
+
+    def query(self, sql: str, params: dict) -> pd.DataFrame:
+        """Run ``sql`` with its bound parameters on the DuckDB catalog."""
+        con = connect(self.settings)
+        try:
+            return con.execute(sql, duckdb_params(sql, params)).df()
+        finally:
+            con.close()

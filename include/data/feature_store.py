@@ -4,8 +4,8 @@ Shaped like SageMaker Feature Store (the course's first lab): a :class:`FeatureG
 name, a record identifier (``review_id``), an event time, typed features, a description and a
 version; ``create_feature_group`` twice is a no-op, an incompatible change is an error that
 names the field. The interface is :class:`FeatureStore`; :func:`get_feature_store` picks the
-implementation from the backend (``local`` today; ``aws`` = SageMaker Feature Store, blocked
-until the aws backend exists).
+implementation from the backend (``local``; ``aws`` = SageMaker Feature Store,
+``include/data/sagemaker_feature_store.py``).
 
 Local flavour (:class:`LocalFeatureStore`):
 
@@ -317,6 +317,11 @@ class FeatureStore(ABC):
         """The online store's latest record of ``record_id``."""
 
     @abstractmethod
+    def snapshot(self, name: str, source: str | None = None) -> tuple[str, datetime] | None:
+        """``(source, latest event time)`` of the ingestions of ``source`` (a pipeline run), or of
+        the most recent ingestion that named one when ``source`` is None; None when there is none."""
+
+    @abstractmethod
     def batch_get_record(self, name: str, record_ids: list[str]) -> dict[str, dict]:
         """The online store's latest records of ``record_ids``."""
 
@@ -326,8 +331,10 @@ def get_feature_store(settings: Settings | None = None) -> FeatureStore:
     settings = settings or get_settings()
     if settings.backend == "local":
         return LocalFeatureStore(settings)
-    raise ConfigError("REVIEWS_BACKEND=aws: the SageMaker Feature Store implementation is not available until the "
-                      "aws backend exists (issue #12); use REVIEWS_BACKEND=local")
+    from include.common.aws import load_aws_config
+    from include.data.sagemaker_feature_store import SageMakerFeatureStore
+
+    return SageMakerFeatureStore(load_aws_config().validate())
 
 
 def to_utc_naive(value: datetime | date | str) -> datetime:
@@ -627,30 +634,35 @@ class LocalFeatureStore(FeatureStore):
                              record_ids: list[str] | None = None) -> dict:
         """Write the point-in-time read as ``<dest>/<split>/part-00000.parquet`` (the preprocess
         job's shard layout, what the training job reads), atomically; returns rows per split."""
-        import tempfile
-
         con = self._connect(read_only=True)
         try:
             group = self._require(con, name)
             if "split_type" not in group.feature_names:
                 raise FeatureValidationError(f"feature group {name}: has no split_type feature to export channels by")
-            con.register("pit_src", self._pit(con, group, as_of, record_ids).to_arrow_table())
-            rows = dict(con.execute("SELECT split_type, count(*) FROM pit_src GROUP BY 1").fetchall())
-            with tempfile.TemporaryDirectory() as tmp:
-                for split in SPLITS:  # constants: safe to inline
-                    (Path(tmp) / split).mkdir()
-                    con.execute(f"COPY (SELECT * FROM pit_src WHERE split_type = '{split}' "
-                                f"ORDER BY {group.record_identifier}) "
-                                f"TO '{_sql_str(str(Path(tmp) / split / 'part-00000.parquet'))}' (FORMAT parquet)")
-                publish_dir(Path(tmp), dest_uri)
+            table = self._pit(con, group, as_of, record_ids).to_arrow_table()
         finally:
             con.close()
-        counts = {s: int(rows.get(s, 0)) for s in SPLITS}
-        log.info("exported %s as of %s to %s: %s", name, to_utc_naive(as_of), dest_uri, counts)
-        return {"feature_group": name, "as_of": to_utc_naive(as_of).isoformat(), "uri": dest_uri, "rows": counts}
+        return write_channels(group, table, as_of, dest_uri)
 
     def get_record(self, name: str, record_id: str) -> dict | None:
         return self.online.get_record(name, record_id)
+
+    def snapshot(self, name: str, source: str | None = None) -> tuple[str, datetime] | None:
+        con = self._connect(read_only=True)
+        try:
+            if self._stored(con, name) is None:
+                return None
+            if source is None:
+                row = con.execute(f"SELECT source FROM {INGESTIONS} WHERE group_name = ? AND coalesce(source, '') <> '' "
+                                  "ORDER BY committed_at DESC LIMIT 1", [name]).fetchone()
+                if not row:
+                    return None
+                source = row[0]
+            row = con.execute(f"SELECT max(max_event_time) FROM {INGESTIONS} WHERE group_name = ? AND source = ?",
+                              [name, source]).fetchone()
+        finally:
+            con.close()
+        return (source, row[0]) if row and row[0] is not None else None
 
     def batch_get_record(self, name: str, record_ids: list[str]) -> dict[str, dict]:
         return self.online.batch_get_record(name, record_ids)
@@ -667,6 +679,32 @@ class LocalFeatureStore(FeatureStore):
             raise FeatureValidationError(f"query failed: {exc}") from None
         finally:
             con.close()
+
+
+def write_channels(group: FeatureGroup, table: "pa.Table", as_of: datetime, dest_uri: str) -> dict:
+    """Write a point-in-time read as ``<dest>/<split>/part-00000.parquet`` (rows sorted by record
+    identifier), published atomically; both backends' exports end here, so the training job reads
+    the same files whichever store they came from."""
+    import tempfile
+
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("pit_src", table)
+        rows = dict(con.execute("SELECT split_type, count(*) FROM pit_src GROUP BY 1").fetchall())
+        with tempfile.TemporaryDirectory() as tmp:
+            for split in SPLITS:  # constants: safe to inline
+                (Path(tmp) / split).mkdir()
+                con.execute(f"COPY (SELECT * FROM pit_src WHERE split_type = '{split}' "
+                            f"ORDER BY {group.record_identifier}) "
+                            f"TO '{_sql_str(str(Path(tmp) / split / 'part-00000.parquet'))}' (FORMAT parquet)")
+            publish_dir(Path(tmp), dest_uri)
+    finally:
+        con.close()
+    counts = {s: int(rows.get(s, 0)) for s in SPLITS}
+    log.info("exported %s as of %s to %s: %s", group.name, to_utc_naive(as_of), dest_uri, counts)
+    return {"feature_group": group.name, "as_of": to_utc_naive(as_of).isoformat(), "uri": dest_uri, "rows": counts}
 
 
 def _latest_sql(group: FeatureGroup, where: str = "true", partitions: str = "true") -> str:
@@ -715,16 +753,8 @@ def ingest_run_features(features_dir: Path, ds: str, source: str, channels_uri: 
 
 def latest_snapshot(settings: Settings | None = None) -> str | None:
     """The pipeline run (ingestion ``source``) that most recently added records to ``reviews_features``."""
-    store = get_feature_store(settings)
-    con = store._connect(read_only=True)
-    try:
-        if store._stored(con, REVIEWS.name) is None:
-            return None
-        row = con.execute(f"SELECT source FROM {INGESTIONS} WHERE group_name = ? AND coalesce(source, '') <> '' "
-                          "ORDER BY committed_at DESC LIMIT 1", [REVIEWS.name]).fetchone()
-    finally:
-        con.close()
-    return row[0] if row else None
+    found = get_feature_store(settings).snapshot(REVIEWS.name)
+    return found[0] if found else None
 
 
 def export_snapshot(snapshot_id: str, dest: Path, settings: Settings | None = None) -> dict[str, int]:
@@ -732,16 +762,11 @@ def export_snapshot(snapshot_id: str, dest: Path, settings: Settings | None = No
     known then, as ``<dest>/<split>/part-00000.parquet``; rows per split. Raises
     :class:`FeatureStoreError` when the run ingested nothing or a split is empty."""
     store = get_feature_store(settings)
-    con = store._connect(read_only=True)
-    try:
-        row = con.execute(f"SELECT max(max_event_time) FROM {INGESTIONS} WHERE group_name = ? AND source = ?",
-                          [REVIEWS.name, snapshot_id]).fetchone() if store._stored(con, REVIEWS.name) else None
-    finally:
-        con.close()
-    if not row or row[0] is None:
+    found = store.snapshot(REVIEWS.name, snapshot_id)
+    if found is None:
         raise FeatureStoreError(f"feature snapshot {snapshot_id!r}: no ingestion into {REVIEWS.name} by that run; "
                                 "run review_sentiment_pipeline's preprocess first, or pass another snapshot_id")
-    rows = store.export_point_in_time(REVIEWS.name, row[0], Path(dest).as_uri())["rows"]
+    rows = store.export_point_in_time(REVIEWS.name, found[1], Path(dest).as_uri())["rows"]
     missing = [s for s in ("train", "validation", "test") if not rows.get(s)]
     if missing:
         raise FeatureStoreError(f"feature snapshot {snapshot_id!r} has no {', '.join(missing)} rows (it has {rows})")

@@ -12,6 +12,11 @@ passes. GX runs on all rows of the batch, with ``review_body`` cut to 5,001 char
 ``GX_MAX_ROWS`` rows (1M, env ``REVIEWS_GX_MAX_ROWS``); above that GX checks a deterministic
 sample (noted in the report) while the SQL rules stay exact, so memory stays bounded.
 
+The rows come from the catalog backend (``catalog.get_catalog``): the DuckDB catalog itself, or
+on aws an in-memory DuckDB holding the audited rows read from S3, whose quarantine rows then go
+to the Glue table ``reviews_quarantine`` (``include/data/glue_catalog.py``) - one suite, one
+set of rules for both backends.
+
 Decisions (see also docs/CONTRACTS.md):
 - A ``review_id`` twice in one partition: the later occurrences are quarantined
   (``review_id_unique``). The same ``review_id`` in two daily drops is an update, not an
@@ -29,7 +34,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from include.common.config import Settings, get_settings
@@ -428,26 +433,6 @@ def _cut(value, limit: int = 120):
 # --------------------------------------------------------------------------- the gate
 
 
-def _audit_targets(con, days: list[date]) -> list[dict]:
-    """Per day, what the gate audits: its newest delivery still staged (or rejected but still
-    inspectable: audited again, e.g. with new thresholds), else its published partition."""
-    targets = []
-    for day in days:
-        newest = con.execute(
-            f"SELECT delivery_id, status FROM {catalog.DELIVERIES} WHERE ds = ? AND status IN (?, ?, ?) "
-            "ORDER BY staged_at DESC LIMIT 1", [day, catalog.STAGED, catalog.REJECTED, catalog.PUBLISHED]).fetchone()
-        if newest and newest[1] in (catalog.STAGED, catalog.REJECTED):
-            targets.append({"ds": day, "delivery_id": newest[0], "staged": True})
-            continue
-        published = con.execute(f"SELECT delivery_id FROM {catalog.PARTITIONS} WHERE ds = ?", [day]).fetchone()
-        if not published:
-            raise catalog.CatalogError(
-                f"partition {day} not registered (no staged delivery, nothing published); run "
-                "catalog.register_partition first")
-        targets.append({"ds": day, "delivery_id": published[0], "staged": False})
-    return targets
-
-
 def validate_partitions(
     ds_list: list[str],
     run_id: str,
@@ -459,6 +444,7 @@ def validate_partitions(
     max_duplicate_text_fraction: float = DEFAULT_MAX_DUPLICATE_TEXT_FRACTION,
     unseen_category_tolerance: float = DEFAULT_UNSEEN_CATEGORY_TOLERANCE,
     expected_categories: tuple[str, ...] | None = None,
+    report_location: str | None = None,
 ) -> dict:
     """Audit the deliveries of ``ds_list`` and publish them only when they pass (write-audit-publish).
 
@@ -472,6 +458,9 @@ def validate_partitions(
     transaction. Failing: the deliveries are marked rejected, their rows stay staged for
     inspection, the published partitions are not touched, and ``DataQualityError`` names
     the failures and the report's path.
+    ``report_location``: where the report is read (an ``s3://`` prefix the caller uploads
+    ``report_dir`` to on the aws backend); default ``report_dir``. The catalog backend
+    (``catalog.get_catalog``) supplies the audited rows and acts on the verdict.
     Returns ``{"rows", "bad_rows", "bad_fraction", "rule_counts", "report_path", "passed", "deliveries", ...}``.
     """
     settings = settings or get_settings()
@@ -486,17 +475,19 @@ def validate_partitions(
         raise ValueError("ds_list is empty: name at least one registered partition")
     days = sorted({catalog.parse_ds(d) for d in ds_list})
     started = time.monotonic()
-    con = catalog.connect(settings)
+    store = catalog.get_catalog(settings)
+    audit = store.open_audit(days)  # the audited rows in the catalog's tables (DuckDB; in memory on aws)
     try:
-        targets = _audit_targets(con, days)
+        targets = audit.targets
         ids = [t["delivery_id"] for t in targets]
-        sql_part = _apply_row_rules(con, ids, run_id)
-        facts = _table_facts(con, ids, params)
+        sql_part = _apply_row_rules(audit.con, ids, run_id)
+        facts = _table_facts(audit.con, ids, params)
         t_sql = time.monotonic() - started
-        df = _gx_frame(con, ids, sql_part["rows"])
+        df = _gx_frame(audit.con, ids, sql_part["rows"])
     finally:
-        con.close()
+        store.close_audit(audit)
     report_dir = Path(report_dir).absolute()  # GX wants an absolute docs folder
+    shown = (report_location or str(report_dir)).rstrip("/")
     with atomic_path(report_dir) as work:  # published by rename below, whatever the verdict
         work.mkdir(parents=True)
         t0 = time.monotonic()
@@ -531,8 +522,8 @@ def validate_partitions(
             "gx_rows_validated": gx_rows_validated,
             "passed": passed,
             "seconds": {"sql_rules": round(t_sql, 3), "gx": round(t_gx, 3)},
-            "report_path": str(report_dir / "validation_report.html"),
-            "gx_data_docs": str(report_dir / "gx_data_docs" / "index.html"),
+            "report_path": f"{shown}/validation_report.html",
+            "gx_data_docs": f"{shown}/gx_data_docs/index.html",
         }
         _write_report(work, summary, gx_rows, sql_part["quarantine_sample"], params, suite, gx_result)
 
@@ -552,7 +543,7 @@ def validate_partitions(
         if not any(t["own_failure"] for t in targets):
             for t in targets:  # only the batch as a whole fails (e.g. texts repeated across days)
                 t["own_failure"] = True
-    _record_verdict(settings, targets, summary, "; ".join(reasons))
+    store.record_verdict(audit, summary, "; ".join(reasons))
     summary["seconds"]["total"] = round(time.monotonic() - started, 3)
     if sql_part["duplicate_ids_across_partitions"]:
         log.warning(
@@ -578,30 +569,6 @@ def validate_partitions(
             + f"Report: {summary['report_path']}"
         )
     return summary
-
-
-def _record_verdict(settings: Settings, targets: list[dict], summary: dict, reason: str) -> None:
-    """Publish the staged deliveries that passed (one transaction), or mark them rejected;
-    a re-audited published partition only gets its validation bookkeeping updated."""
-    staged = [{"delivery_id": t["delivery_id"], "bad_rows": summary["bad_rows_per_ds"][t["ds"].isoformat()]}
-              for t in targets if t["staged"] and (summary["passed"] or t["own_failure"])]
-    con = catalog.connect(settings)
-    try:
-        if staged and summary["passed"]:
-            catalog.publish_deliveries(con, staged, summary["run_id"], summary["report_path"])
-        elif staged:
-            catalog.reject_deliveries(con, staged, summary["run_id"], reason, summary["report_path"])
-        con.execute("BEGIN TRANSACTION")
-        for t in targets:
-            if not t["staged"]:
-                con.execute(
-                    f"UPDATE {catalog.PARTITIONS} SET validated_at = now()::TIMESTAMP, validation_run_id = ?, "
-                    "bad_rows = ?, passed = ? WHERE ds = ?",
-                    [summary["run_id"], summary["bad_rows_per_ds"][t["ds"].isoformat()], summary["passed"], t["ds"]],
-                )
-        con.execute("COMMIT")
-    finally:
-        con.close()
 
 
 # --------------------------------------------------------------------------- report

@@ -230,6 +230,7 @@ def run_training_job(request: dict, jobs_dir: Path, log: Logger = print) -> JobR
     hps, program, submit = _hyperparameters(request)
     started = time.monotonic()
     job_dir = _new_job_dir(jobs_dir, name)
+    hps = {k: _localize(v, job_dir) for k, v in hps.items()}  # e.g. a channel's /opt/ml/input/data/<name>
     ml = job_dir / "opt/ml"
     code_dir, model_dir, output_dir = ml / "code", ml / "model", ml / "output/data"
     for d in (model_dir, output_dir, ml / "input/config"):

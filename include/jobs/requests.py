@@ -16,13 +16,25 @@ TRAINING_IMAGE = ("763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytor
                   "2.5.1-transformers4.49.0-cpu-py311-ubuntu22.04")
 ROLE_ARN = "arn:aws:iam::000000000000:role/review-sentiment-sagemaker"
 PROC = "/opt/ml/processing"
+MAX_JOBS_PER_STEP = 5  # <name>, <name>-r2 .. -r5: a step whose jobs failed five times needs a person
 
 
-def job_name(step: str, run_id: str, try_number: int) -> str:
-    """Unique per (run, attempt), within SageMaker's 63 characters of ``[a-zA-Z0-9-]``."""
+def job_name(step: str, run_id: str) -> str:
+    """The job's name for ``step`` of run ``run_id``: the same on every attempt of the task.
+
+    Deterministic so that a retried task finds its predecessor's job (``DescribeXJob``) and
+    waits on it or reuses it instead of paying for a second one; within SageMaker's 63
+    characters of ``[a-zA-Z0-9-]``. A restart after a failed job gets :func:`restart_name`.
+    """
     digest = hashlib.sha1(run_id.encode()).hexdigest()[:10]
     stamp = re.sub(r"[^0-9]", "", run_id)[:8] or "manual"
-    return f"rs-{step}-{stamp}-{digest}-a{try_number}"[:63]
+    return f"rs-{step}-{stamp}-{digest}"[:56]
+
+
+def restart_name(name: str, attempt: int) -> str:
+    """Name of the ``attempt``-th job (1 = ``name`` itself) started for one step of one run:
+    ``<name>-r<attempt>``, used only after the previous one Failed or was Stopped."""
+    return name if attempt <= 1 else f"{name[:63 - len(str(attempt)) - 2]}-r{attempt}"
 
 
 def _input(name: str, uri: str, local: str) -> dict:
@@ -165,13 +177,14 @@ def baseline_score_request(*, name: str, model_uri: str, test_uri: str, output_u
 
 
 def autopilot_request(*, name: str, train_csv_uri: str, validation_csv_uri: str, output_uri: str,
-                      time_budget_s: int, max_candidates: int = 20, target: str = "sentiment") -> dict:
+                      time_budget_s: int, max_candidates: int = 20, target: str = "sentiment",
+                      role_arn: str = ROLE_ARN) -> dict:
     """``CreateAutoMLJobV2`` (SageMaker Autopilot) on the same data and budget as the local search.
 
     The channels are CSV exports of the feature store's splits with ``review_body`` and the
     target column; validation is passed as its own channel (``ChannelType``) so Autopilot ranks
-    candidates on the same rows as ours. The aws backend hands this dict to boto3's
-    ``create_auto_ml_job_v2`` (the provider's ``SageMakerAutoMLOperator`` still calls V1).
+    candidates on the same rows as ours. ``include/jobs/autopilot.py`` sends it through the provider's
+    ``SageMakerHook`` client (the provider's ``SageMakerAutoMLOperator`` still calls V1).
     """
     def channel(uri: str, kind: str) -> dict:
         return {"ChannelType": kind, "ContentType": "text/csv;header=present", "CompressionType": "None",
@@ -187,5 +200,5 @@ def autopilot_request(*, name: str, train_csv_uri: str, validation_csv_uri: str,
                                    "MaxAutoMLJobRuntimeInSeconds": int(time_budget_s)},
             "Mode": "ENSEMBLING" if time_budget_s < 3600 else "HYPERPARAMETER_TUNING"}},
         "AutoMLJobObjective": {"MetricName": "Accuracy"},
-        "RoleArn": ROLE_ARN,
+        "RoleArn": role_arn,
     }

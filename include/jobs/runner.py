@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Any, Callable
 
 from include.common.config import PROJECT_ROOT, ConfigError, Settings, get_settings
 
@@ -32,6 +32,23 @@ class JobRunner(ABC):
     def run(self, request: dict, log: Log | None = None) -> dict:
         """Run ``request`` to completion; its result (job name, wall time, output URIs)."""
 
+    def prepare(self, request: dict, step: str) -> dict:
+        """The builder's request with what the backend adds (aws: role, image, instances)."""
+        return request
+
+    def tracking_environment(self, experiment: str, run_name: str) -> dict[str, str]:
+        """Environment that tells a training job where to track its metrics (none: no tracking)."""
+        return {}
+
+    def start(self, request: dict, context: Any = None, task: Any = None, log: Log | None = None) -> dict:
+        """Run ``request`` from inside a task. A backend whose jobs run elsewhere may raise
+        Airflow's ``TaskDeferred`` here; the task then calls :meth:`resume` with the event."""
+        return self.run(request, log)
+
+    def resume(self, request: dict, event: dict | None) -> dict:
+        """The result of a job :meth:`start` deferred on."""
+        raise NotImplementedError(f"{type(self).__name__} never defers")
+
 
 class LocalJobRunner(JobRunner):
     """Subprocesses under the SageMaker container contract, job folders in the state dir."""
@@ -41,6 +58,16 @@ class LocalJobRunner(JobRunner):
 
     def code_uri(self) -> str:
         return SCRIPTS_DIR.as_uri()
+
+    def tracking_environment(self, experiment: str, run_name: str) -> dict[str, str]:
+        import mlflow
+
+        self.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        client = mlflow.MlflowClient(tracking_uri=self.settings.mlflow_tracking_uri)
+        if client.get_experiment_by_name(experiment) is None:  # artifact root in the state dir, not ./mlruns
+            client.create_experiment(experiment, artifact_location=(self.settings.mlflow_dir / "artifacts").as_uri())
+        return {"MLFLOW_TRACKING_URI": self.settings.mlflow_tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment,
+                "MLFLOW_RUN_NAME": run_name}
 
     def run(self, request: dict, log: Log | None = None) -> dict:
         from include.jobs.local_runner import run_processing_job, run_training_job
@@ -55,6 +82,8 @@ def get_runner(settings: Settings | None = None) -> JobRunner:
     settings = settings or get_settings()
     if settings.backend == "local":
         return LocalJobRunner(settings)
-    raise BackendNotReadyError(
-        f"backend {settings.backend!r}: SageMaker execution (SageMakerProcessingOperator / "
-        "SageMakerTrainingOperator with this same request) is not implemented yet; use REVIEWS_BACKEND=local")
+    if settings.backend == "aws":
+        from include.jobs.sagemaker_runner import SageMakerJobRunner
+
+        return SageMakerJobRunner(settings)
+    raise BackendNotReadyError(f"backend {settings.backend!r} has no job runner")

@@ -6,6 +6,7 @@ PyTorch / Hugging Face serving containers expect::
     model.safetensors, config.json (with id2label), tokenizer files   <- at the root
     classifier_head.safetensors (mean-pooling head, see scripts/modeling.py)
     code/inference.py, code/modeling.py                                <- the handler
+    model.int8.onnx (optional, ``int8_onnx=True``)                     <- the int8 model (onnxruntime)
     package-manifest.json                                              <- sha256 of every file
 
 The manifest lets :func:`extract_package` refuse a package that was damaged after it was
@@ -15,12 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
+import logging
 import tarfile
 import time
 from pathlib import Path
 
-from include.common.io import GZIP_LEVEL, atomic_path, uri_to_path
+from include.common.io import GZIP_LEVEL, atomic_path, is_s3, local_copy, publish_file, uri_to_path
+
+logger = logging.getLogger(__name__)
+_export_ids = itertools.count(1)
 
 PACKAGE_NAME = "model.tar.gz"
 MANIFEST_NAME = "package-manifest.json"
@@ -29,6 +35,7 @@ MODELING_SCRIPT = INFERENCE_SCRIPT.with_name("modeling.py")  # the classifier cl
 SKLEARN_INFERENCE_SCRIPT = INFERENCE_SCRIPT.with_name("automl_inference.py")  # the AutoML baseline's handler
 SKLEARN_MODEL_FILE = "model.joblib"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # at least one of them (fast or slow tokenizer)
+ONNX_INT8_FILE = "model.int8.onnx"  # the handler's export_int8_onnx output; the server loads it only when pinned
 
 
 class PackagingError(ValueError):
@@ -91,25 +98,73 @@ def _check_safetensors_header(path: Path) -> None:
                              "the file is truncated or damaged")
 
 
-def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFERENCE_SCRIPT) -> str:
+def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFERENCE_SCRIPT,
+                  int8_onnx: bool = False) -> str:
     """Write ``model.tar.gz`` (model files + ``code/inference.py`` + ``code/modeling.py``); return its URI.
 
     ``dest_uri`` is either the archive's URI (ending in ``.tar.gz``) or a prefix under which
     ``model.tar.gz`` is written. The archive is written under a temporary name and renamed,
     so a retry replaces it and a reader never sees half an archive.
+
+    ``int8_onnx=True`` (what ``register_model`` builds) also ships ``model.int8.onnx``: the
+    model exported to ONNX and quantized to int8 by the handler's own ``export_int8_onnx``
+    (loaded from ``inference_script``, as a server would load it). Its sha256 goes into the
+    manifest like every file's, which is what lets the safetensors-only server load it.
     """
+    import tempfile
+
     model_dir = Path(model_dir)
     validate_model_dir(model_dir)
+    if is_s3(dest_uri):  # built locally, then one upload
+        return _build_then_upload(build_package, model_dir, dest_uri, inference_script=inference_script)
     dest = uri_to_path(dest_uri)
     if not dest.name.endswith(".tar.gz"):
         dest = dest / PACKAGE_NAME
     files = sorted(p for p in model_dir.rglob("*")
-                   if p.is_file() and p.relative_to(model_dir).parts[0] not in ("code", MANIFEST_NAME))
+                   if p.is_file() and p.relative_to(model_dir).parts[0] not in ("code", MANIFEST_NAME)
+                   and p.name != ONNX_INT8_FILE)  # never ship an int8 model we did not build
     members = [(p, p.relative_to(model_dir).as_posix()) for p in files]
     members.append((Path(inference_script), "code/inference.py"))
     members.append((MODELING_SCRIPT, "code/modeling.py"))
-    _write_archive(dest, members)
+    with tempfile.TemporaryDirectory(prefix="package-onnx-") as tmp:
+        if int8_onnx:
+            members.append((export_int8_onnx(model_dir, Path(tmp), Path(inference_script)), ONNX_INT8_FILE))
+        _write_archive(dest, members)
     return dest.as_uri()
+
+
+def export_int8_onnx(model_dir: Path, workdir: Path, inference_script: Path = INFERENCE_SCRIPT) -> Path:
+    """``workdir/model.int8.onnx``: the model of ``model_dir`` as the handler exports it (int8 ONNX).
+
+    The handler file is imported by path under a fresh name (the server does the same with a
+    package's ``code/inference.py``); its ``model_fn`` loads the model and ``export_int8_onnx``
+    writes the file. A failure is a :class:`PackagingError` naming the cause.
+    """
+    import importlib.util
+    import sys
+
+    name = f"_package_inference_{next(_export_ids)}"
+    out = Path(workdir) / ONNX_INT8_FILE
+    started = time.monotonic()
+    try:
+        spec = importlib.util.spec_from_file_location(name, inference_script)
+        handler = importlib.util.module_from_spec(spec)
+        sys.modules[name] = handler
+        spec.loader.exec_module(handler)
+        if not callable(getattr(handler, "export_int8_onnx", None)):
+            raise PackagingError(f"{inference_script}: defines no export_int8_onnx(); build with int8_onnx=False")
+        info = handler.export_int8_onnx(handler.model_fn(str(model_dir)), str(out))
+    except PackagingError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the export is a packaging failure
+        raise PackagingError(f"{model_dir}: cannot export the int8 ONNX model: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.modules.pop(name, None)
+        for key in [k for k in sys.modules if k.startswith(f"{name}_")]:  # its modeling.py
+            sys.modules.pop(key, None)
+    logger.info("int8 ONNX model exported in %.1fs (%.1f MB, opset %s, onnxruntime %s)",
+                time.monotonic() - started, info["bytes"] / 1e6, info["opset"], info["onnxruntime"])
+    return out
 
 
 def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
@@ -120,6 +175,8 @@ def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
     ``code/bert_inference.py`` because the baseline answers with its wire formats.
     """
     model_dir = Path(model_dir)
+    if is_s3(dest_uri):
+        return _build_then_upload(build_sklearn_package, model_dir, dest_uri)
     config_path = model_dir / "config.json"
     config = _read_config(config_path, "pass the AutoML job's model folder")
     if not config.get("id2label") or not config.get("decoder"):
@@ -133,6 +190,16 @@ def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
                (SKLEARN_INFERENCE_SCRIPT, "code/inference.py"), (INFERENCE_SCRIPT, "code/bert_inference.py")]
     _write_archive(dest, members)
     return dest.as_uri()
+
+
+def _build_then_upload(build, model_dir: Path, dest_uri: str, **kwargs) -> str:
+    import tempfile
+
+    dest_uri = dest_uri if dest_uri.endswith(".tar.gz") else dest_uri.rstrip("/") + "/" + PACKAGE_NAME
+    with tempfile.TemporaryDirectory(prefix="package-") as tmp:
+        local = Path(tmp) / PACKAGE_NAME
+        build(model_dir, local.as_uri(), **kwargs)
+        return publish_file(local, dest_uri)
 
 
 def _write_archive(dest: Path, members: list[tuple[Path, str]]) -> None:
@@ -164,6 +231,12 @@ def extract_package(package_uri: str, dest_dir: Path) -> Path:
     into place (an existing ``dest_dir`` is swapped out, not overwritten in place, so a
     process still mapping its files is unaffected). Returns ``dest_dir``.
     """
+    if is_s3(package_uri):
+        try:
+            with local_copy(package_uri) as src:
+                return extract_package(src.as_uri(), dest_dir)
+        except FileNotFoundError:
+            raise PackagingError(f"{package_uri}: no such package file") from None
     src = uri_to_path(package_uri)
     if not src.is_file():
         raise PackagingError(f"{package_uri}: no such package file")
@@ -204,7 +277,15 @@ def package_sha256(package_uri: str) -> str:
 
 
 def model_dir_from_artifact(model_artifact_uri: str, workdir: Path) -> Path:
-    """Unpack the training job's ``model.tar.gz`` into ``workdir``; the save_pretrained folder."""
+    """Unpack the training job's ``model.tar.gz`` (``file://`` or ``s3://``) into ``workdir``;
+    the save_pretrained folder."""
+    if is_s3(model_artifact_uri):
+        try:
+            with local_copy(model_artifact_uri) as src:
+                return model_dir_from_artifact(src.as_uri(), workdir)
+        except FileNotFoundError:
+            raise PackagingError(f"{model_artifact_uri}: no such model artifact (the training job's "
+                                 "model.tar.gz)") from None
     src = uri_to_path(model_artifact_uri)
     if not src.is_file():
         raise PackagingError(f"{model_artifact_uri}: no such model artifact (the training job's model.tar.gz)")

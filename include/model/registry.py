@@ -2,8 +2,9 @@
 
 :class:`ModelRegistry` is the small interface the pipeline uses; :class:`MlflowModelRegistry`
 implements it on MLflow's model registry (SQLite backend store and local artifact root under
-``Settings.mlflow_dir``); a SageMaker Model Registry implementation (model package group,
-``ModelApprovalStatus``) can be added beside it and chosen in :func:`get_registry`.
+``Settings.mlflow_dir``); :class:`include.model.sagemaker_registry.SageMakerModelRegistry` on the
+SageMaker Model Registry (model package group, ``ModelApprovalStatus``) for the aws backend.
+:func:`get_registry` picks one from the backend.
 
 Approval statuses use SageMaker's model package vocabulary: ``PendingManualApproval``,
 ``Approved``, ``Rejected``.
@@ -381,8 +382,16 @@ class MlflowModelRegistry(ModelRegistry):
         return self._to_version(mv)
 
 
+def registry_exists() -> bool:
+    """Whether there can be any version yet: on ``local``, whether MLflow's store was created (asking
+    would create it); on ``aws`` the SageMaker registry is asked (a missing group lists none)."""
+    settings = get_settings()
+    return settings.backend != "local" or (settings.mlflow_dir / "mlflow.db").exists()
+
+
 def get_registry(name: str = MODEL_NAME) -> ModelRegistry:
-    """The registry of the configured backend (``local``: MLflow under the state dir).
+    """The registry of the configured backend (``local``: MLflow under the state dir; ``aws``:
+    the SageMaker Model Registry group of the aws config).
 
     ``name`` picks the registered model: the BERT models (default) or ``BASELINE_MODEL_NAME``.
     """
@@ -390,5 +399,7 @@ def get_registry(name: str = MODEL_NAME) -> ModelRegistry:
     if settings.backend == "local":
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
         return MlflowModelRegistry(settings.mlflow_tracking_uri, settings.mlflow_dir / "artifacts", name=name)
-    raise RegistryError(f"backend {settings.backend!r}: the SageMaker Model Registry implementation is not "
-                        "written yet; use REVIEWS_BACKEND=local")
+    from include.common.aws import load_aws_config
+    from include.model.sagemaker_registry import SageMakerModelRegistry
+
+    return SageMakerModelRegistry(load_aws_config().validate(), name=name)

@@ -1,38 +1,88 @@
 """Steps of ``review_automl_baseline`` and the champion/challenger scoring of ``check_accuracy``.
 
 The AutoML DAG: export a feature snapshot's splits -> run the search job
-(``include/scripts/automl.py``) -> register its best candidate as a version of
-``review-sentiment-baseline``. ``check_accuracy`` of the main DAG then scores the deployed
-model (the champion) and the latest baseline on the new run's own test split
-(:func:`reference_accuracies`), so the three numbers it compares come from the same rows.
+(``include/scripts/automl.py``) and/or, on the aws backend, a SageMaker Autopilot (AutoML V2)
+job on the same splits and budget (the ``engine`` param) -> register our search's best candidate
+as a version of ``review-sentiment-baseline`` (Autopilot's best is recorded beside it). The same
+code on both backends: the run's prefix is a ``file://`` folder locally, ``s3://`` on aws.
+``check_accuracy`` of the main DAG then scores the deployed model (the champion) and the latest
+baseline on the new run's own test split (:func:`reference_accuracies`), so the three numbers it compares come from the same rows.
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 from include.common.config import get_settings
 from include.common.errors import NonRetriableError
-from include.common.io import publish_dir, uri_to_path, write_json_atomic
+from include.common.io import exists, local_dir, location, publish_dir, read_json, write_json
 from include.data import feature_store
 from include.jobs import requests
 from include.jobs.runner import get_runner
 from include.model.packaging import build_sklearn_package
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, flatten_evaluation, get_registry
+from include.model.registry import BASELINE_MODEL_NAME, PENDING, flatten_evaluation, get_registry, registry_exists
 from include.pipeline.context import RunInfo, git_commit
 
 log = logging.getLogger("airflow.task")
+
+
+ENGINES = ("search", "autopilot", "both")
+CSV_COLUMNS = ("review_body", "sentiment")  # what the Autopilot channels carry: the text and the target
 
 
 class NoFeatureSnapshotError(NonRetriableError, RuntimeError):
     """There is no feature snapshot to search on (the main pipeline never preprocessed data)."""
 
 
-def export_features(info: RunInfo, snapshot_id: str = "") -> dict:
-    """The feature snapshot's train/validation/test splits as Parquet under the run's ``features/``."""
+class EngineError(NonRetriableError, ValueError):
+    """The ``engine`` param names an engine the backend does not have."""
+
+
+def check_engine(engine: str, backend: str) -> str:
+    """``engine`` when ``backend`` runs it: ``search`` everywhere, ``autopilot`` / ``both`` on aws only."""
+    if engine not in ENGINES:
+        raise EngineError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine != "search" and backend != "aws":
+        raise EngineError(f"engine {engine!r} launches SageMaker Autopilot, which needs REVIEWS_BACKEND=aws "
+                          f"(this is {backend!r}); use engine 'search'")
+    return engine
+
+
+def uses_search(engine: str) -> bool:
+    """Whether ``engine`` runs our classical search (``automl.py``)."""
+    return engine in ("search", "both")
+
+
+def uses_autopilot(engine: str) -> bool:
+    """Whether ``engine`` launches a SageMaker Autopilot job."""
+    return engine in ("autopilot", "both")
+
+
+def _write_csv_channels(parquet_root: Path, csv_root: Path) -> dict[str, int]:
+    """``<split>.csv`` (``review_body``, ``sentiment``; header row) of each split's Parquet shards:
+    Autopilot reads CSV, not Parquet. Rows per split."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    rows = {}
+    for split in ("train", "validation", "test"):
+        shards = sorted((parquet_root / split).glob("*.parquet"))
+        table = pa.concat_tables([pq.read_table(f, columns=list(CSV_COLUMNS)) for f in shards])
+        out = csv_root / split / f"{split}.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pcsv.write_csv(table, out)
+        rows[split] = table.num_rows
+    return rows
+
+
+def export_features(info: RunInfo, snapshot_id: str = "", engine: str = "search") -> dict:
+    """The feature snapshot's train/validation/test splits as Parquet under the run's ``features/``
+    (``file://`` locally, ``s3://`` on aws), the point-in-time read as of the snapshot's event
+    time (its run's ds); with an Autopilot engine also as CSV under ``features_csv/``."""
     settings = get_settings()
+    check_engine(engine, settings.backend)
     snapshot = snapshot_id or feature_store.latest_snapshot(settings)
     if not snapshot:
         raise NoFeatureSnapshotError(
@@ -45,75 +95,138 @@ def export_features(info: RunInfo, snapshot_id: str = "") -> dict:
         except feature_store.FeatureStoreError as exc:
             raise NoFeatureSnapshotError(str(exc)) from None
         publish_dir(Path(tmp), dest)
-    log.info("feature snapshot %s exported to %s: %s", snapshot, dest, rows)
-    return {"feature_group": feature_store.REVIEWS.name, "snapshot_id": snapshot, "rows": rows,
-            "train_uri": f"{dest}/train", "validation_uri": f"{dest}/validation", "test_uri": f"{dest}/test"}
+        out = {"feature_group": feature_store.REVIEWS.name, "snapshot_id": snapshot, "rows": rows,
+               "train_uri": f"{dest}/train", "validation_uri": f"{dest}/validation", "test_uri": f"{dest}/test"}
+        if uses_autopilot(engine):
+            csv_dest = info.uri("features_csv")
+            with tempfile.TemporaryDirectory() as csv_tmp:
+                _write_csv_channels(Path(tmp), Path(csv_tmp))
+                publish_dir(Path(csv_tmp), csv_dest)
+            out.update({f"{split}_csv_uri": f"{csv_dest}/{split}/{split}.csv"
+                        for split in ("train", "validation", "test")})
+    log.info("feature snapshot %s exported to %s: %s", snapshot, location(dest), rows)
+    return out
 
 
 def search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: int) -> dict:
-    """Run the AutoML search job; the leaderboard summary and where its files are."""
+    """Run the AutoML search job; the leaderboard summary and where its files are.
+
+    The same request on both backends: run here by the local runner, or completed with the
+    account's role, image and instance (``steps.automl`` of the aws config) and run as a
+    SageMaker processing job, its leaderboard then read from S3.
+    """
     runner = get_runner()
     out = info.uri("automl")
     request = requests.automl_request(
         name=info.job("automl"), train_uri=features["train_uri"], validation_uri=features["validation_uri"],
         test_uri=features["test_uri"], output_uri=f"{out}/leaderboard", model_output_uri=f"{out}/model",
         code_uri=runner.code_uri(), time_budget_s=time_budget_s, max_candidates=max_candidates)
-    result = runner.run(request)
-    board = json.loads((uri_to_path(out) / "leaderboard" / "leaderboard.json").read_text())
-    print(f"AutoML leaderboard: {uri_to_path(out) / 'leaderboard' / 'leaderboard.html'}", flush=True)
+    result = runner.run(runner.prepare(request, "automl"))
+    board = read_json(f"{out}/leaderboard/leaderboard.json")
+    print(f"AutoML leaderboard: {location(f'{out}/leaderboard/leaderboard.html')}", flush=True)
     for row in board["leaderboard"][:5]:
-        log.info("#%d %s: validation %.4f, test %.4f, train %.1fs, %.3fs per 1000 reviews", row["rank"],
-                 row["candidate"], row["validation_accuracy"], row["test_accuracy"], row["train_s"],
-                 row["inference_s_per_1000"])
+        log.info("#%d %s: cross-validated %.4f (ranks), validation %.4f, test %.4f, train %.1fs, %.3fs per "
+                 "1000 reviews", row["rank"], row["candidate"], row["cv_accuracy"], row["validation_accuracy"],
+                 row["test_accuracy"], row["train_s"], row["inference_s_per_1000"])
     return {"job": result, "leaderboard_uri": f"{out}/leaderboard/leaderboard.json",
             "leaderboard_html_uri": f"{out}/leaderboard/leaderboard.html",
             "evaluation_uri": f"{out}/leaderboard/evaluation.json", "model_uri": f"{out}/model",
             "best_candidate": board["best_candidate"], "best_accuracy": board["best_accuracy"],
-            "best_validation_accuracy": board["best_validation_accuracy"], "candidates": board["candidates"],
+            "best_cv_accuracy": board["best_cv_accuracy"], "best_validation_accuracy": board["best_validation_accuracy"],
+            "candidates": board["candidates"],
             "wall_s": board["wall_s"]}
 
 
-def register_baseline(info: RunInfo, features: dict, searched: dict) -> dict:
+def autopilot_search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: int,
+                     check_interval_s: int | None = None) -> dict:
+    """Launch a SageMaker Autopilot (AutoML V2) job on the snapshot's CSV channels (training +
+    validation) with the same budget and candidate cap as our search, wait for it, and write its
+    best candidate as ``automl/autopilot/autopilot.json`` beside our leaderboard; that summary.
+
+    Created through the Amazon provider's ``SageMakerHook`` (``include/jobs/autopilot.py``); a
+    retried task adopts the job its earlier attempt created. The task waits (blocking) up to the
+    budget plus 30 minutes: Autopilot's own limit is ``MaxAutoMLJobRuntimeInSeconds`` = the budget.
+    """
+    from include.common.aws import load_aws_config
+    from include.jobs import autopilot
+
+    cfg = load_aws_config().validate()
+    if not features.get("train_csv_uri"):
+        raise EngineError("export_features wrote no CSV channels: run the DAG with engine 'autopilot' or 'both'")
+    out = info.uri("automl")
+    request = requests.autopilot_request(
+        name=info.job("autopilot"), train_csv_uri=features["train_csv_uri"],
+        validation_csv_uri=features["validation_csv_uri"], output_uri=f"{out}/autopilot/output",
+        time_budget_s=time_budget_s, max_candidates=max_candidates, role_arn=cfg.role_arn)
+    hook = autopilot.sagemaker_hook(cfg.aws_conn_id, cfg.region)
+    interval = cfg.job_check_interval_s if check_interval_s is None else check_interval_s
+    summary = autopilot.run(request, hook, check_interval_s=interval, max_wait_s=int(time_budget_s) + 1800,
+                            log_fn=log.info)
+    summary = {**summary, "time_budget_s": int(time_budget_s), "max_candidates": int(max_candidates),
+               "train_csv_uri": features["train_csv_uri"], "validation_csv_uri": features["validation_csv_uri"],
+               "summary_uri": f"{out}/autopilot/autopilot.json"}
+    write_json(summary["summary_uri"], summary)
+    log.info("Autopilot job %s: best candidate %s, %s %s (validation)", summary["job_name"],
+             summary["best_candidate"], summary["metric_name"], summary["metric_value"])
+    return summary
+
+
+def register_baseline(info: RunInfo, features: dict, searched: dict | None, piloted: dict | None = None) -> dict:
     """Package the best candidate and register it as a version of ``review-sentiment-baseline``.
 
     Registered ``PendingManualApproval``: a baseline is a yardstick, not a deployment; approving
     a version in the registry makes it deployable through the same endpoint as the BERT models.
-    Once per DAG run (a re-run returns the version already registered).
+    Once per DAG run (a re-run returns the version already registered). Autopilot's best
+    candidate (``piloted``), when there is one, is recorded in the version's lineage; it is not
+    registered itself (its model is Autopilot's own inference pipeline, not our endpoint's
+    contract): with engine ``autopilot`` alone nothing is registered.
     """
+    if not searched:
+        log.info("no search ran (engine autopilot): nothing to register; Autopilot's best candidate is in %s",
+                 (piloted or {}).get("summary_uri", "-"))
+        return {"model_name": BASELINE_MODEL_NAME, "version": None, "created": False,
+                "autopilot": piloted or None}
     registry = get_registry(BASELINE_MODEL_NAME)
     existing = registry.find_by_run(info.dag_id, info.run_id)
     if existing is not None:
         log.info("run %s already registered baseline version %s", info.run_id, existing.version)
         return {"model_name": existing.name, "version": existing.version, "package_uri": existing.package_uri,
                 "metrics": existing.metrics, "created": False}
-    evaluation = json.loads(uri_to_path(searched["evaluation_uri"]).read_text())
+    evaluation = read_json(searched["evaluation_uri"])
     metrics = {**flatten_evaluation({"metrics": evaluation["metrics"]}),
-               "validation_accuracy": searched["best_validation_accuracy"]}
-    package_uri = build_sklearn_package(uri_to_path(searched["model_uri"]), info.uri("register_baseline"))
+               "validation_accuracy": searched["best_validation_accuracy"],
+               "cv_accuracy": searched["best_cv_accuracy"]}
+    with local_dir(searched["model_uri"]) as model_dir:
+        package_uri = build_sklearn_package(model_dir, info.uri("register_baseline"))
     lineage = {"dag_id": info.dag_id, "run_id": info.run_id, "feature_group": features["feature_group"],
                "feature_snapshot_id": features["snapshot_id"], "test_data_uri": features["test_uri"],
                "automl_job": searched["job"]["job_name"], "candidate": searched["best_candidate"],
-               "leaderboard_uri": searched["leaderboard_uri"], "git_commit": git_commit(), "kind": "automl-baseline"}
+               "leaderboard_uri": searched["leaderboard_uri"], "evaluation_uri": searched["evaluation_uri"],
+               "git_commit": git_commit(), "kind": "automl-baseline"}
+    if piloted:
+        lineage.update({"autopilot_job": piloted["job_name"], "autopilot_candidate": piloted["best_candidate"],
+                        "autopilot_metric": f"{piloted['metric_name']}={piloted['metric_value']}",
+                        "autopilot_summary_uri": piloted["summary_uri"]})
     version = registry.register(package_uri, metrics, lineage, PENDING)
     log.info("registered %s version %s: %s, test accuracy %.4f", version.name, version.version,
              searched["best_candidate"], searched["best_accuracy"])
     return {"model_name": version.name, "version": version.version, "package_uri": package_uri,
-            "metrics": version.metrics, "created": True}
+            "metrics": version.metrics, "created": True, "autopilot": piloted or None}
 
 
 # ------------------------------------------------------------------ champion / challenger
 
 
-def _score(runner, request: dict, output_uri: str) -> float:
-    runner.run(request)
-    report = json.loads((uri_to_path(output_uri) / "evaluation.json").read_text())
+def _score(runner, request: dict, output_uri: str, step: str) -> float:
+    runner.run(runner.prepare(request, step))
+    report = read_json(f"{output_uri}/evaluation.json")
     return float(report["metrics"]["accuracy"]["value"])
 
 
 def baseline_figures(score_uri: str, version: str) -> dict:
     """The baseline's accuracy, macro-F1 and per-class F1 from its score job's ``evaluation.json``,
     in the shape the evaluation report and the approval request show (their ``baseline`` column)."""
-    report = json.loads((uri_to_path(score_uri) / "evaluation.json").read_text())
+    report = read_json(f"{score_uri}/evaluation.json")
     return {"title": f"AutoML baseline v{version}", "accuracy": report["metrics"]["accuracy"]["value"],
             "macro_f1": report["metrics"]["macro_f1"]["value"],
             "per_class": {k: {"f1": v["f1"]} for k, v in (report.get("per_class") or {}).items()},
@@ -124,8 +237,8 @@ def _deployed_comparison(evaluation_uri: str | None) -> dict:
     # comparison.json beside evaluation.json: the deployed version scored by the evaluation job
     if not evaluation_uri:
         return {}
-    path = uri_to_path(evaluation_uri).with_name("comparison.json")
-    return json.loads(path.read_text()).get("deployed") or {} if path.is_file() else {}
+    uri = evaluation_uri.rsplit("/", 1)[0] + "/comparison.json"
+    return read_json(uri).get("deployed") or {} if exists(uri) else {}
 
 
 def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | None = None) -> dict:
@@ -136,7 +249,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
     scored that version, else by a processing job; the baseline by ``automl.py score``.
     ``None`` where there is no such model.
     """
-    if not (get_settings().mlflow_dir / "mlflow.db").exists():  # no registry yet: neither exists
+    if not registry_exists():  # no registry yet: neither exists
         return {"champion": None, "champion_version": None, "baseline": None, "baseline_version": None}
     runner = get_runner()
     out: dict = {"champion": None, "champion_version": None, "baseline": None, "baseline_version": None}
@@ -149,7 +262,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/champion"
         out["champion"] = _score(runner, requests.evaluation_request(
             name=info.job("score-champion"), model_uri=champion.package_uri, test_uri=test_uri,
-            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri)
+            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri, "evaluate")
         out["champion_version"] = champion.version
     versions = get_registry(BASELINE_MODEL_NAME).list_versions()
     if versions:
@@ -157,7 +270,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/baseline"
         out["baseline"] = _score(runner, requests.baseline_score_request(
             name=info.job("score-baseline"), model_uri=baseline.package_uri, test_uri=test_uri, output_uri=uri,
-            code_uri=runner.code_uri()), uri)
+            code_uri=runner.code_uri()), uri, "automl")
         out["baseline_figures"] = baseline_figures(uri, baseline.version)
         out["baseline_version"] = baseline.version
     return out
@@ -166,11 +279,11 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
 def record_decision(info: RunInfo, decision: dict) -> str:
     """Write the gate's decision to the run's ``check_accuracy/decision.json``; its URI."""
     uri = info.uri("check_accuracy") + "/decision.json"
-    write_json_atomic(uri_to_path(uri), decision)
+    write_json(uri, decision)
     return uri
 
 
 def read_decision(info: RunInfo) -> dict:
     """The decision ``check_accuracy`` recorded for this run (empty if none)."""
-    path = uri_to_path(info.uri("check_accuracy")) / "decision.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    uri = info.uri("check_accuracy") + "/decision.json"
+    return read_json(uri) if exists(uri) else {}

@@ -8,7 +8,7 @@ from datetime import date
 
 from include.common.config import PROJECT_ROOT, Settings, get_settings
 from include.common.errors import NonRetriableError
-from include.common.io import uri_to_path, write_json_atomic
+from include.common.io import write_json
 from include.jobs.requests import job_name
 
 
@@ -30,8 +30,8 @@ class RunInfo:
         return (settings or get_settings()).run_uri(self.dag_id, self.run_id, step)
 
     def job(self, step: str) -> str:
-        """Job name unique per run and attempt."""
-        return job_name(step, self.run_id, self.try_number)
+        """The job name of ``step`` in this run: the same on every attempt (a retry re-attaches)."""
+        return job_name(step, self.run_id)
 
 
 def resolve_ds(data_interval_start, ds_param: str | None, landed: list[str] | None = None) -> str:
@@ -53,7 +53,7 @@ def record_step(info: RunInfo, step: str, result: dict) -> None:
     """Keep a step's result as ``runs/<dag>/<run>/_lineage/<step>.json`` (for ``make artifacts``)."""
     doc = {"step": step, "dag_id": info.dag_id, "run_id": info.run_id, "ds": info.ds,
            "try_number": info.try_number, "recorded_at": time.time(), "result": result}
-    write_json_atomic(uri_to_path(info.uri("_lineage")) / f"{step}.json", doc)
+    write_json(f"{info.uri('_lineage')}/{step}.json", doc)
 
 
 def git_commit() -> str:

@@ -15,16 +15,40 @@ from datetime import timedelta
 
 import pendulum
 from airflow.configuration import conf
-from airflow.sdk import Asset
+from airflow.sdk import Asset, DeadlineAlert, DeadlineReference, SyncCallback
+
+from include.pipeline import alerts
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+# execution_timeout per kind of task; each is longer than the job limit inside it
+# (include/jobs/requests.py: processing 30 min, training 60 min), so the job stops first with its
+# own error and the task timeout only catches what hangs outside the job.
+TASK_TIMEOUTS = {
+    "light": timedelta(minutes=30),      # catalog, quality gate, branches, registry calls (the default)
+    "processing": timedelta(hours=1),    # preprocess, evaluate, check_accuracy (re-scores two models)
+    "training": timedelta(hours=2),      # the training job (quality profile: ~20 min on 2 cores)
+    "deploy": timedelta(minutes=30),     # endpoint start, int8 check, smoke test
+}
 DEFAULT_ARGS = {
     "owner": "mlops",
     "retries": 2,
     "retry_delay": timedelta(seconds=20),
-    "retry_exponential_backoff": True,
+    # A multiplier since Airflow 3 (True would mean 1.0: no back-off): 20-40 s, then 40-80 s.
+    "retry_exponential_backoff": 2.0,
     "max_retry_delay": timedelta(minutes=10),
+    "execution_timeout": TASK_TIMEOUTS["light"],
+    "on_failure_callback": alerts.on_task_failure,
 }
+
+# A nightly run that is still going this long after it was queued raises an alert
+# (recorded and notified like a failure, see alerts.py); the run itself goes on
+# (dagrun_timeout stops it later).
+NIGHTLY_DEADLINE = timedelta(hours=2)
+DEADLINE = DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=NIGHTLY_DEADLINE,
+                         callback=SyncCallback(alerts.deadline_missed,
+                                               kwargs={"interval_s": NIGHTLY_DEADLINE.total_seconds()}),
+                         name="nightly_run_overrun")
 
 REVIEWS_LANDING = Asset(name="reviews_landing", uri="reviews://landing/reviews", group="reviews")
 REVIEWS_CATALOG = Asset(name="reviews_catalog", uri="reviews://catalog/reviews_raw", group="reviews")

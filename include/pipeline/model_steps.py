@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from include.common.errors import NonRetriableError
-from include.common.io import uri_to_path
+from include.common.io import local_copy, read_json
 from include.model.packaging import build_package, extract_package, model_dir_from_artifact
 from include.model.registry import (
     APPROVED,
@@ -86,7 +86,10 @@ def register_model(model_artifact_uri: str, evaluation: dict, lineage: dict, aut
         return summary(existing, created=False)
     metrics = flatten_evaluation(evaluation)
     with tempfile.TemporaryDirectory(prefix="register-model-") as tmp:
-        package_uri = build_package(model_dir_from_artifact(model_artifact_uri, Path(tmp)), package_dest_uri)
+        # the int8 ONNX model is built here, once per version, and pinned by the package manifest;
+        # whether it may serve is decided at each deploy (choose_precision)
+        package_uri = build_package(model_dir_from_artifact(model_artifact_uri, Path(tmp)), package_dest_uri,
+                                    int8_onnx=True)
     status = APPROVED if auto_approve else PENDING
     version = registry.register(package_uri, metrics,
                                 {**lineage, "model_artifact_uri": model_artifact_uri, "package_uri": package_uri,
@@ -101,7 +104,7 @@ def register_run_model(info: RunInfo, registered: dict, features: dict, trained:
     """Step 7 for a pipeline run: the run's model, evaluation report and lineage."""
     from include.pipeline.automl_steps import read_decision
 
-    report = json.loads(uri_to_path(evaluation["evaluation_uri"]).read_text())
+    report = read_json(evaluation["evaluation_uri"])
     lineage = run_lineage(info, registered, features, trained, evaluation)
     # check_accuracy's champion/challenger decision and its three numbers go into the registry entry.
     lineage.update({f"gate_{k}": v for k, v in read_decision(info).items()
@@ -136,10 +139,16 @@ def test_split_uri(mv: ModelVersion) -> str | None:
 def choose_precision(mv: ModelVersion, max_drop_points: float = quantization.MAX_DROP_POINTS) -> dict:
     """fp32 or int8 for ``mv``: int8 only within ``max_drop_points`` of fp32 on the run's test split."""
     test_uri = test_split_uri(mv)
-    if not test_uri or not uri_to_path(test_uri).is_dir():
+    try:
+        if not test_uri:
+            raise FileNotFoundError("no train_data_uri in the lineage")
+        with local_copy(test_uri) as folder:  # s3://: downloaded for the check
+            if not folder.is_dir():
+                raise FileNotFoundError(test_uri)
+            texts, labels = quantization.load_test_split(folder.as_uri())
+    except FileNotFoundError:
         log.warning("version %s: no test split recorded (%s); serving fp32 without the int8 check", mv.version, test_uri)
         return {"precision": "fp32", "reason": f"no test split at {test_uri}"}
-    texts, labels = quantization.load_test_split(test_uri)
     with tempfile.TemporaryDirectory(prefix="precision-check-") as tmp:
         model_dir = extract_package(mv.package_uri, Path(tmp) / "model")
         decision = quantization.choose_precision(model_dir, texts, labels, max_drop_points)
@@ -172,6 +181,35 @@ def deploy_model(version: str, smoke_texts: list[str] | tuple[str, ...] = SMOKE_
     log.info("version %s serves at %s (pid %s, %s, %s in %.1fs); precision decision: %s", mv.version, info["url"],
              info["pid"], decision["precision"], info["mode"], info["seconds"], json.dumps(decision))
     return {**info, "model_name": mv.name, "approval_status": mv.approval_status, "precision_decision": decision}
+
+
+def trained_through(mv: ModelVersion) -> str:
+    """The last data day (``YYYY-MM-DD``) a version was trained on, from its registry lineage."""
+    return mv.lineage.get("data_to") or mv.lineage.get("ds") or ""
+
+
+def deploy_run_model(version: str, **kwargs) -> dict:
+    """Step 9 for a pipeline run: :func:`deploy_model`, unless the deployed version was trained on
+    newer data than ``version`` - a backfill (a run for an older logical date) registers its model
+    but never moves production backwards. Then nothing is deployed, the log says why and the
+    result has ``deployed: false`` with the reason. Equal days deploy (a re-run of the same day).
+    """
+    registry = get_registry()
+    candidate, current = registry.get(version), registry.deployed_version()
+    if current is not None and current.version != candidate.version:
+        ours, theirs = trained_through(candidate), trained_through(current)
+        if ours and theirs and ours < theirs:
+            reason = (f"version {candidate.version} was trained on data up to ds={ours}, older than the deployed "
+                      f"version {current.version} (data up to ds={theirs}): registered, not deployed - a backfill "
+                      "never moves production backwards")
+            log.warning("%s", reason)
+            return {"deployed": False, "version": candidate.version, "model_name": candidate.name,
+                    "approval_status": candidate.approval_status, "serving_version": current.version,
+                    "reason": reason}
+        if not (ours and theirs):
+            log.info("version %s or the deployed %s records no data_to/ds: deploying without the recency check",
+                     candidate.version, current.version)
+    return {**deploy_model(version, **kwargs), "deployed": True}
 
 
 def rollback_model(to_version: str = "", port: int | None = None, timeout_s: float = 120) -> dict:

@@ -8,7 +8,6 @@ than to a path on the worker's disk.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ from urllib.parse import quote
 
 from include.analytics import evaluation_report
 from include.common.config import Settings, get_settings, safe_name
-from include.common.io import uri_to_path
+from include.common.io import exists, local_dir, read_json, uri_to_path
 
 log = logging.getLogger("airflow.task")
 
@@ -103,13 +102,14 @@ def approval_request(version: str, baseline: dict | None = None) -> tuple[str, s
 
     mv = get_registry().get(str(version))
     lineage = mv.lineage
-    folder = uri_to_path(lineage["evaluation_uri"]).parent
-    inputs = evaluation_report.load(folder)
+    folder_uri = lineage["evaluation_uri"].rsplit("/", 1)[0]
+    with local_dir(folder_uri) as folder:  # on aws: the evaluation folder downloaded from S3
+        inputs = evaluation_report.load(folder)
     url = lineage.get("evaluation_report_url") or report_url(
         lineage["dag_id"], lineage["run_id"], "evaluate", evaluation_report.REPORT_NAME)
     if baseline is None:  # check_accuracy scored the latest AutoML baseline on this run's test split
-        decision = folder.parent / "check_accuracy" / "decision.json"
-        baseline = json.loads(decision.read_text()).get("baseline_figures") if decision.is_file() else None
+        decision = folder_uri.rsplit("/", 1)[0] + "/check_accuracy/decision.json"
+        baseline = read_json(decision).get("baseline_figures") if exists(decision) else None
     acc = inputs.evaluation["metrics"]["accuracy"]["value"]
     deployed = (inputs.comparison or {}).get("deployed")
     versus = (f" vs {deployed['accuracy']:.4f} for deployed v{deployed.get('version') or '?'}" if deployed

@@ -17,11 +17,10 @@ import functools
 import logging
 from typing import Any, Callable
 
-from airflow.sdk import get_current_context
+from airflow.sdk import BaseOperator, get_current_context
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.common.errors import NonRetriableError
-from include.common.io import uri_to_path
 from include.pipeline.context import PipelineError, RunInfo, record_step, resolve_ds
 
 log = logging.getLogger("airflow.task")
@@ -50,18 +49,72 @@ def _lineage_info(context: dict[str, Any]) -> RunInfo:
                        try_number=context["ti"].try_number)
 
 
+def _apply_policy(step: str, call: Callable[[], Any]) -> Any:
+    """Run ``call`` under the failure policy; record a dict result as ``step``'s lineage."""
+    try:
+        result = call()
+    except NON_RETRIABLE as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    if isinstance(result, dict):
+        record_step(_lineage_info(get_current_context()), step, result)
+    return result
+
+
 def airflow_step(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Apply the failure policy to a task function and record its result as lineage."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            result = fn(*args, **kwargs)
-        except NON_RETRIABLE as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-        if isinstance(result, dict):
-            record_step(_lineage_info(get_current_context()), fn.__name__, result)
-        return result
+        return _apply_policy(fn.__name__, lambda: fn(*args, **kwargs))
     return wrapper
+
+
+class JobStepOperator(BaseOperator):
+    """A step that runs a processing or training job: ``preprocess``, ``train``, ``evaluate``.
+
+    The same task on both backends, chosen at run time by configuration: the step's first
+    half (``include/pipeline/steps.py``) builds the request; the configured runner executes
+    it. The local runner runs the job here, synchronously. The SageMaker runner hands it to
+    the Amazon provider's operator with ``deferrable=True``: the task defers (no worker is
+    held while the job runs) and :meth:`execute_complete` finishes it from the plan the first
+    half saved under the run's ``_jobs/`` prefix. ``inputs`` are the upstream results
+    (XComArgs) the step needs, by name.
+    """
+
+    template_fields = ("inputs",)
+    ui_color = "#fde9d9"
+
+    def __init__(self, *, step: str, inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.step = step
+        self.inputs = inputs or {}
+
+    def execute(self, context: Any) -> dict:
+        return _apply_policy(self.step, lambda: self._start(context))
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict:
+        """Resume after the job's trigger fired: its result, then the step's second half."""
+        return _apply_policy(self.step, lambda: self._resume(context, event))
+
+    def _start(self, context: Any) -> dict:
+        from include.jobs.runner import get_runner
+        from include.pipeline import steps
+
+        info = run_info(context)
+        hit = steps.cached_job_step(self.step, info, context["params"], self.inputs)
+        if hit is not None:  # step caching: the same data, params and code ran before
+            return hit
+        plan = steps.plan_job(self.step, info, context["params"], self.inputs)
+        result = get_runner().start(plan.request, context=context, task=self, log=log.info)
+        return steps.finish_job(self.step, info, context["params"], self.inputs, plan, result)
+
+    def _resume(self, context: Any, event: dict[str, Any] | None) -> dict:
+        from include.jobs.runner import get_runner
+        from include.pipeline import steps
+
+        info = run_info(context)
+        plan = steps.load_plan(info, self.step)
+        result = get_runner().resume(plan.request, event)
+        return steps.finish_job(self.step, info, context["params"], self.inputs, plan, result)
 
 
 def _context() -> tuple[dict[str, Any], RunInfo]:
@@ -93,33 +146,6 @@ def validate_dataset(registered: dict) -> dict:
 
 
 @airflow_step
-def preprocess(validated: dict) -> dict:
-    """Step 3 (``validated`` orders it after the gate)."""
-    from include.pipeline import steps
-
-    params, info = _context()
-    return steps.preprocess(info, params)
-
-
-@airflow_step
-def train(features: dict) -> dict:
-    """Step 4: the training job."""
-    from include.pipeline import steps
-
-    params, info = _context()
-    return steps.train(info, params, features)
-
-
-@airflow_step
-def evaluate(features: dict, trained: dict) -> dict:
-    """Step 5: the evaluation job."""
-    from include.pipeline import steps
-
-    _, info = _context()
-    return steps.evaluate(info, features, trained)
-
-
-@airflow_step
 def check_accuracy(evaluation: dict, pass_task: str, fail_task: str, features: dict | None = None) -> str:
     """Step 6 (branch): the new model vs the champion (deployed) and the latest AutoML baseline.
 
@@ -141,12 +167,14 @@ def check_accuracy(evaluation: dict, pass_task: str, fail_task: str, features: d
     uri = automl_steps.record_decision(info, decision)
     if refs.get("baseline_figures") and evaluation.get("evaluation_uri"):
         # the report was rendered before the baseline was scored: add its column now
+        from include.common.io import edit_dir
         from include.pipeline import review
 
-        review.write_evaluation_report(
-            uri_to_path(evaluation["evaluation_uri"]).parent, info.dag_id, info.run_id,
-            review.data_range((features or {}).get("data_from"), (features or {}).get("data_to") or info.ds,
-                              (features or {}).get("clean_rows")), baseline=refs["baseline_figures"])
+        with edit_dir(evaluation["evaluation_uri"].rsplit("/", 1)[0]) as folder:
+            review.write_evaluation_report(
+                folder, info.dag_id, info.run_id,
+                review.data_range((features or {}).get("data_from"), (features or {}).get("data_to") or info.ds,
+                                  (features or {}).get("clean_rows")), baseline=refs["baseline_figures"])
     log.info("%s (decision: %s)", note, uri)
     return pass_task if ok else fail_task
 
@@ -172,10 +200,11 @@ def approval_gate(registration: dict, manual_task: str, auto_task: str) -> str:
 
 @airflow_step
 def deploy_model(registration: dict) -> dict:
-    """Step 9: serve the approved version (smoke-tested; the old one keeps serving on failure)."""
+    """Step 9: serve the approved version (smoke-tested; the old one keeps serving on failure),
+    unless the deployed model was trained on newer data (a backfill: registered, not deployed)."""
     from include.pipeline import model_steps
 
-    return model_steps.deploy_model(registration["version"])
+    return model_steps.deploy_run_model(registration["version"])
 
 
 @airflow_step
@@ -233,26 +262,46 @@ def _automl_info() -> tuple[dict[str, Any], RunInfo]:
 
 @airflow_step
 def export_features() -> dict:
-    """The feature snapshot's splits (``snapshot_id`` param, empty = the latest) as the search's input."""
+    """The feature snapshot's splits (``snapshot_id`` param, empty = the latest) as the search's
+    input; the ``engine`` param checked against the backend first."""
     from include.pipeline import automl_steps
 
     params, info = _automl_info()
-    return automl_steps.export_features(info, params.get("snapshot_id") or "")
+    return automl_steps.export_features(info, params.get("snapshot_id") or "", params.get("engine") or "search")
 
 
 @airflow_step
 def automl_search(features: dict) -> dict:
-    """The AutoML search job under the ``time_budget_s`` param; the leaderboard."""
+    """The AutoML search job under the ``time_budget_s`` param; the leaderboard (skipped when
+    the ``engine`` param is ``autopilot``)."""
+    from airflow.exceptions import AirflowSkipException
+
     from include.pipeline import automl_steps
 
     params, info = _automl_info()
+    if not automl_steps.uses_search(params.get("engine") or "search"):
+        raise AirflowSkipException("engine autopilot: our search does not run")
     return automl_steps.search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]))
 
 
 @airflow_step
-def register_baseline(features: dict, searched: dict) -> dict:
-    """The best candidate as a new version of ``review-sentiment-baseline``."""
+def autopilot_search(features: dict) -> dict:
+    """SageMaker Autopilot (AutoML V2) on the same splits and budget (``engine`` = ``autopilot``
+    or ``both``, aws backend); skipped with the default ``search``."""
+    from airflow.exceptions import AirflowSkipException
+
+    from include.pipeline import automl_steps
+
+    params, info = _automl_info()
+    if not automl_steps.uses_autopilot(params.get("engine") or "search"):
+        raise AirflowSkipException("engine search: no Autopilot job")
+    return automl_steps.autopilot_search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]))
+
+
+@airflow_step
+def register_baseline(features: dict, searched: dict | None, piloted: dict | None = None) -> dict:
+    """The best candidate as a new version of ``review-sentiment-baseline`` (Autopilot's best in its lineage)."""
     from include.pipeline import automl_steps
 
     _, info = _automl_info()
-    return automl_steps.register_baseline(info, features, searched)
+    return automl_steps.register_baseline(info, features, searched, piloted)

@@ -23,7 +23,8 @@ Bad input raises :class:`InferenceInputError` (HTTP 400) or :class:`UnsupportedC
 (415) / :class:`UnsupportedAcceptError` (406); each carries ``status_code`` so any server can
 map it without importing this module's classes.
 
-Self-contained: standard library, torch, transformers and numpy, plus ``modeling.py`` beside it.
+Self-contained: standard library, torch, transformers and numpy, plus ``modeling.py`` beside it;
+the int8 path also needs onnxruntime (and onnx to build it), imported only when used.
 """
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ SUPPORTED_CONTENT_TYPES = (JSON, *JSONLINES_ALIASES)
 DEFAULT_MAX_SEQ_LENGTH = 128  # the course lab's value; a model's config.json may carry its own
 DEFAULT_BATCH_SIZE = 32  # forward-pass chunk: bounds memory for large requests
 MAX_RECORDS = 1000  # per request; SageMaker caps payloads at 6 MB anyway
+# The int8 model: the classifier exported to ONNX and its linear layers quantized to int8 by
+# onnxruntime (export_int8_onnx, run when the package is built; the package manifest pins its sha256).
+ONNX_INT8_FILE = "model.int8.onnx"
+ONNX_INPUTS = ("input_ids", "attention_mask")
 # The lab's predicted_label is the sentiment; label ids follow label_id = sentiment + 1.
 SENTIMENT_OF_LABEL = {"negative": -1, "neutral": 0, "positive": 1}
 
@@ -109,13 +114,34 @@ class LoadedModel:
     """
 
     def __init__(self, model: Any, tokenizer: Any, id2label: dict[int, str], max_seq_length: int,
-                 batch_size: int, version: str | None = None) -> None:
+                 batch_size: int, version: str | None = None, model_dir: str | None = None,
+                 runtime: str = "torch", parallel_runs: int = 1) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.id2label = id2label
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.version = version  # set by the server that loaded it (MODEL_VERSION env otherwise)
+        self.model_dir = model_dir
+        self.runtime = runtime  # "torch" or "onnxruntime"
+        # how many forward passes a server may run at once on this model: torch already spreads
+        # one pass over all cores; single-threaded onnxruntime passes run side by side
+        self.parallel_runs = parallel_runs
+
+
+class OnnxClassifier:
+    """An onnxruntime session that answers like the torch classifier: ``model(**inputs).logits``."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    def __call__(self, **inputs: torch.Tensor) -> Any:
+        from types import SimpleNamespace
+
+        feed = {name: inputs[name].numpy() for name in self.input_names}
+        (logits,) = self.session.run(["logits"], feed)
+        return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
 def _env_int(name: str, default: int, low: int, high: int) -> int:
@@ -144,7 +170,9 @@ def model_fn(model_dir: str) -> LoadedModel:
     ``INFERENCE_NUM_THREADS`` sets torch's intra-op threads (default: the cores this process
     may use); ``INFERENCE_MAX_SEQ_LENGTH`` overrides the truncation length (default: the
     config's ``max_seq_length`` if training stored one, else 128); ``INFERENCE_BATCH_SIZE``
-    the forward-pass chunk size (default 32).
+    the forward-pass chunk size (default 32); ``INFERENCE_PRECISION=int8`` serves the
+    :func:`quantize_fn` model (a SageMaker endpoint's precision; the local server calls
+    ``quantize_fn`` itself and leaves this unset).
     """
     config_path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(config_path):
@@ -171,17 +199,48 @@ def model_fn(model_dir: str) -> LoadedModel:
     batch_size = _env_int("INFERENCE_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 1024)
     logger.info("model loaded from %s: %d labels, max_seq_length=%d, batch=%d, threads=%d",
                 model_dir, len(id2label), max_len, batch_size, threads)
-    return LoadedModel(model=model, tokenizer=tokenizer, id2label=id2label, max_seq_length=max_len,
-                       batch_size=batch_size, version=os.environ.get("MODEL_VERSION") or None)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, id2label=id2label, max_seq_length=max_len,
+                         batch_size=batch_size, version=os.environ.get("MODEL_VERSION") or None,
+                         model_dir=str(model_dir))
+    # A SageMaker endpoint has no loader of ours around model_fn: the deploy sets the precision here.
+    precision = os.environ.get("INFERENCE_PRECISION", "fp32") or "fp32"
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"environment variable INFERENCE_PRECISION={precision!r} must be fp32 or int8")
+    return quantize_fn(loaded) if precision == "int8" else loaded
 
 
 def quantize_fn(model: LoadedModel) -> LoadedModel:
-    """The same model with int8 weights in its linear layers (dynamic quantization, CPU).
+    """The same model with int8 weights in its linear layers; ``model`` itself is left fp32.
 
-    Activations stay float and are quantized per batch at run time, so no calibration data is
-    needed. Returns a new :class:`LoadedModel`; ``model`` itself is left fp32. Whether the int8
-    model may serve is the deployer's decision (its accuracy against the fp32 model's).
+    With ``model.int8.onnx`` in the model folder (built with the package by
+    :func:`export_int8_onnx`) the int8 model runs on onnxruntime: one single-threaded session
+    (``INFERENCE_NUM_THREADS`` overrides) that a server may run once per core at the same time.
+    Without it (a package built before the ONNX export), torch's dynamic quantization of the
+    linear layers. Activations stay float and are quantized per batch at run time either way, so
+    no calibration data is needed. Whether the int8 model may serve is the deployer's decision
+    (its accuracy against the fp32 model's).
     """
+    onnx_path = os.path.join(model.model_dir or "", ONNX_INT8_FILE)
+    if model.model_dir and os.path.isfile(onnx_path):
+        import onnxruntime as ort
+
+        threads = _env_int("INFERENCE_NUM_THREADS", 1, 1, 256)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+        missing = [n for n in ONNX_INPUTS if n not in {i.name for i in session.get_inputs()}]
+        if missing or "logits" not in {o.name for o in session.get_outputs()}:
+            raise ValueError(f"{onnx_path}: expects inputs {list(ONNX_INPUTS)} and output logits - "
+                             "rebuild the package")
+        logger.info("int8 model: onnxruntime %s, %s, %d thread(s) per forward pass",
+                    ort.__version__, onnx_path, threads)
+        return LoadedModel(model=OnnxClassifier(session), tokenizer=model.tokenizer, id2label=model.id2label,
+                           max_seq_length=model.max_seq_length, batch_size=model.batch_size, version=model.version,
+                           model_dir=model.model_dir, runtime="onnxruntime",
+                           parallel_runs=max(1, _available_cores() // threads))
     import warnings
 
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
@@ -190,7 +249,82 @@ def quantize_fn(model: LoadedModel) -> LoadedModel:
         warnings.filterwarnings("ignore", message=".*quantiz.*deprecated", category=UserWarning)
         quantized = torch.ao.quantization.quantize_dynamic(model.model, {torch.nn.Linear}, dtype=torch.qint8)
     return LoadedModel(model=quantized.eval(), tokenizer=model.tokenizer, id2label=model.id2label,
-                       max_seq_length=model.max_seq_length, batch_size=model.batch_size, version=model.version)
+                       max_seq_length=model.max_seq_length, batch_size=model.batch_size, version=model.version,
+                       model_dir=model.model_dir)
+
+
+class _LogitsOnly(torch.nn.Module):
+    # what the ONNX graph computes: (input_ids, attention_mask) -> logits
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _check_export(model: LoadedModel, onnx_path: str) -> None:
+    # The traced graph must compute what the torch model does on a padded batch of another shape
+    # than the one it was traced with (dynamic axes, the mask hiding the padding), before int8.
+    import numpy as np
+    import onnxruntime
+
+    enc = model.tokenizer(["short", "a much longer review that needs several more tokens than the first one",
+                           "a middling one"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.numpy()
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {k: enc[k].numpy() for k in ONNX_INPUTS})
+    if not np.allclose(got, want, atol=1e-3):
+        raise ValueError(f"the ONNX export differs from the torch model by up to {np.abs(got - want).max():.4f} "
+                         "on a padded batch - the model is not traceable as exported")
+
+
+class _RootBelowError(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def export_int8_onnx(model: LoadedModel, dest: str) -> dict:
+    """Write the int8 ONNX model of ``model`` (fp32, from :func:`model_fn`) to ``dest``.
+
+    The classifier is exported with TorchScript tracing (``torch.onnx.export(dynamo=False)``:
+    torch 2.13's default dynamo exporter needs onnxscript, which this project does not ship) with dynamic
+    batch and sequence axes and checked against the torch model on a padded batch; then
+    onnxruntime's ``quantize_dynamic`` stores the weights of its MatMuls as int8, one scale per
+    output channel (a third of the error of one scale per matrix, at the same speed here);
+    activations are quantized per batch at run time. One self-contained file,
+    no external data. Returns ``{"bytes", "opset", "onnxruntime"}``.
+    """
+    import tempfile
+    import warnings
+
+    import onnxruntime
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    opset = 17
+    example = model.tokenizer(["an example review", "a second, longer example review"], padding=True,
+                              return_tensors="pt")
+    with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about Python control flow on shapes: shapes stay dynamic
+        fp32_path = os.path.join(tmp, "model.fp32.onnx")
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                _LogitsOnly(model.model).eval(), (example["input_ids"], example["attention_mask"]), fp32_path,
+                dynamo=False, input_names=list(ONNX_INPUTS), output_names=["logits"], opset_version=opset,
+                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                              "logits": {0: "batch"}})
+        _check_export(model, fp32_path)
+        # the quantizer logs one line per tensor (and a pre-processing hint) on the root logger:
+        # a filter on the root logger drops just those, not what other loggers propagate to it
+        quiet = _RootBelowError()
+        logging.getLogger().addFilter(quiet)
+        try:
+            quantize_dynamic(fp32_path, dest, weight_type=QuantType.QInt8, per_channel=True,
+                             use_external_data_format=False)
+        finally:
+            logging.getLogger().removeFilter(quiet)
+    return {"bytes": os.path.getsize(dest), "opset": opset, "onnxruntime": onnxruntime.__version__}
 
 
 def _media_type(content_type: str | None) -> str:

@@ -1,16 +1,20 @@
 """Dynamic server-side batching: concurrent requests share one forward pass.
 
-One worker thread owns the model. A request parsed by the package's ``input_fn`` is queued as
-a :class:`Job`; the worker takes the oldest job, adds every job already waiting (up to
-``max_batch_size`` reviews in all) and - while more requests are arriving (received, not yet
+Worker threads (one per core) run the model. A request parsed by the package's ``input_fn`` is
+queued as a :class:`Job`; a worker takes the oldest job, waits for its model's gate (how many
+forward passes of that model may run at once: 1 for torch, which spreads one pass over every
+core; one per core for single-threaded onnxruntime sessions), adds every job already waiting (up
+to ``max_batch_size`` reviews in all) and - while more requests are arriving (received, not yet
 queued) - waits up to ``max_wait_ms`` for them. It then calls ``predict_fn`` ONCE on the
 concatenated reviews (the handler sorts them by length so each chunk pads to its own longest
-review) and hands every job its slice of the prediction.
+review) and hands every job its slice of the prediction. One worker collects at a time, so
+batches never interleave.
 
 Why wait only while requests are arriving: at concurrency 1 nothing else is coming, so a
-fixed wait would be pure latency; under load, requests pile up during each forward pass and
-the next batch takes them without waiting at all. Jobs of different model versions (a swap
-in progress) never share a batch: each job keeps the slot it was parsed with.
+fixed wait would be pure latency (a lone request runs at once - the c1 fast path); under load,
+requests pile up during each forward pass and the next batch takes them without waiting at
+all. Jobs of different model versions (a swap in progress) never share a batch: each job keeps
+the slot it was parsed with.
 
 The prediction is split generically: every list value with one entry per review is sliced,
 other values are copied (our handler's ``label_ids``/``probabilities`` are lists, the rest
@@ -68,28 +72,35 @@ def split_prediction(prediction: Any, sizes: list[int]) -> list[Any]:
 
 
 class Batcher:
-    """The worker thread that runs queued requests through ``predict_fn`` in batches.
+    """The worker threads that run queued requests through ``predict_fn`` in batches.
 
     ``on_batch(reviews, requests, seconds)`` is called after each forward pass (metrics);
-    ``arriving()`` says how many requests are received but not yet queued; ``lock`` is held
-    around each forward pass.
+    ``arriving()`` says how many requests are received but not yet queued. A job's slot may
+    carry ``gate`` (a semaphore held around each forward pass of that model); ``lock`` is the
+    gate of slots without one. ``workers`` threads run batches (at most ``gate``'s count at once).
     """
 
     def __init__(self, max_batch_size: int = 32, max_wait_ms: float = 5.0,
                  on_batch: Callable[[int, int, float], None] | None = None,
-                 arriving: Callable[[], int] | None = None, lock: threading.Lock | None = None) -> None:
+                 arriving: Callable[[], int] | None = None, lock: threading.Lock | None = None,
+                 workers: int = 1) -> None:
         if not 1 <= int(max_batch_size) <= 1024:
             raise BatchingConfigError(f"max_batch_size={max_batch_size}: must be in 1..1024 (1 = no batching)")
         if not 0 <= float(max_wait_ms) <= 1000:
             raise BatchingConfigError(f"max_wait_ms={max_wait_ms}: must be in 0..1000")
+        if not 1 <= int(workers) <= 256:
+            raise BatchingConfigError(f"workers={workers}: must be in 1..256")
         self.max_batch_size, self.max_wait_s = int(max_batch_size), float(max_wait_ms) / 1000.0
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._held: Job | None = None  # taken from the queue but left for the next batch
         self._on_batch = on_batch or (lambda *_: None)
         self._arriving = arriving or (lambda: 0)
-        self._lock = lock or threading.Lock()  # shared with the smoke tests of a model being loaded
-        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
-        self._thread.start()
+        self._lock = lock or threading.Lock()
+        self._collecting = threading.Lock()  # one worker forms a batch at a time
+        self._threads = [threading.Thread(target=self._run, name=f"batcher-{i}", daemon=True)
+                         for i in range(int(workers))]
+        for thread in self._threads:
+            thread.start()
 
     def depth(self) -> int:
         """Requests queued and not yet in a forward pass."""
@@ -103,9 +114,10 @@ class Batcher:
         return await job.future
 
     def close(self) -> None:
-        """Stop the worker after the jobs already queued."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        """Stop the workers after the jobs already queued."""
+        self._queue.put(None)  # each worker that sees it puts it back for the next one
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     # ------------------------------------------------------------ worker
     def _take(self, timeout: float | None) -> Job | None:
@@ -143,16 +155,27 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            first = self._take(None)
-            if first is None:
-                return
-            batch = self._collect(first)
-            self._predict(batch)
+            with self._collecting:
+                first = self._take(None)
+                if first is None:
+                    self._queue.put(None)  # stop the other workers too
+                    return
+                # the gate first: jobs that arrive while this model's passes are all busy join this batch
+                gate = getattr(first.slot, "gate", None) or self._lock
+                gate.acquire()
+                try:
+                    batch = self._collect(first)
+                except BaseException:
+                    gate.release()
+                    raise
+            try:
+                self._predict(batch)
+            finally:
+                gate.release()
 
     def _predict(self, batch: list[Job]) -> None:
         slot = batch[0].slot
         started = time.monotonic()
-        self._lock.acquire()
         try:
             if len(batch) == 1:
                 results = [slot.handler.predict_fn(batch[0].data, slot.model)]
@@ -168,7 +191,6 @@ class Batcher:
                 _deliver(job, _set_exception, exc)
             return
         finally:
-            self._lock.release()
             self._on_batch(sum(job.size for job in batch), len(batch), time.monotonic() - started)
         for job, result in zip(batch, results, strict=True):
             _deliver(job, _set_result, result)

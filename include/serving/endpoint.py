@@ -21,6 +21,10 @@ reverse proxy because it keeps one process, one port and no proxy to supervise; 
 is two models in memory for the few seconds of a swap. A fresh process is started only when
 none runs (or it is unhealthy, or the port changes).
 
+On ``REVIEWS_BACKEND=aws`` the same four functions (:func:`deploy`, :func:`status`,
+:func:`stop`, :func:`predict`) drive a SageMaker endpoint instead
+(``include/serving/sagemaker_endpoint.py``); :func:`_sagemaker` is the one switch.
+
 CLI: ``python -m include.serving.endpoint {start,stop,status,predict} ...`` (``--help`` on each).
 """
 from __future__ import annotations
@@ -188,6 +192,7 @@ def _start_server(paths: _Paths, model_dir: Path, version: str, port: int, timeo
     if paths.log.exists() and paths.log.stat().st_size > MAX_LOG_BYTES:
         os.replace(paths.log, paths.log.with_name(paths.log.name + ".1"))
     env = dict(os.environ)
+    env.pop("INFERENCE_PRECISION", None)  # the server applies --precision itself (see inference.model_fn)
     env.update({ADMIN_TOKEN_ENV: token, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))})
     with open(paths.log, "ab") as log:
@@ -295,6 +300,16 @@ def _http_smoke(port: int, version: str, texts: list[str]) -> list[dict]:
 
 # ---------------------------------------------------------------- public API
 
+def _sagemaker():
+    """The SageMaker endpoint of the aws config on the aws backend, else None (local server)."""
+    if get_settings().backend != "aws":
+        return None
+    from include.common.aws import load_aws_config
+    from include.serving.sagemaker_endpoint import SageMakerEndpoint
+
+    return SageMakerEndpoint(load_aws_config().validate())
+
+
 def _resolve_port(paths: _Paths, port: int | None, running: bool, state: dict) -> int:
     if port is not None:
         return int(port)
@@ -359,6 +374,9 @@ def deploy(package_uri: str, version: str, smoke_texts: list[str] | tuple[str, .
     smoke_texts = list(smoke_texts or ())
     if not smoke_texts or not all(isinstance(t, str) and t.strip() for t in smoke_texts):
         raise EndpointDeployError("smoke_texts: pass at least one non-empty review text")
+    remote = _sagemaker()
+    if remote is not None:  # aws: port is not ours to pick; the wait is the config's endpoint_wait_s
+        return remote.deploy(package_uri, version, smoke_texts, precision=precision)
     paths = _Paths()
     started = time.monotonic()
     with _locked(paths):
@@ -428,8 +446,11 @@ def _read_state_file(paths: _Paths) -> dict:
 def status() -> dict | None:
     """What the endpoint serves (``url, port, pid, version, package_uri, healthy, traffic, ...``).
 
-    None when it is not running.
+    None when it is not running (on aws: when the SageMaker endpoint does not exist).
     """
+    remote = _sagemaker()
+    if remote is not None:
+        return remote.status()
     paths = _Paths()
     pid = _running_pid(paths)
     if pid is None:
@@ -443,12 +464,19 @@ def status() -> dict | None:
     with contextlib.suppress(httpx.HTTPError, ValueError):  # counters are a bonus, not required
         resp = httpx.get(f"{_url(port)}/admin/status", headers={"X-Admin-Token": token}, timeout=2)
         if resp.status_code == 200:
-            info["traffic"] = {k: resp.json()[k] for k in ("requests", "reviews", "client_errors", "server_errors")}
+            body = resp.json()
+            info["traffic"] = {k: body[k] for k in ("requests", "reviews", "client_errors", "server_errors")}
+            info["runtime"] = body.get("runtime")  # torch, or onnxruntime for the package's int8 ONNX model
     return info
 
 
 def stop() -> bool:
-    """Stop the endpoint (in-flight requests finish first); True if a server was running."""
+    """Stop the endpoint (in-flight requests finish first); True if a server was running.
+
+    On aws: delete the SageMaker endpoint (its configs and models stay)."""
+    remote = _sagemaker()
+    if remote is not None:
+        return remote.stop()
     paths = _Paths()
     with _locked(paths):
         pids = _server_pids(paths)
@@ -464,6 +492,15 @@ def stop() -> bool:
 
 def predict(texts: list[str], timeout_s: float = 60) -> list[dict]:
     """Classify ``texts`` on the running endpoint (JSON); one answer dict per text."""
+    remote = _sagemaker()
+    if remote is not None:
+        if remote.describe() is None:
+            raise EndpointNotRunningError(f"SageMaker endpoint {remote.name} does not exist; deploy a model first")
+        try:
+            return remote.invoke(list(texts), "application/json")
+        except Exception as exc:  # noqa: BLE001 - botocore's errors carry the container's message
+            status_code = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            raise EndpointRequestError(status_code, f"{remote.name}: {exc}") from exc
     info = status()
     if info is None:
         raise EndpointNotRunningError("the local endpoint is not running; deploy a model first "

@@ -1,9 +1,10 @@
 """The deploy-time int8 decision: serve int8 only when it costs at most half a point of accuracy.
 
-Dynamic int8 quantization of the linear layers (the package's ``quantize_fn``) makes MiniLM's
-forward pass ~2x faster on CPU, but it changes the numbers; so before each deploy both the fp32
-model and its int8 copy classify the run's own test split and int8 serves only when its
-accuracy is within ``max_drop_points`` (default 0.5) percentage points of fp32's. The decision
+The int8 model (the package's ``quantize_fn``: onnxruntime running ``model.int8.onnx``, the
+dynamically quantized ONNX export built with the package; torch dynamic quantization for older
+packages) makes MiniLM's forward pass several times faster on CPU, but it changes the numbers;
+so before each deploy both the fp32 model and its int8 copy classify the run's own test split
+and int8 serves only when its accuracy is within ``max_drop_points`` (default 0.5) percentage points of fp32's. The decision
 and both accuracies go into the registry entry and the deploy log.
 
 The models are run through the package's own handler (``code/inference.py``), exactly as the
@@ -59,7 +60,7 @@ def choose_precision(model_dir: str | Path, texts: list[str], label_ids: list[in
     """Classify ``texts`` with the fp32 and the int8 model; return the decision with its evidence.
 
     Returns ``{"precision", "fp32_accuracy", "int8_accuracy", "accuracy_drop_points",
-    "max_drop_points", "agreement", "eval_rows", "seconds"}``.
+    "max_drop_points", "agreement", "eval_rows", "int8_runtime", "seconds"}``.
     """
     from include.serving.server import ModelLoadError, load_slot
 
@@ -73,9 +74,13 @@ def choose_precision(model_dir: str | Path, texts: list[str], label_ids: list[in
             return {"precision": "fp32", "reason": "the package's inference.py has no quantize_fn",
                     "eval_rows": len(texts)}
         fp32 = _label_ids(slot, slot.model, texts)
-        int8 = _label_ids(slot, slot.handler.quantize_fn(slot.model), texts)
+        quantized = slot.handler.quantize_fn(slot.model)
+        int8 = _label_ids(slot, quantized, texts)
     except ModelLoadError as exc:
         raise PrecisionDecisionError(f"cannot measure the int8 model: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the package's own code failed: say which step and why
+        raise PrecisionDecisionError(f"cannot measure the int8 model of {model_dir}: "
+                                     f"{type(exc).__name__}: {exc}") from exc
     n = len(texts)
     fp32_acc = sum(p == y for p, y in zip(fp32, label_ids)) / n
     int8_acc = sum(p == y for p, y in zip(int8, label_ids)) / n
@@ -83,9 +88,11 @@ def choose_precision(model_dir: str | Path, texts: list[str], label_ids: list[in
            "fp32_accuracy": round(fp32_acc, 6), "int8_accuracy": round(int8_acc, 6),
            "accuracy_drop_points": round((fp32_acc - int8_acc) * 100, 4), "max_drop_points": max_drop_points,
            "agreement": round(sum(a == b for a, b in zip(fp32, int8)) / n, 6), "eval_rows": n,
+           "int8_runtime": str(getattr(quantized, "runtime", "torch")),
            "seconds": round(time.monotonic() - started, 1)}
-    logger.info("int8 check on %d test reviews: fp32 accuracy %.4f, int8 %.4f (drop %.2f points, limit %.2f) "
-                "-> serve %s", n, fp32_acc, int8_acc, out["accuracy_drop_points"], max_drop_points, out["precision"])
+    logger.info("int8 check on %d test reviews: fp32 accuracy %.4f, int8 (%s) %.4f (drop %.2f points, limit %.2f) "
+                "-> serve %s", n, fp32_acc, out["int8_runtime"], int8_acc, out["accuracy_drop_points"],
+                max_drop_points, out["precision"])
     return out
 
 

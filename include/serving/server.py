@@ -32,7 +32,9 @@ keeps serving. The cost is holding two models in memory during the swap (~2 x 90
 
 Run as ``python -m include.serving.server --model-dir DIR --version V --port P [--precision int8]``;
 the admin token comes from ``REVIEWS_ENDPOINT_ADMIN_TOKEN``. Only safetensors weights are loaded:
-a package holding pickle-based weights (``*.bin``, ``*.pt``, ...) is refused.
+a package holding pickle-based weights (``*.bin``, ``*.pt``, ...) is refused, and so is any ONNX
+file but the int8 model our packaging builds (``model.int8.onnx``, its sha256 pinned by the
+package manifest).
 """
 from __future__ import annotations
 
@@ -83,6 +85,7 @@ REPORT_EVERY_S = 60.0
 # this many bytes; past it the connection is closed - nobody legitimate sends 64 MB.
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 BASELINE_MODEL_FILE = "model.joblib"  # include/scripts/automl.py's fitted pipeline
+ONNX_INT8_FILE = "model.int8.onnx"  # include/model/packaging.py's export (the handler's int8 model)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".h5", ".msgpack")
 _module_ids = itertools.count(1)
 access_log = logging.getLogger("reviews.access")
@@ -99,6 +102,11 @@ class ModelSlot:
                  precision: str = "fp32") -> None:
         self.handler, self.model, self.version, self.model_dir = handler, model, version, model_dir
         self.precision = precision
+        self.runtime = str(getattr(model, "runtime", "torch"))
+        # forward passes of this model that may run at once (the handler says: torch uses every
+        # core in one pass, so 1; single-threaded onnxruntime passes, one per core)
+        self.parallel = max(1, int(getattr(model, "parallel_runs", 1) or 1))
+        self.gate = threading.BoundedSemaphore(self.parallel)
         self.loaded_at = time.time()
 
 
@@ -125,8 +133,18 @@ def check_safetensors_only(model_dir: str | Path) -> None:
     but its mere presence means the package was not built by our packaging: refuse it whole.
     One exception: the AutoML baseline's ``model.joblib`` (scikit-learn has no safetensors
     format), accepted only when the package manifest pins its sha256.
+
+    ONNX files: only ``model.int8.onnx`` at the package root, and only when the manifest pins its
+    sha256 - the int8 model our packaging exported from these very safetensors weights. An ONNX
+    graph runs no Python, but it is a second copy of the weights: one we did not build (or one
+    changed after packaging) could answer differently from the model that was evaluated.
     """
     root = Path(model_dir)
+    onnx = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".onnx")
+    if onnx and not (onnx == [ONNX_INT8_FILE] and _pinned_by_manifest(root, ONNX_INT8_FILE)):
+        raise ModelLoadError(f"{model_dir}: holds ONNX files the package manifest does not pin ({', '.join(onnx[:5])});"
+                             f" the server loads only the {ONNX_INT8_FILE} that build_package(int8_onnx=True) "
+                             "exported - rebuild the package")
     pickles = sorted(str(p.relative_to(root)) for p in root.rglob("*")
                      if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles == [BASELINE_MODEL_FILE] and _pinned_by_manifest(root, BASELINE_MODEL_FILE):
@@ -141,7 +159,8 @@ def check_safetensors_only(model_dir: str | Path) -> None:
 def load_slot(model_dir: str, version: str, precision: str = "fp32") -> ModelSlot:
     """Import ``<model_dir>/code/inference.py`` under a fresh module name and run ``model_fn``.
 
-    ``precision="int8"`` then passes the model through the handler's ``quantize_fn``.
+    ``precision="int8"`` then passes the model through the handler's ``quantize_fn`` (our handler:
+    onnxruntime on the package's ``model.int8.onnx``, else torch dynamic quantization).
     """
     if precision not in PRECISIONS:
         raise ModelLoadError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
@@ -172,6 +191,13 @@ def load_slot(model_dir: str, version: str, precision: str = "fp32") -> ModelSlo
     if hasattr(model, "version"):
         model.version = version  # so output_fn can name the version that answered
     return ModelSlot(handler, model, version, str(model_dir), precision)
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class ServerConfig:
@@ -221,12 +247,12 @@ class _Metrics:
         self.queue_depth = Gauge("endpoint_queue_depth", "requests waiting for a forward pass",
                                  registry=self.registry)
         self.in_flight = Gauge("endpoint_requests_in_flight", "requests being answered", registry=self.registry)
-        self.model = Gauge("endpoint_model_info", "the served model (value 1)", ["version", "precision"],
+        self.model = Gauge("endpoint_model_info", "the served model (value 1)", ["version", "precision", "runtime"],
                            registry=self.registry)
 
     def serving(self, slot: ModelSlot) -> None:
         self.model.clear()
-        self.model.labels(slot.version, slot.precision).set(1)
+        self.model.labels(slot.version, slot.precision, slot.runtime).set(1)
 
 
 class _State:
@@ -234,7 +260,6 @@ class _State:
 
     def __init__(self) -> None:
         self.slot: ModelSlot | None = None
-        self.infer_lock = threading.Lock()  # one forward pass at a time: torch already uses all cores
         self.admin_lock = threading.Lock()
         self.admin_token = os.environ.get(ADMIN_TOKEN_ENV, "")
         # defaults until main() applies the command line and environment (validated there, with
@@ -257,7 +282,7 @@ class _State:
         if self.batcher is not None:
             self.batcher.close()
         self.batcher = Batcher(config.max_batch_size, config.max_wait_ms, on_batch=self._on_batch,
-                               arriving=lambda: self.arriving, lock=self.infer_lock)
+                               arriving=lambda: self.arriving, workers=_available_cores())
 
     def serve(self, slot: ModelSlot) -> None:
         """Make ``slot`` the served model (one reference assignment) and say so in the metrics."""
@@ -329,7 +354,7 @@ def infer(slot: ModelSlot, body: bytes, content_type: str, accept: str) -> tuple
     server fault.
     """
     data = parse(slot, body, content_type)
-    with STATE.infer_lock:
+    with slot.gate:
         prediction = slot.handler.predict_fn(data, slot.model)
     out = render(slot, prediction, accept)
     count = len(data["texts"]) if isinstance(data, dict) and "texts" in data else 1
@@ -605,7 +630,7 @@ def admin_status(request: Request) -> JSONResponse:
     return JSONResponse({
         "pid": os.getpid(), "started_at": STATE.started_at,
         "model_version": slot.version if slot else None, "model_dir": slot.model_dir if slot else None,
-        "precision": slot.precision if slot else None,
+        "precision": slot.precision if slot else None, "runtime": slot.runtime if slot else None,
         "max_batch_size": STATE.config.max_batch_size, "max_wait_ms": STATE.config.max_wait_ms,
         "max_reviews": STATE.config.max_reviews, "max_text_chars": STATE.config.max_text_chars,
         "loaded_at": slot.loaded_at if slot else None, "requests": STATE.requests, "reviews": STATE.reviews,
@@ -646,8 +671,10 @@ def admin_load(request: Request, payload: dict) -> JSONResponse:
         del previous
         gc.collect()
         seconds = time.monotonic() - started
-        logger.info("now serving version %s (%s) from %s (load + smoke %.1fs)", version, precision, model_dir, seconds)
-        return JSONResponse({"model_version": version, "precision": precision, "smoke": smoke,
+        logger.info("now serving version %s (%s on %s) from %s (load + smoke %.1fs)", version, precision,
+                    candidate.runtime, model_dir, seconds)
+        return JSONResponse({"model_version": version, "precision": precision, "runtime": candidate.runtime,
+                             "smoke": smoke,
                              "load_seconds": round(seconds, 2)})
     finally:
         STATE.admin_lock.release()
@@ -663,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=8080, help="TCP port")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp32, or int8 (dynamic quantization of the linear layers)")
+                        help="fp32, or int8 (the package's int8 ONNX model on onnxruntime; torch dynamic "
+                             "quantization for packages without one)")
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help=f"reviews per forward pass across requests (1 = no batching; ${MAX_BATCH_ENV}, "
                              f"default {DEFAULT_MAX_BATCH})")
@@ -683,9 +711,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot start: %s", exc)
         return 1
     cfg = STATE.config
-    logger.info("version %s (%s) loaded in %.1fs; listening on %s:%d (pid %d); batch <= %d reviews, wait <= %g ms; "
-                "limits: %d reviews/request, %d chars/review, %d bytes/body; API key %s",
-                args.version, args.precision, time.monotonic() - started, args.host, args.port, os.getpid(),
+    slot = STATE.slot
+    logger.info("version %s (%s on %s, %d forward pass(es) at once) loaded in %.1fs; listening on %s:%d (pid %d); "
+                "batch <= %d reviews, wait <= %g ms; limits: %d reviews/request, %d chars/review, %d bytes/body; "
+                "API key %s", args.version, args.precision, slot.runtime, slot.parallel, time.monotonic() - started,
+                args.host, args.port, os.getpid(),
                 cfg.max_batch_size, cfg.max_wait_ms, cfg.max_reviews, cfg.max_text_chars, MAX_BODY_BYTES,
                 "required" if cfg.api_key else "off")
     # On SIGTERM uvicorn stops accepting, lets the requests in flight finish (their batches

@@ -75,3 +75,13 @@ def test_main_dag_task_order(dagbag):
     chain = ["register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "check_accuracy"]
     for upstream, downstream in zip(chain, chain[1:]):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream} missing"
+
+
+def test_every_task_has_a_timeout_and_records_its_failure(dagbag):
+    from include.pipeline.alerts import on_task_failure
+
+    for dag_id, dag in dagbag.dags.items():
+        for t in dag.tasks:
+            assert t.execution_timeout is not None, f"{dag_id}.{t.task_id} has no execution_timeout"
+            callbacks = t.on_failure_callback if isinstance(t.on_failure_callback, list) else [t.on_failure_callback]
+            assert on_task_failure in callbacks, f"{dag_id}.{t.task_id} does not record its failure"

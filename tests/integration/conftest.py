@@ -69,3 +69,9 @@ def endpoint_port(landed, monkeypatch):
     monkeypatch.setenv("ENDPOINT_PORT", str(port))
     yield port
     endpoint.stop()
+
+
+# Fixtures kept in their own modules: `chromium` (Debian's browser, installed when missing) and
+# `native_airflow` (api-server, scheduler, dag-processor, triggerer started for one test).
+from tests.integration.browser import chromium  # noqa: E402,F401
+from tests.integration.native_airflow import empty_metadata_db, native_airflow  # noqa: E402,F401

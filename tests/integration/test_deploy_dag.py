@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 import threading
 import time
 
@@ -11,12 +12,18 @@ from include.serving import endpoint
 from tests.integration.conftest import DEPLOY, run_dag
 
 
-def _reject_when_asked(result: dict, stop: threading.Event) -> None:
-    """Acts as the reviewer: finds the pending approval over the REST API and rejects it."""
+def _api_client():
+    # Built in the test's thread before the reviewer starts: create_app() importing Airflow's
+    # models in one thread while dag.test() configures the ORM mappers (which import them too)
+    # in another deadlocked on the import lock.
     from airflow.api_fastapi.app import create_app
     from fastapi.testclient import TestClient
 
-    client = TestClient(create_app())
+    return TestClient(create_app())
+
+
+def _reject_when_asked(client, result: dict, stop: threading.Event) -> None:
+    """Acts as the reviewer: finds the pending approval over the REST API and rejects it."""
     base = "/api/v2/dags/review_sentiment_pipeline/dagRuns"
     while not stop.is_set():
         listing = client.get(f"{base}/~/hitlDetails")
@@ -46,7 +53,7 @@ def run_evaluation_uri(run_id: str) -> str:
 def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
     result: dict = {}
     stop = threading.Event()
-    reviewer = threading.Thread(target=_reject_when_asked, args=(result, stop), daemon=True)
+    reviewer = threading.Thread(target=_reject_when_asked, args=(_api_client(), result, stop), daemon=True)
     reviewer.start()
     try:
         dr, states = run_dag("review_sentiment_pipeline", **DEPLOY, auto_approve=False)
@@ -70,5 +77,7 @@ def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
     assert states["deploy_model"].endswith("skipped"), states
     versions = get_registry().list_versions()
     assert len(versions) == 1 and versions[0].approval_status == REJECTED
+    with tarfile.open(uri_to_path(versions[0].package_uri), "r:gz") as tar:  # register_model's int8 model
+        assert "model.int8.onnx" in tar.getnames()
     assert get_registry().deployed_version() is None
     assert endpoint.status() is None, "nothing was deployed"

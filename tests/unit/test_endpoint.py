@@ -77,7 +77,8 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def packages(model_dirs, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("endpoint-packages")
-    return {name: build_package(d, (root / name).as_uri()) for name, d in model_dirs.items()}
+    # with the int8 ONNX model, as register_model builds them (int8 deploys run on onnxruntime)
+    return {name: build_package(d, (root / name).as_uri(), int8_onnx=True) for name, d in model_dirs.items()}
 
 
 @pytest.fixture
@@ -345,7 +346,7 @@ def test_load_during_an_int8_redeploy_under_batching_sees_zero_failed_requests(s
     assert {status for h in hammers for status, _ in h.results} == {200}
     assert all(h.results[-1][1] == new for h in hammers)
     metrics = httpx.get(f"{serving['url']}/metrics", timeout=10).text
-    assert f'endpoint_model_info{{precision="int8",version="{new}"}} 1.0' in metrics
+    assert f'endpoint_model_info{{precision="int8",runtime="onnxruntime",version="{new}"}} 1.0' in metrics
 
 
 def _test_split(folder: Path, texts: list[str], labels: list[int]) -> str:
@@ -382,6 +383,8 @@ def test_deploy_decides_int8_on_the_runs_test_split_and_records_it(serving, pack
     assert recorded["precision"] == decision["precision"]
     assert float(recorded["fp32_accuracy"]) == 1.0 and float(recorded["int8_accuracy"]) == decision["int8_accuracy"]
     assert endpoint.status()["precision"] == decision["precision"]
+    assert endpoint.status()["runtime"] == ("onnxruntime" if decision["precision"] == "int8" else "torch")
+    assert decision["int8_runtime"] == recorded["int8_runtime"] == "onnxruntime"  # the package's int8 ONNX model
 
 
 def test_rollback_serves_the_previous_approved_version_again(serving, packages):

@@ -100,6 +100,22 @@ def test_a_backfilled_run_trains_on_what_was_known_at_its_day(store, tmp_path):
     assert store.get_record("reviews_features", "r1")["review_body"] == "new r1", "online never rolls back"
 
 
+def test_snapshots_name_the_latest_run_and_export_what_it_knew(store, tmp_path):
+    # What the AutoML DAG reads (FeatureStore.snapshot behind latest_snapshot / export_snapshot).
+    uri = get_settings().uri
+    assert fs.latest_snapshot() is None
+    _shards(tmp_path / "d2", _records(["r1", "r2"], D2, body="old", split="train"))
+    fs.ingest_run_features(tmp_path / "d2", "2026-11-19", "run-d2", uri("ch/d2"))
+    _shards(tmp_path / "d3", _records(["r1", "r3"], D3, body="new", split="train"))
+    fs.ingest_run_features(tmp_path / "d3", "2026-11-20", "run-d3", uri("ch/d3"))
+    assert fs.latest_snapshot() == "run-d3"
+    assert store.snapshot("reviews_features", "run-d2")[1] == datetime(2026, 11, 19)
+    with pytest.raises(fs.FeatureStoreError, match="no validation, test rows"):
+        fs.export_snapshot("run-d2", tmp_path / "out")
+    with pytest.raises(fs.FeatureStoreError, match="no ingestion"):
+        fs.export_snapshot("never", tmp_path / "out")
+
+
 def test_reingesting_a_day_adds_no_duplicates(store):
     first = store.ingest("reviews_features", _records(["a", "b", "c"], D1))
     again = store.ingest("reviews_features", _records(["a", "b", "c"], D1, body="changed"))
@@ -223,7 +239,11 @@ def test_cli_lists_groups_with_counts_and_runs_sql(store, capsys):
     assert "query failed" in capsys.readouterr().err
 
 
-def test_the_aws_backend_is_refused_until_it_exists(reviews_home, monkeypatch):
+def test_the_aws_backend_without_an_aws_config_names_what_is_missing(reviews_home, monkeypatch):
+    # The SageMaker Feature Store itself is tested against moto in tests/aws/test_sagemaker_feature_store.py.
     monkeypatch.setenv("REVIEWS_BACKEND", "aws")
-    with pytest.raises(ConfigError, match="issue #12"):
+    for var in ("REVIEWS_AWS_CONF", "REVIEWS_AWS_REGION", "REVIEWS_AWS_BUCKET", "REVIEWS_AWS_ROLE_ARN",
+                "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="bucket is not set"):
         fs.get_feature_store()

@@ -52,6 +52,22 @@ def test_model_fn_rejects_bad_env_value_naming_the_variable(classifier_dir, monk
         inference.model_fn(str(classifier_dir))
 
 
+def test_model_fn_serves_int8_when_the_container_environment_asks(classifier_dir, monkeypatch, loaded):
+    # A SageMaker endpoint has no loader of ours: the deploy passes the precision as INFERENCE_PRECISION.
+    monkeypatch.setenv("INFERENCE_NUM_THREADS", "1")
+    monkeypatch.setenv("INFERENCE_PRECISION", "int8")
+    int8 = inference.model_fn(str(classifier_dir))
+    kinds = {type(m).__module__ for m in int8.model.modules() if "Linear" in type(m).__name__}
+    assert any("quantized" in k for k in kinds), kinds
+    texts = ["I love this dress, it fits perfectly.", "Awful, it fell apart."]
+    fp32_probs = inference.predict_fn({"texts": texts}, loaded)
+    int8_probs = inference.predict_fn({"texts": texts}, int8)
+    assert len(int8_probs["probabilities"]) == len(fp32_probs["probabilities"]) == 2
+    monkeypatch.setenv("INFERENCE_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="INFERENCE_PRECISION"):
+        inference.model_fn(str(classifier_dir))
+
+
 def test_model_fn_without_config_names_the_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         inference.model_fn(str(tmp_path))

@@ -161,3 +161,43 @@ def test_validate_accepts_the_real_save_pretrained_folder(classifier_dir, tmp_pa
     (copy / "tokenizer.json").unlink()
     with pytest.raises(PackagingError, match="no tokenizer"):
         validate_model_dir(copy)
+
+
+def test_int8_onnx_package_pins_an_onnx_model_that_computes_what_the_torch_model_does(classifier_dir, tmp_path,
+                                                                                      monkeypatch):
+    from include.model.packaging import ONNX_INT8_FILE
+
+    uri = build_package(classifier_dir, (tmp_path / "p").as_uri(), int8_onnx=True)
+    assert ONNX_INT8_FILE in _members(uri)
+    out = extract_package(uri, tmp_path / "m")  # checks every file, the ONNX model too, against the manifest
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["files"][ONNX_INT8_FILE]["sha256"] == _sha(out / ONNX_INT8_FILE)
+    spec = importlib.util.spec_from_file_location("pkg_inference_onnx_test", out / "code" / "inference.py")
+    handler = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handler)
+    monkeypatch.setenv("INFERENCE_NUM_THREADS", "1")
+    fp32 = handler.model_fn(str(out))
+    int8 = handler.quantize_fn(fp32)
+    assert (fp32.runtime, int8.runtime) == ("torch", "onnxruntime")
+    assert int8.parallel_runs == handler._available_cores()  # single-threaded sessions, one per core
+    # reviews of very different lengths in one call: chunks pad, and the mask must hide the padding
+    texts = ["Love it", "Runs small and the fabric is thin, returned it the next day after trying it on twice",
+             "It is fine I guess", "Zipper broke", "Soft, warm and true to size. Bought it in two colours!"]
+    p32 = handler.predict_fn({"texts": texts}, fp32)["probabilities"]
+    p8 = handler.predict_fn({"texts": texts}, int8)["probabilities"]
+    alone = [handler.predict_fn({"texts": [t]}, int8)["probabilities"][0] for t in texts]
+    # int8 changes the numbers a little (the deploy decides whether the accuracy allows it), and a
+    # review answers the same alone or padded in a batch (activation scales are per batch: ~1e-2)
+    assert max(abs(a - b) for r, s in zip(p32, p8) for a, b in zip(r, s)) < 0.03
+    assert max(abs(a - b) for r, s in zip(alone, p8) for a, b in zip(r, s)) < 0.02
+
+
+def test_int8_onnx_export_failure_is_a_packaging_error_and_leaves_no_archive(tiny_dir, tmp_path):
+    with pytest.raises(PackagingError, match="cannot export the int8 ONNX model"):
+        build_package(tiny_dir, tmp_path.as_uri(), int8_onnx=True)  # structurally valid, not loadable
+    assert not list(tmp_path.glob("*.tar.gz"))
+
+
+def test_a_stray_onnx_file_of_the_model_folder_is_never_shipped(tiny_dir, tmp_path):
+    (tiny_dir / "model.int8.onnx").write_bytes(b"not built by us")
+    assert "model.int8.onnx" not in _members(build_package(tiny_dir, tmp_path.as_uri()))

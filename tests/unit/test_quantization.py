@@ -31,11 +31,14 @@ def test_test_split_is_read_from_the_parquet_shards(tmp_path):
         load_test_split((tmp_path / "missing").as_uri())
 
 
-def test_choose_precision_measures_both_models_on_the_same_reviews(classifier_dir, tmp_path):
+@pytest.mark.parametrize(("int8_onnx", "runtime"), [(True, "onnxruntime"), (False, "torch")])
+def test_choose_precision_measures_both_models_on_the_same_reviews(classifier_dir, tmp_path, int8_onnx, runtime):
+    # a package with the int8 ONNX model (what register_model builds) and one without (built before it)
     from include.model.packaging import build_package, extract_package
     from include.serving.server import load_slot
 
-    model_dir = extract_package(build_package(classifier_dir, (tmp_path / "p").as_uri()), tmp_path / "m")
+    package = build_package(classifier_dir, (tmp_path / "p").as_uri(), int8_onnx=int8_onnx)
+    model_dir = extract_package(package, tmp_path / "m")
     texts = ["Love it", "Runs small and the fabric is thin", "It is fine I guess", "Returned it the same day"] * 3
     slot = load_slot(str(model_dir), "x")
     labels = slot.handler.predict_fn({"texts": texts}, slot.model)["label_ids"]
@@ -43,5 +46,6 @@ def test_choose_precision_measures_both_models_on_the_same_reviews(classifier_di
     assert out["fp32_accuracy"] == 1.0 and out["eval_rows"] == len(texts)
     assert out["int8_accuracy"] == out["agreement"]  # fp32's labels are the truth here
     assert out["precision"] == decide(out["fp32_accuracy"], out["int8_accuracy"])
+    assert out["int8_runtime"] == runtime
     with pytest.raises(PrecisionDecisionError, match="same non-zero number"):
         choose_precision(model_dir, texts, labels[:-1])

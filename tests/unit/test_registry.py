@@ -142,9 +142,15 @@ def test_get_unknown_version_raises_not_found(registry):
         registry.get("12345")
 
 
-def test_aws_backend_is_refused_until_implemented(monkeypatch):
+def test_aws_backend_without_an_aws_config_names_what_is_missing(monkeypatch):
+    # The SageMaker Model Registry itself is tested against moto in tests/aws/test_sagemaker_registry.py.
+    from include.common.config import ConfigError
+
     monkeypatch.setenv("REVIEWS_BACKEND", "aws")
-    with pytest.raises(RegistryError, match="SageMaker Model Registry"):
+    for var in ("REVIEWS_AWS_CONF", "REVIEWS_AWS_REGION", "REVIEWS_AWS_BUCKET", "REVIEWS_AWS_ROLE_ARN",
+                "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="role_arn is not set"):
         get_registry()
 
 
@@ -159,9 +165,10 @@ def test_flatten_evaluation_keeps_numeric_leaves_and_drops_lists():
 
 
 @pytest.fixture
-def model_artifact(tmp_path, tiny_dir) -> str:
-    """A training job's model.tar.gz: a (tiny, structurally valid) save_pretrained folder at its root."""
-    folder = tiny_dir
+def model_artifact(tmp_path, classifier_dir) -> str:
+    """A training job's model.tar.gz: a loadable save_pretrained folder at its root (register_model
+    exports it to int8 ONNX for the endpoint, so it must be a real model)."""
+    folder = classifier_dir
     archive = tmp_path / "job" / "output" / "model.tar.gz"
     archive.parent.mkdir(parents=True)
     with tarfile.open(archive, "w:gz") as tar:

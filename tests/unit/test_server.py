@@ -131,7 +131,8 @@ def test_metrics_expose_requests_latency_batches_version_and_queue_depth(server)
     assert any(s.name == "endpoint_request_latency_seconds_count" and s.value >= 2
                for s in m["endpoint_request_latency_seconds"])
     assert any(s.name.endswith("_bucket") for s in m["endpoint_batch_size_reviews"])
-    assert [(s.labels, s.value) for s in m["endpoint_model_info"]] == [({"version": "7", "precision": "fp32"}, 1.0)]
+    assert [(s.labels, s.value) for s in m["endpoint_model_info"]] == [
+        ({"version": "7", "precision": "fp32", "runtime": "torch"}, 1.0)]
     assert [s.value for s in m["endpoint_queue_depth"]] == [0.0]
 
 
@@ -312,3 +313,99 @@ def test_a_joblib_model_is_served_only_when_the_package_manifest_pins_its_checks
     (folder / "package-manifest.json").unlink()
     with pytest.raises(ModelLoadError, match="pickle-format weights"):
         check_safetensors_only(folder)
+
+
+def test_an_onnx_model_is_loaded_only_as_packaged_with_its_checksum_pinned(served_dir, tmp_path):
+    # The int8 model ships as model.int8.onnx, exported by build_package(int8_onnx=True) and pinned
+    # by the manifest; any other ONNX file, or this one changed after packaging, is refused.
+    import hashlib
+
+    from include.serving.server import ModelLoadError, check_safetensors_only
+
+    folder = tmp_path / "m"
+    shutil.copytree(served_dir, folder)
+    manifest_path = folder / "package-manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    onnx = folder / "model.int8.onnx"
+    onnx.write_bytes(b"an onnx graph")
+    with pytest.raises(ModelLoadError, match=r"ONNX files the package manifest does not pin \(model.int8.onnx\)"):
+        check_safetensors_only(folder)  # not in the manifest
+    manifest["files"]["model.int8.onnx"] = {"sha256": hashlib.sha256(b"an onnx graph").hexdigest(), "bytes": 13}
+    manifest_path.write_text(json.dumps(manifest))
+    check_safetensors_only(folder)  # pinned: accepted
+    onnx.write_bytes(b"another graph")
+    with pytest.raises(ModelLoadError, match="does not pin"):
+        check_safetensors_only(folder)  # changed after packaging
+    onnx.write_bytes(b"an onnx graph")
+    (folder / "code" / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match=r"code/extra.onnx, model.int8.onnx"):
+        check_safetensors_only(folder)  # only the one file our packaging writes
+
+
+class _Gated:
+    """A slot for the Batcher alone: predict_fn records how many passes overlap."""
+
+    def __init__(self, parallel: int) -> None:
+        import threading
+
+        self.gate = threading.BoundedSemaphore(parallel)
+        self.model = None
+        self.running = 0
+        self.most = 0
+        self.batches: list[list[str]] = []
+        self._lock = threading.Lock()
+        self.handler = self
+
+    def predict_fn(self, data, _model):
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.batches.append(list(data["texts"]))
+        time.sleep(0.05)
+        with self._lock:
+            self.running -= 1
+        return {"label_ids": [0] * len(data["texts"]), "single": False}
+
+
+def _submit_all(batcher, slot, groups: list[list[str]], pause_s: float = 0.0) -> list:
+    import asyncio
+
+    async def go():
+        tasks = []
+        for texts in groups:
+            tasks.append(asyncio.ensure_future(batcher.submit(slot, {"texts": texts, "single": False})))
+            await asyncio.sleep(pause_s)
+        return await asyncio.gather(*tasks)
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_batcher_runs_as_many_passes_at_once_as_the_model_allows(parallel):
+    from include.serving.batching import Batcher
+
+    slot = _Gated(parallel)
+    batcher = Batcher(max_batch_size=1, max_wait_ms=0, workers=2)
+    try:
+        out = _submit_all(batcher, slot, [[f"r{i}"] for i in range(8)])
+    finally:
+        batcher.close()
+    assert [o["label_ids"] for o in out] == [[0]] * 8 and len(slot.batches) == 8
+    assert slot.most == parallel  # torch models (1) never overlap; onnxruntime sessions (2) do
+
+
+def test_a_lone_request_runs_at_once_and_a_request_on_its_way_is_waited_for():
+    from include.serving.batching import Batcher
+
+    arriving = {"n": 0}
+    for on_its_way, expected in ((0, [["a"], ["b"]]), (1, [["a", "b"]])):
+        arriving["n"] = on_its_way
+        slot = _Gated(1)
+        batcher = Batcher(max_batch_size=32, max_wait_ms=1000, arriving=lambda: arriving["n"])
+        try:
+            _submit_all(batcher, slot, [["a"], ["b"]], pause_s=0.2)
+        finally:
+            batcher.close()
+        # nothing arriving: "a" is answered without waiting, so "b" (0.2 s later) makes its own batch;
+        # a request on its way: the batch waits (up to max_wait) and takes "b" too
+        assert slot.batches == expected
