@@ -16,7 +16,6 @@ import difflib
 import json
 import os
 import re
-import threading
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -184,11 +183,11 @@ class AwsConfig:
     def client(self, service: str):
         """A boto3 client for ``service``, pointed at ``endpoint_url`` when one is set (moto).
 
-        Cached per (service, region, endpoint, credentials source): building a client loads
-        the service model (~50 ms), which every S3 read would otherwise pay again.
+        A new client per call (the modules that make many calls keep theirs): a cached one would
+        outlive a test's botocore Stubber or a changed credential chain.
         """
-        creds = tuple(os.environ.get(k, "") for k in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ENDPOINT_URL"))
-        return _cached_client(service, self.region, self.endpoint_url, creds)
+        kwargs: dict[str, Any] = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+        return self.session().client(service, **kwargs)
 
     def to_dict(self) -> dict:
         """A JSON-able copy (what ``make validate-aws`` prints)."""
@@ -196,23 +195,6 @@ class AwsConfig:
         out["steps"] = {k: vars(v) for k, v in self.steps.items()}
         out["subnets"], out["security_group_ids"] = list(self.subnets), list(self.security_group_ids)
         return out
-
-
-_CLIENT_LOCK = threading.Lock()
-
-
-@lru_cache(maxsize=64)
-def _build_client(service: str, region: str, endpoint_url: str, creds: tuple[str, ...]):
-    import boto3
-
-    kwargs: dict[str, Any] = {"endpoint_url": endpoint_url} if endpoint_url else {}
-    return boto3.session.Session(region_name=region).client(service, **kwargs)
-
-
-def _cached_client(service: str, region: str, endpoint_url: str, creds: tuple[str, ...]):
-    # boto3 clients are thread-safe once built; building them (sessions) is not
-    with _CLIENT_LOCK:
-        return _build_client(service, region, endpoint_url, creds)
 
 
 def _instance_problems(where: str, value: str, enum: str) -> list[str]:
