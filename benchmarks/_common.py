@@ -61,3 +61,14 @@ def write_result(name: str, payload: dict) -> Path:
     tmp.write_text(json.dumps({**machine_info(), **payload}, indent=1, default=str))
     tmp.replace(dest)
     return dest
+
+
+def sh(cmd: list[str], env: dict) -> float:
+    """Run ``cmd`` in the project root; return its wall time (a failure ends the benchmark)."""
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    return time.monotonic() - start

@@ -20,24 +20,14 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result  # noqa: E402
+from _common import sh, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DS = "2026-11-24"
 STEPS = ("preprocess", "train", "evaluate")
-
-
-def sh(cmd: list[str], env: dict) -> float:
-    """Run ``cmd`` in the project root; return its wall time (fails loudly)."""
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
-    return time.monotonic() - start
 
 
 def last_run_tasks(home: Path) -> dict[str, float]:
