@@ -52,8 +52,9 @@ reviews (`landing/reviews/ds=<ds>/`, the data interval's day) and:
 
 A re-run with the same data, settings and job code reuses preprocess/train/evaluate (`use_cache`);
 a backfill registers its model but never deploys it over one trained on newer data. Failed tasks and
-a run still going 2 hours after it was queued (deadline alert) are recorded under `.state/alerts/`
-and the run's `_notes/`, and notified (`REVIEWS_NOTIFIER`, default: the log).
+a run still going 2 hours after it was queued (deadline alert; `[reviews] run_deadline_minutes`)
+are recorded under `.state/alerts/` and the run's `_notes/`, and notified (`REVIEWS_NOTIFIER`,
+default: the log).
 
 Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
 (`.state/store` locally). Backend: `REVIEWS_BACKEND` (local | aws).

@@ -93,6 +93,9 @@ class StackState:
     schedule: bool
     endpoint_port: int
     embedded: dict = field(default_factory=dict)  # "postgres": pgdata, "redis": pid of our redis-server
+    # settings of every process (e.g. AIRFLOW__REVIEWS__RUN_DEADLINE_MINUTES): kept here, so a
+    # service restarted later (a worker after a crash) runs with them too
+    extra_env: dict = field(default_factory=dict)
 
 
 class Stack:
@@ -165,6 +168,7 @@ class Stack:
             "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), str(PROJECT_ROOT / "plugins")]),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         })
+        env.update(st.extra_env)
         return env
 
     # --- the backing services ----------------------------------------------------------------
@@ -293,12 +297,13 @@ class Stack:
         return next((name for name in self.services() if self.pid(name) == sid), None)
 
     def start(self, api_port: int | None = None, ui_password: str | None = None, schedule: bool = True,
-              db_name: str | None = None, endpoint_port: int | None = None, timeout_s: float = 300) -> StackState:
+              db_name: str | None = None, endpoint_port: int | None = None, timeout_s: float = 300,
+              extra_env: dict[str, str] | None = None) -> StackState:
         """Start every service not yet running and wait until all are healthy.
 
-        The first start records the settings (ports, database, password) in ``stack.json``; later
-        starts reuse them. ``schedule=False`` turns the scheduler's own runs off (tests trigger every
-        run themselves)."""
+        The first start records the settings (ports, database, password, ``extra_env``) in
+        ``stack.json``; later starts reuse them. ``schedule=False`` turns the scheduler's own runs off
+        (tests trigger every run themselves); ``extra_env`` is set in every process of the stack."""
         st = self.state()
         if st is None:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -311,7 +316,7 @@ class Stack:
                             jwt_secret=secrets.token_urlsafe(32), ui_user="admin",
                             ui_password=ui_password or os.environ.get("AIRFLOW_UI_PASSWORD") or "admin",
                             schedule=schedule, endpoint_port=endpoint_port or free_port(),
-                            embedded={**pg, **rd})
+                            embedded={**pg, **rd}, extra_env=dict(extra_env or {}))
             write_text_atomic(self.state_file, json.dumps(asdict(st), indent=1), mode=0o600)
             write_text_atomic(self.root / "passwords.json", json.dumps({st.ui_user: st.ui_password}), mode=0o600)
         else:
@@ -546,6 +551,22 @@ class StackAPI:
                 return runs
             self._check_alive(deadline, timeout_s, [(r["dag_run_id"], r["state"]) for r in runs])
             time.sleep(3)
+
+    def wait_task_state(self, run_id: str, task_id: str, state: str, timeout_s: float = 900,
+                        dag_id: str = DAG_ID) -> dict:
+        """Poll until ``task_id`` of the run is in ``state`` (e.g. ``awaiting_input``); the run ending
+        first, a dead service or the timeout raises with the run's task states."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            tis = self.task_instances(run_id, dag_id)
+            if (tis.get(task_id) or {}).get("state") == state:
+                return tis[task_id]
+            states = [(t, ti["state"]) for t, ti in sorted(tis.items())]
+            run_state = self.run(run_id, dag_id)["state"]
+            if run_state in FINISHED:
+                raise StackError(f"run {run_id} ended {run_state} before {task_id} was {state}: {states}")
+            self._check_alive(deadline, timeout_s, states)
+            time.sleep(2)
 
     def _check_alive(self, deadline: float, timeout_s: float, progress: list) -> None:
         dead = self.stack.dead_services()

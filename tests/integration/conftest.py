@@ -10,7 +10,7 @@ import pytest
 from include.common.config import get_settings
 from include.common.io import uri_to_path
 from include.data.landing import land_daily_drops
-from tests.integration.stack_fixture import stack  # noqa: F401 - the session's production stack (make stack)
+from tests.integration.stack_fixture import stack, stack_state  # noqa: F401 - the session's production stack (make stack)
 
 DS = "2026-11-20"
 # A tiny but real budget: enough to show the wiring, not to reach the default accuracy.
@@ -71,7 +71,5 @@ def endpoint_port(landed, monkeypatch):
     endpoint.stop()
 
 
-# Fixtures kept in their own modules: `chromium` (Debian's browser, installed when missing) and
-# `native_airflow` (api-server, scheduler, dag-processor, triggerer started for one test).
+# Kept in its own module: `chromium` (Debian's browser, installed when missing).
 from tests.integration.browser import chromium  # noqa: E402,F401
-from tests.integration.native_airflow import empty_metadata_db, native_airflow  # noqa: E402,F401

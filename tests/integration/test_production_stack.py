@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import duckdb
 import httpx
@@ -22,18 +22,10 @@ from include.common.io import uri_to_path
 from include.pipeline.cli import logical_date_for
 from include.pipeline.stack import TRAINING_QUEUE
 from tests.integration.conftest import DEPLOY, TINY
-from tests.integration.stack_fixture import STACK_END, StackClient
+from tests.integration.stack_fixture import RUN_DEADLINE_MINUTES, STACK_END, StackClient
 
 pytestmark = pytest.mark.timeout(1800)
 ROWS_PER_DAY = 100  # stack_fixture lands 500 reviews over 5 days
-
-
-@pytest.fixture
-def stack_state(stack: StackClient, monkeypatch) -> Settings:
-    """This process reads the stack's catalog, store and registry (its REVIEWS_HOME)."""
-    monkeypatch.setenv("REVIEWS_HOME", str(stack.state_dir))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{stack.state_dir / 'mlflow' / 'mlflow.db'}")
-    return Settings(backend="local", state_dir=stack.state_dir)
 
 
 def _iso(day: date) -> str:
@@ -73,6 +65,19 @@ def _assert_no_duplicates(settings: Settings, run_id: str) -> None:
     assert len(_registry_versions(run_id)) == 1, [v.version for v in _registry_versions(run_id)]
     run = _run_dir(settings, run_id)
     assert len(list((run / "train").glob("rs-train-*/output/model.tar.gz"))) == 1, "one published model"
+
+
+def _deadline_alerts(settings: Settings, run_id: str, timeout_s: float = 120) -> list[dict]:
+    """The ``deadline_missed`` events the stack recorded for ``run_id`` (waits for the first: the
+    scheduler finds the missed deadline, a Celery worker runs the callback)."""
+    path = settings.state_dir / "alerts" / "alerts.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = path.read_text().splitlines() if path.exists() else []
+        found = [e for e in map(json.loads, lines) if e["kind"] == "deadline_missed" and e["run_id"] == run_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
 
 
 def _kill_worker_mid_training(stack: StackClient, run_id: str) -> str:
@@ -128,6 +133,15 @@ def test_rest_run_survives_a_worker_killed_mid_training_and_deploys_without_dupl
     _assert_no_duplicates(stack_state, run_id)
     version, = _registry_versions(run_id)
     assert version.lineage["ds"] == STACK_END.isoformat()
+    # the run took minutes, its deadline was a minute after it was queued: the scheduler fired the
+    # DAG's DeadlineAlert once, a worker ran our callback (the alert log line and the run's note)
+    alert, = _deadline_alerts(stack_state, run_id)
+    assert alert["interval_s"] == float(RUN_DEADLINE_MINUTES) * 60 and alert["dag_id"] == "review_sentiment_pipeline"
+    queued, due = (datetime.fromisoformat(alert[k].replace("Z", "+00:00")) for k in ("queued_at", "deadline_time"))
+    assert abs((due - queued).total_seconds() - alert["interval_s"]) < 1, alert
+    assert alert["recorded_at"] >= due.timestamp() and alert["state"] == "running", alert
+    note = json.loads((run_dir / "_notes" / "deadline_missed.json").read_text())
+    assert note["deadline_id"] == alert["deadline_id"]
     # deploy_model, run by a Celery worker, serves the version on the stack's endpoint port
     port = stack.stack.state().endpoint_port
     answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json="great fit, love it", timeout=30)

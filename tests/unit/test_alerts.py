@@ -151,3 +151,18 @@ def test_the_deadline_callback_runs_through_airflows_executor_path_and_notifies(
     note = uri_to_path(get_settings().run_uri(DAG, line["run_id"], "_notes")) / "deadline_missed.json"
     assert note.is_file()
     assert "past its deadline 2026-11-21T02:00:05Z" in received[0]["text"]
+
+
+def test_the_run_deadline_comes_from_the_reviews_config_and_rejects_nonsense(monkeypatch):
+    from datetime import timedelta
+
+    from include.pipeline.defaults import DEFAULT_RUN_DEADLINE_MINUTES, run_deadline
+
+    monkeypatch.delenv("AIRFLOW__REVIEWS__RUN_DEADLINE_MINUTES", raising=False)
+    assert run_deadline() == timedelta(minutes=DEFAULT_RUN_DEADLINE_MINUTES) == timedelta(hours=2)
+    monkeypatch.setenv("AIRFLOW__REVIEWS__RUN_DEADLINE_MINUTES", "1.5")
+    assert run_deadline() == timedelta(seconds=90)
+    for bad in ("0", "-3", "two hours"):
+        monkeypatch.setenv("AIRFLOW__REVIEWS__RUN_DEADLINE_MINUTES", bad)
+        with pytest.raises(ValueError, match=r"run_deadline_minutes .*a positive number of minutes"):
+            run_deadline()
