@@ -4,9 +4,10 @@ One stack per test session: Postgres (a database of its own, dropped at the end)
 prefix of its own), scheduler, dag-processor, triggerer, api-server on a free loopback port and
 two Celery workers, with a state dir of its own where real reviews are landed for
 ``STACK_DAYS``. Its runs' deadline is one minute (``RUN_DEADLINE_MINUTES``), so the scheduler
-fires the DAG's deadline alert for every run that takes longer. Scheduled runs are off (``use_job_schedule = False``): a test makes every run
-itself, through the REST API, with a JWT from ``/auth/token`` for a user with a random password
-(``SIMPLE_AUTH_MANAGER_ALL_ADMINS`` of the rest of the suite is not passed to the stack).
+fires the DAG's deadline alert for every run that takes longer. Scheduled runs are off
+(``use_job_schedule = False``): a test makes every run itself, through the REST API, with a JWT
+from ``/auth/token`` for a user with a random password (``SIMPLE_AUTH_MANAGER_ALL_ADMINS`` of the
+rest of the suite is not passed to the stack).
 
 Use it as ``def test_x(stack: StackClient)``; ``stack.stack`` is the :class:`Stack` itself
 (services, pids, logs), ``stack.state_dir`` its REVIEWS_HOME. The stack tests and the browser
