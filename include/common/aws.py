@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from include.common.config import ConfigError
+from include.common.errors import ConfigError
 
 CONF_ENV = "REVIEWS_AWS_CONF"
 CONF_VARIABLE = "reviews_aws_conf"

@@ -11,14 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from include.common.errors import NonRetriableError
+from include.common.errors import ConfigError  # the error of every setting; many modules import it from here
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("local", "aws")
-
-
-class ConfigError(NonRetriableError, ValueError):
-    """A setting has a value the project cannot use."""
 
 
 @dataclass(frozen=True)

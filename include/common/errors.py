@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class NonRetriableError(Exception):
     """Marker base: retrying the task cannot fix this; fail it at once with the message."""
+
+
+class ConfigError(NonRetriableError, ValueError):
+    """A setting has a value the project cannot use."""
