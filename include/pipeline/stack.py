@@ -502,8 +502,10 @@ class StackAPI:
             raise StackError(f"{what}: {resp.status_code} {resp.text[:500]}")
         return resp.json()
 
-    def trigger(self, logical_date: str, conf: dict, dag_id: str = DAG_ID) -> str:
-        """Trigger a run (``POST /dags/{dag_id}/dagRuns``); its run id."""
+    def trigger(self, logical_date: str | None, conf: dict, dag_id: str = DAG_ID) -> str:
+        """Trigger a run (``POST /dags/{dag_id}/dagRuns``); its run id. ``logical_date`` None is a
+        run without one, as the UI's Trigger button makes (the pipeline then takes the newest
+        landed day); Airflow allows one run per DAG and logical date."""
         body = {"logical_date": logical_date, "conf": conf}
         return self._ok(self.request("POST", f"/dags/{dag_id}/dagRuns", json=body), "trigger")["dag_run_id"]
 

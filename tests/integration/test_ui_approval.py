@@ -26,12 +26,11 @@ REVIEWS = ["I love this dress, it fits perfectly.", "Terrible, it ripped after o
 def _wait_for_approval_request(stack: StackClient) -> str:
     """Trigger a tiny run (REST API) that asks for approval; its run id once ``approve_model`` waits.
 
-    The data, settings and job code are those of the stack test's run of the same day, so its
-    preprocess, train and evaluate are cache hits when that test ran first."""
-    from include.pipeline.cli import logical_date_for
-
-    logical = logical_date_for(STACK_END).isoformat().replace("+00:00", "Z")
-    run_id = stack.trigger(logical, {**DEPLOY, "auto_approve": False})
+    Like the UI's Trigger button, the run has no logical date: it processes the newest landed day,
+    ``STACK_END``, the day of the stack test's run (Airflow keeps one run per logical date). Its
+    data, settings and job code are that run's, so preprocess, train and evaluate are cache hits
+    when that test ran first."""
+    run_id = stack.trigger(None, {**DEPLOY, "auto_approve": False})
     # The HITL task is "awaiting_input" while it waits for a person (Airflow 3.3).
     stack.wait_task_state(run_id, "approve_model", "awaiting_input", timeout_s=900)
     return run_id
@@ -126,6 +125,7 @@ def test_approving_in_the_browser_deploys_the_model(stack, stack_state, chromium
     run_id = _wait_for_approval_request(stack)
     version = _run_version(run_id)
     assert version.approval_status not in (APPROVED, REJECTED), version.approval_status
+    assert version.lineage["ds"] == STACK_END.isoformat(), version.lineage
     assert str(version.version) not in (_served_versions(stack) or set()), "deployed before the approval"
     shots = _shots(tmp_path, "screenshots")
     try:
