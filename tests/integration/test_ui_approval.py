@@ -19,6 +19,7 @@ from tests.integration.conftest import DEPLOY
 from tests.integration.stack_fixture import STACK_END, StackClient
 
 DAG_ID = "review_sentiment_pipeline"
+# every wait of the browser, expect() included (its own default is 5 s: too short on a loaded machine)
 UI_TIMEOUT_MS = 60_000
 REVIEWS = ["I love this dress, it fits perfectly.", "Terrible, it ripped after one wash."]
 
@@ -50,15 +51,16 @@ def _respond(page: Page, stack: StackClient, run_id: str, choice: str, shots: Pa
     page's text as the reviewer saw it before clicking."""
     _open_request(page, stack, run_id)
     button = page.get_by_role("button", name=choice, exact=True)
-    expect(button).to_be_enabled()
+    expect(button).to_be_enabled(timeout=UI_TIMEOUT_MS)
     request_text = page.locator("body").inner_text()
     page.screenshot(path=shots / "approval-page.png")
     button.click()
-    expect(page.get_by_text("approve_model response successful")).to_be_visible()
+    expect(page.get_by_text("approve_model response successful")).to_be_visible(timeout=UI_TIMEOUT_MS)
     page.reload()
     # the page now says who answered, and the buttons are gone grey
-    expect(page.get_by_text(re.compile(r"Response received at .* from admin"))).to_be_visible()
-    expect(page.get_by_role("button", name=choice, exact=True)).to_be_disabled()
+    expect(page.get_by_text(re.compile(r"Response received at .* from admin"))).to_be_visible(
+        timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_role("button", name=choice, exact=True)).to_be_disabled(timeout=UI_TIMEOUT_MS)
     page.screenshot(path=shots / f"approval-page-after-{choice.lower()}.png")
     return request_text
 
