@@ -17,6 +17,7 @@ import pendulum
 from airflow.configuration import conf
 from airflow.sdk import Asset, DeadlineAlert, DeadlineReference, SyncCallback
 
+from include.common.errors import ConfigError
 from include.pipeline import alerts
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -56,7 +57,7 @@ def run_deadline() -> timedelta:
     except ValueError:
         minutes = -1.0
     if not minutes > 0:
-        raise ValueError(f"[reviews] run_deadline_minutes (AIRFLOW__REVIEWS__RUN_DEADLINE_MINUTES) = {raw!r}: "
+        raise ConfigError(f"[reviews] run_deadline_minutes (AIRFLOW__REVIEWS__RUN_DEADLINE_MINUTES) = {raw!r}: "
                          "a positive number of minutes")
     return timedelta(minutes=minutes)
 
