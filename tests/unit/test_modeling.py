@@ -55,9 +55,9 @@ def test_padding_does_not_change_the_mean_pooled_logits(classifier_dir, tokenize
     assert torch.allclose(tight, padded, atol=1e-5)
 
 
-def test_mean_pooling_starts_from_the_sentence_embedding(model_dir, tokenizer):
+def test_mean_pooling_starts_from_the_sentence_embedding(minilm_dir, tokenizer):
     """The pooled vector is all-MiniLM-L6-v2's sentence embedding: similar reviews are close."""
-    model = build_classifier(model_dir, "mean", ID2LABEL).eval()
+    model = build_classifier(minilm_dir, "mean", ID2LABEL).eval()
     ids, mask = _batch(tokenizer, ["This top is gorgeous and fits great", "Beautiful blouse, great fit",
                                    "The zipper broke after one wash"])
     with torch.inference_mode():

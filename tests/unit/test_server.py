@@ -64,6 +64,13 @@ def served_dir(classifier_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def minilm_served_dir(minilm_classifier_dir, tmp_path_factory) -> Path:
+    """The real MiniLM served: its forward passes are slow enough to keep requests in flight."""
+    root = tmp_path_factory.mktemp("minilm-server-model")
+    return extract_package(build_package(minilm_classifier_dir, (root / "pkg").as_uri()), root / "model")
+
+
+@pytest.fixture(scope="module")
 def server(served_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("server-log") / "server.log"
     proc, url = _start(served_dir, log, "--max-batch-size", "32", "--max-wait-ms", "20",
@@ -162,8 +169,8 @@ def test_invocations_need_the_api_key_when_one_is_configured(server):
     assert httpx.get(f"{server['url']}/ping", timeout=5).status_code == 200  # health checks stay open
 
 
-def test_graceful_shutdown_lets_requests_in_flight_finish(served_dir, tmp_path):
-    proc, url = _start(served_dir, tmp_path / "server.log")
+def test_graceful_shutdown_lets_requests_in_flight_finish(minilm_served_dir, tmp_path):
+    proc, url = _start(minilm_served_dir, tmp_path / "server.log")
     body = json.dumps([SMOKE_REVIEWS[0] * 3] * 8)
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(_post, url, body, key=None) for _ in range(6)]
