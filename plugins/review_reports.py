@@ -7,7 +7,7 @@ report, the catalog analysis and drift reports, the validation report; only ``.h
 lists the newest ones. The approval request and the model registry link here, so a reviewer
 opens the report in the browser instead of a ``file://`` path on a worker's disk.
 
-Like any plugin FastAPI app it is not behind Airflow's login (see the README): on a shared
+Like any plugin FastAPI app it is not behind Airflow's login (see docs/ui-and-approval.md): on a shared
 deployment put the API server behind your proxy's authentication.
 """
 from __future__ import annotations
