@@ -63,10 +63,10 @@ readme: install
 
 # The docs site (mkdocs.yml, pages under docs/): --strict fails on a broken link, anchor or nav entry.
 docs: install
-	@$(BIN)/mkdocs build --strict --site-dir site
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: install
-	@$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$${DOCS_PORT:-8000}
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$${DOCS_PORT:-8000}
 
 # Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Login admin / admin:
 # tools/env.sh names the user, `cli ui-login` writes its password (AIRFLOW_UI_PASSWORD, default admin).
