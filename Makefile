@@ -9,7 +9,7 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test lint readme ui land artifacts data-status lock clean chromium
+.PHONY: help install run test lint readme docs docs-serve ui land artifacts data-status lock clean chromium
 
 include mk/serve.mk
 include mk/features.mk
@@ -20,7 +20,8 @@ help:
 	@echo "                  review_sentiment_pipeline end to end (quick: < 10 min; quality: best accuracy, ~30 min)"
 	@echo "make test       - install, lint (ruff) and run the whole test suite"
 	@echo "make lint       - ruff check (config in pyproject.toml)"
-	@echo "make readme     - regenerate the README's profile/param tables from the code"
+	@echo "make readme     - regenerate the profile/param tables of docs/profiles-and-params.md from the code"
+	@echo "make docs       - build the docs site (mkdocs build --strict) into site/; make docs-serve: live reload on :8000"
 	@echo "make ui         - start Airflow (api-server, scheduler, ...) on http://127.0.0.1:8081, login admin / admin"
 	@echo "make artifacts [RUN=<run_id>] - list a run's lineage (default: latest run)"
 	@echo "make data-status - catalog partitions (published delivery, rows, last audit) and rejected deliveries"
@@ -65,6 +66,13 @@ lint: install
 
 readme: install
 	@$(ENV) $(BIN)/python tools/readme_tables.py
+
+# The docs site (mkdocs.yml, pages under docs/): --strict fails on a broken link, anchor or nav entry.
+docs: install
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	@NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$${DOCS_PORT:-8000}
 
 # Airflow's api-server, scheduler, dag-processor and triggerer on loopback. Login admin / admin:
 # tools/env.sh names the user, `cli ui-login` writes its password (AIRFLOW_UI_PASSWORD, default admin).

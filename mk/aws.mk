@@ -1,4 +1,4 @@
-# The aws backend (README: "aws backend"). Included by the top-level Makefile.
+# The aws backend (docs/aws.md). Included by the top-level Makefile.
 #   make validate-aws CONF=<file> [DS=YYYY-MM-DD] [PARAMS='{"profile": "quality"}']
 #     - a dry run: every SageMaker request of one run for that configuration, and its problems;
 #       no AWS call is made (exit 1 when the configuration has problems)

@@ -1,11 +1,11 @@
-"""Generate the README's tables from the code they describe, so they cannot drift.
+"""Generate the docs' profile and param tables from the code they describe, so they cannot drift.
 
-The README holds each table between ``<!-- BEGIN <name> -->`` and ``<!-- END <name> -->``:
+The page ``docs/profiles-and-params.md`` holds each table between ``<!-- BEGIN <name> -->`` and ``<!-- END <name> -->``:
 
 * ``profiles`` - every training profile's settings (``include/pipeline/profiles.py``);
 * ``params`` - the main DAG's other params with their defaults and descriptions.
 
-``python tools/readme_tables.py`` rewrites the README in place (``make readme``);
+``python tools/readme_tables.py`` rewrites the page in place (``make readme``);
 ``--check`` exits 1 and names the stale tables instead (``tests/unit/test_readme.py``).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "profiles-and-params.md"
 DAG_FILE = ROOT / "dags" / "review_sentiment_pipeline.py"
 
 
@@ -73,26 +73,26 @@ def render(text: str) -> str:
     for name, build in TABLES.items():
         pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
+            raise SystemExit(f"{PAGE.relative_to(ROOT)} has no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
         text = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(2), text)
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Rewrite the README's tables, or with ``--check`` only report whether they are stale."""
+    """Rewrite the page's tables, or with ``--check`` only report whether they are stale."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a table is stale; change nothing")
     args = parser.parse_args(argv)
-    current = README.read_text(encoding="utf-8")
+    current = PAGE.read_text(encoding="utf-8")
     fresh = render(current)
     if args.check:
         if fresh != current:
-            print("README.md tables are stale: run `make readme`", file=sys.stderr)
+            print(f"{PAGE.relative_to(ROOT)} tables are stale: run `make readme`", file=sys.stderr)
             return 1
         return 0
     if fresh != current:
-        README.write_text(fresh, encoding="utf-8")
-        print("README.md tables regenerated")
+        PAGE.write_text(fresh, encoding="utf-8")
+        print(f"{PAGE.relative_to(ROOT)} tables regenerated")
     return 0
 
 

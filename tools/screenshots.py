@@ -1,4 +1,4 @@
-"""Take the README's screenshots of the approval page and the evaluation report, for real.
+"""Take the docs' screenshots of the approval page and the evaluation report, for real.
 
     .venv/bin/python tools/screenshots.py
 

@@ -9,18 +9,18 @@ step: ``include/pipeline/steps.py``).
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
 
 from include.common.config import Settings
 from include.common.io import atomic_path, write_text_atomic
+from include.common.templating import render
 from include.data import catalog
 
 log = logging.getLogger(__name__)
@@ -230,33 +230,19 @@ def run_analysis(
 # check_drift writes its report beside this one in the same run (runs/<dag>/<run>/drift/); the
 # link is relative so it works from the file system and through the Airflow UI's reports plugin.
 DRIFT_REPORT_LINK = "../drift/drift_report.html"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # analysis_report.html.j2
 
 
 def render_report(answers: dict[str, pd.DataFrame], plots: dict[str, Path], params: dict, total: int,
                   drift_link: str | None = DRIFT_REPORT_LINK) -> str:
-    """One HTML page: per question the SQL, the bound parameters, the plot and the table; a link
-    to the run's drift report (``drift_link``; None leaves it out)."""
+    """One HTML page (``templates/analysis_report.html.j2``): per question the SQL, the bound parameters,
+    the plot and the table; a link to the run's drift report (``drift_link``; None leaves it out)."""
     sections = []
     for q in QUESTIONS:
-        png = base64.b64encode(plots[q.name].read_bytes()).decode("ascii")
         used = {k: v for k, v in params.items() if f"${k}" in q.sql or k in ("ds_from", "ds_to")}
-        sections.append(
-            f'<section id="{q.name}"><h2>{html.escape(q.title)}</h2>'
-            f"<pre>{html.escape(q.sql)}</pre><p>parameters: <code>{html.escape(json.dumps(used))}</code></p>"
-            f'<a href="{plots[q.name].name}"><img alt="{html.escape(q.title)}" src="data:image/png;base64,{png}"></a>'
-            f"{answers[q.name].to_html(index=False, border=0, classes='result')}</section>"
-        )
-    toc = "".join(f'<li><a href="#{q.name}">{html.escape(q.title)}</a></li>' for q in QUESTIONS)
-    drift_html = (f'<p id="drift-link"><a href="{html.escape(drift_link)}">Drift report</a>: this data vs the deployed '
-                  "model's training data (written by the run's <code>check_drift</code> task; absent when there is "
-                  "no baseline).</p>" if drift_link else "")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Review catalog analysis</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}pre{{background:#f4f4f4;padding:8px;white-space:pre-wrap}}
-img{{max-width:100%;border:1px solid #ddd}}table.result{{border-collapse:collapse;margin:1em 0}}
-table.result td,table.result th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}</style></head><body>
-<h1>Review catalog analysis</h1>
-<p>{total:,} reviews from <code>{VIEW}</code> (valid, not quarantined, latest drop per review_id),
-ds {html.escape(str(params['ds_from']))} .. {html.escape(str(params['ds_to']))};
-generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>{drift_html}<ol>{toc}</ol>
-{''.join(sections)}</body></html>
-"""
+        sections.append({"name": q.name, "title": q.title, "sql": q.sql, "params": json.dumps(used),
+                         "plot": plots[q.name].name, "answer": answers[q.name],
+                         "png": base64.b64encode(plots[q.name].read_bytes()).decode("ascii")})
+    return render(TEMPLATES, "analysis_report.html.j2", title="Review catalog analysis", total=total, view=VIEW,
+                  ds_from=str(params["ds_from"]), ds_to=str(params["ds_to"]), drift_link=drift_link,
+                  questions=sections)

@@ -8,11 +8,9 @@ and the report - never a failure: retraining on drifted data is the point of the
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import math
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pandas as pd
 
 from include.common.config import Settings
 from include.common.io import atomic_path, is_s3, read_bytes, write_text_atomic
+from include.common.templating import render
 from include.data import catalog
 
 log = logging.getLogger(__name__)
@@ -27,6 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.2
 EPSILON = 1e-4  # share given to an empty bin so that PSI stays finite
 NEEDED = ("product_category", "review_body", "star_rating")
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # drift_report.html.j2
 
 
 class DriftError(ValueError):
@@ -204,24 +204,13 @@ def _write_report(report_dir: Path, result: dict, tables: dict[str, pd.DataFrame
     report_dir.mkdir(parents=True, exist_ok=True)
     path = report_dir / "drift_report.html"
     result["report_path"] = f"{(location or str(report_dir)).rstrip('/')}/{path.name}"
-    sections = []
-    for name, table in tables.items():
-        png = _chart(name, table, result["psi"][name], report_dir / f"drift_{name}.png")
-        flag = " - DRIFT" if name in result["drifted"] else ""
-        sections.append(f'<section id="{html.escape(name)}"><h2>{html.escape(name)}: PSI {result["psi"][name]}{flag}</h2>'
-                        f'<img alt="{html.escape(name)}: baseline vs current shares" '
-                        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-                        + table.round(4).to_html(border=0, classes="t") + "</section>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Drift report</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table.t{{border-collapse:collapse}}
-table.t td,table.t th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}img{{max-width:100%;display:block}}
-.verdict{{font-size:18px;font-weight:bold;color:{'#a40' if result['drift'] else '#262'}}}</style></head><body>
-<p class="verdict" id="verdict">{html.escape(verdict_line(result))}</p>
-<h1>Drift vs the deployed model's training data</h1>
-<p>Partitions {html.escape(', '.join(result['ds_list']))}: {result['rows_current']:,} rows; baseline
-{result['rows_baseline']:,} rows; threshold PSI {result['threshold']}.
-Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>{''.join(sections)}</body></html>
-"""
+    features = [{"name": name, "psi": result["psi"][name], "drifted": name in result["drifted"], "table": table.round(4),
+                 "png": base64.b64encode(_chart(name, table, result["psi"][name],
+                                                report_dir / f"drift_{name}.png")).decode("ascii")}
+                for name, table in tables.items()]
+    page = render(TEMPLATES, "drift_report.html.j2", title="Drift report", verdict=verdict_line(result),
+                  drift=result["drift"], ds_list=result["ds_list"], rows_current=result["rows_current"],
+                  rows_baseline=result["rows_baseline"], threshold=result["threshold"], features=features)
     for dest, text in ((path, page), (report_dir / "drift.json", json.dumps(result, indent=2, default=str))):
         write_text_atomic(dest, text)
     return path

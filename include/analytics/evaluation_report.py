@@ -5,21 +5,22 @@ Everything comes from the evaluation job's output folder (``evaluate/``): ``eval
 ``comparison.json`` (the deployed version scored on the same test split, when one was
 deployed), ``misclassified.json`` (sample errors per class pair) and ``confusion_matrix.png``.
 An optional ``baseline`` (the AutoML baseline's figures, once that DAG exists) is shown as one
-more column. :func:`render_html` writes one self-contained page (the PNG is inlined);
+more column. :func:`render_html` writes one self-contained page (the PNG is inlined) from
+``templates/evaluation_report.html.j2``;
 :func:`approval_markdown` is the short version for the Airflow approval request.
 """
 from __future__ import annotations
 
 import base64
-import html
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from include.common.io import write_text_atomic
+from include.common.templating import render
 
 REPORT_NAME = "report.html"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 CLASSES = ("negative", "neutral", "positive")
 
 
@@ -146,86 +147,45 @@ def approval_markdown(inputs: EvaluationInputs, *, version: str, data_range: str
     return "\n".join(lines)
 
 
-def _table(headers: list[str], rows: list[list[str]], cls: str = "t") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _comparison_html(cols: list[Column]) -> str:
+def _comparison(cols: list[Column]) -> dict:
     deployed = _has_deployed(cols)
     headers = ["metric", *(c.title + (f" ({c.note})" if c.note else "") for c in cols)]
     headers += ["change vs deployed"] if deployed else []
-    rows = [[html.escape(name), *(_fmt(v) for v in values)] + ([_delta(values[0], values[1])] if deployed else [])
+    rows = [[name, *(_fmt(v) for v in values)] + ([_delta(values[0], values[1])] if deployed else [])
             for name, values in _rows(cols)]
-    note = "" if deployed else "<p>No version is deployed yet: nothing to compare with.</p>"
-    return _table(headers, rows, "t cmp") + note
+    return {"headers": headers, "rows": rows, "deployed": deployed}
 
 
-def _per_class_html(ev: dict) -> str:
-    rows = [[html.escape(k), _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), str(v["support"])]
+def _per_class(ev: dict) -> list[list[str]]:
+    return [[k, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), str(v["support"])]
             for k, v in ev["per_class"].items()]
-    return _table(["class", "precision", "recall", "F1", "support"], rows, "t per-class")
 
 
-def _confusion_html(ev: dict) -> str:
-    labels, matrix = ev["confusion_matrix"]["labels"], ev["confusion_matrix"]["matrix"]
-    rows = [[f"<b>{html.escape(t)}</b>", *(str(v) for v in matrix[i])] for i, t in enumerate(labels)]
-    return _table(["true \\ predicted", *labels], rows, "t confusion")
+def _samples(samples: list[dict]) -> list[list[str]]:
+    return [[s["true"], s["predicted"], _fmt(s.get("probability"), 2),
+             s.get("review_body") or f"(text not in the test shards; review_id {s['review_id']})"] for s in samples]
 
 
-def _samples_html(samples: list[dict]) -> str:
-    if not samples:
-        return "<p>No misclassified test reviews.</p>"
-    rows = [[html.escape(s["true"]), html.escape(s["predicted"]), _fmt(s.get("probability"), 2),
-             html.escape(s.get("review_body") or f"(text not in the test shards; review_id {s['review_id']})")]
-            for s in samples]
-    return _table(["true", "predicted", "p(predicted)", "review"], rows, "t samples")
-
-
-def _kv_html(d: dict) -> str:
-    rows = [[html.escape(str(k)), html.escape(_fmt(v) if isinstance(v, float) else str(v))] for k, v in d.items()]
-    return _table(["", ""], rows, "t kv")
+def _rule_rows(ev: dict) -> list[list[str]]:
+    rules = (ev.get("debugger") or {}).get("rules") or {}
+    rule_list = rules.get("rules") or [] if isinstance(rules, dict) else []
+    return [[str(r.get("rule")), str(r.get("status")), str(r.get("message") or "")] for r in rule_list]
 
 
 def render_html(inputs: EvaluationInputs, *, title: str, version: str = "", data_range: str = "",
                 baseline: dict | None = None) -> str:
-    """The self-contained evaluation report (one HTML page, confusion matrix inlined)."""
+    """The self-contained evaluation report (one HTML page, confusion matrix inlined), from
+    ``templates/evaluation_report.html.j2``; every text is escaped (review texts included)."""
     ev = inputs.evaluation
-    acc = ev["metrics"]["accuracy"]["value"]
     lo, hi = ev.get("accuracy_ci95") or (None, None)
-    cols = columns(inputs, version, baseline)
-    warnings = debugger_warnings(ev)
-    img = ""
-    if inputs.confusion_png:
-        data = base64.b64encode(inputs.confusion_png).decode("ascii")
-        img = f'<img alt="confusion matrix" src="data:image/png;base64,{data}">'
-    rules = (ev.get("debugger") or {}).get("rules") or {}
-    rule_list = rules.get("rules") or [] if isinstance(rules, dict) else []
-    rule_rows = [[html.escape(str(r.get("rule"))), html.escape(str(r.get("status"))),
-                  html.escape(str(r.get("message") or ""))] for r in rule_list]
-    debugger = ("<p class='warn'>" + "<br>".join(html.escape(w) for w in warnings) + "</p>" if warnings
-                else "<p>No debugger rule triggered.</p>") + (_table(["rule", "status", "message"], rule_rows)
-                                                              if rule_rows else "")
-    profiler = _kv_html(ev["profiler"]) if ev.get("profiler") else "<p>No profiler summary in the training output.</p>"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}}
-table.t{{border-collapse:collapse;margin:.5em 0 1.2em}}table.t td,table.t th{{border:1px solid #ccc;padding:3px 8px;
-font-size:13px;vertical-align:top}}table.t th{{background:#f3f3f3}}.warn{{color:#a40}}img{{max-width:480px}}
-.headline{{font-size:17px}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p class="headline" id="headline">Accuracy <b>{_fmt(acc)}</b> (95% CI {_fmt(lo, 3)}-{_fmt(hi, 3)}), macro-F1
-<b>{_fmt(ev['metrics']['macro_f1']['value'])}</b> on <b>{ev['test_rows']}</b> test reviews{
-    f"; trained on {html.escape(data_range)}" if data_range else ""}.</p>
-<h2>Comparison</h2>{_comparison_html(cols)}
-<h2>Per class</h2>{_per_class_html(ev)}
-<h2>Confusion matrix</h2>{_confusion_html(ev)}{img}
-<h2>Misclassified reviews (most confident errors per class pair)</h2>{_samples_html(inputs.misclassified)}
-<h2>Debugger</h2>{debugger}
-<h2>Profiler</h2>{profiler}
-<p>Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} from <code>evaluation.json</code>.</p>
-</body></html>
-"""
+    png = base64.b64encode(inputs.confusion_png).decode("ascii") if inputs.confusion_png else ""
+    profiler = [[str(k), _fmt(v) if isinstance(v, float) else str(v)] for k, v in (ev.get("profiler") or {}).items()]
+    return render(TEMPLATES, "evaluation_report.html.j2", title=title, data_range=data_range,
+                  accuracy=_fmt(ev["metrics"]["accuracy"]["value"]), ci_low=_fmt(lo, 3), ci_high=_fmt(hi, 3),
+                  macro_f1=_fmt(ev["metrics"]["macro_f1"]["value"]), test_rows=ev["test_rows"],
+                  comparison=_comparison(columns(inputs, version, baseline)), per_class=_per_class(ev),
+                  confusion=ev["confusion_matrix"], confusion_png=png, samples=_samples(inputs.misclassified),
+                  warnings=debugger_warnings(ev), rules=_rule_rows(ev), profiler=profiler)
 
 
 def write_report(folder: Path | str, *, title: str, version: str = "", data_range: str = "",

@@ -27,18 +27,17 @@ Decisions (see also docs/CONTRACTS.md):
 """
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from include.common.config import Settings, get_settings
 from include.common.io import atomic_path, write_text_atomic
+from include.common.templating import render
 from include.data import catalog
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no phoning home from a pipeline run
@@ -48,6 +47,7 @@ log = logging.getLogger(__name__)
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 SUITE_NAME = "reviews_raw_suite"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # validation_report.html.j2
 MAX_BODY_CHARS = 5000
 # GX (pandas) needs ~1.5 KB of memory per row; above this many rows it validates a
 # deterministic sample, so memory stays bounded (the SQL rules still check every row).
@@ -581,18 +581,14 @@ def _write_report(report_dir, summary, gx_rows, sample, params, suite, gx_result
     write_text_atomic(report_dir / Path(summary["report_path"]).name, render_html(summary, gx_rows, sample, params))
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(_cut(c, 200)))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _cells(rows: list[list]) -> list[list[str]]:
+    """Table cells as the report shows them: text, long values cut at 200 characters."""
+    return [[str(_cut(c, 200)) for c in row] for row in rows]
 
 
 def render_html(summary: dict, gx_rows: list[dict], sample: list, params: GateParams) -> str:
-    """A self-contained HTML validation report (what GX data docs show, plus the quarantine)."""
-    verdict = "PASSED" if summary["passed"] else "FAILED"
-    colour = "#1b7f3b" if summary["passed"] else "#b00020"
+    """A self-contained HTML validation report (what GX data docs show, plus the quarantine), from
+    ``templates/validation_report.html.j2``; every value is escaped (review texts included)."""
     rule_rows = [
         [r.name, r.description, r.bad_sql, summary["rule_counts"].get(r.name, 0)] for r in ROW_RULES
     ]
@@ -604,32 +600,12 @@ def render_html(summary: dict, gx_rows: list[dict], sample: list, params: GatePa
          ", ".join(map(str, g["partial_unexpected"]))]
         for g in gx_rows
     ]
-    gx_note = ""
-    if summary["gx_rows_validated"] < summary["rows"]:
-        gx_note = (f"<p>GX validated a deterministic sample of {summary['gx_rows_validated']:,} rows; "
-                   "the SQL rules above checked every row.</p>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Validation {html.escape(summary['run_id'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}th{{background:#eee}}
-.v{{color:{colour};font-weight:bold}}</style></head><body>
-<h1>Data-quality validation: <span class="v">{verdict}</span></h1>
-<p>Suite <code>{SUITE_NAME}</code>, run <code>{html.escape(summary['run_id'])}</code>,
-partitions {html.escape(', '.join(summary['ds_list']))}; deliveries audited:
-{html.escape('; '.join(f"{d['delivery_id']} ({d['audited']})" for d in summary.get('deliveries', [])))}.
-{'Passed: published.' if summary['passed'] else 'Failed: staged deliveries rejected, published partitions unchanged.'}</p>
-{_table(["rows", "bad rows", "bad fraction", "max_bad_row_fraction", "duplicate ids across partitions",
-         "seconds (SQL rules / GX / total)"],
-        [[f"{summary['rows']:,}", f"{summary['bad_rows']:,}", f"{summary['bad_fraction']:.4%}",
-          params.max_bad_row_fraction, summary["duplicate_ids_across_partitions"],
-          " / ".join(str(summary['seconds'].get(k, "")) for k in ("sql_rules", "gx", "total"))]])}
-<h2>Table-level failures</h2><p>{html.escape('; '.join(summary['table_failures']) or 'none')}</p>
-<h2>Row-level rules (every row, DuckDB SQL; failing rows are quarantined)</h2>
-{_table(["rule", "meaning", "row fails when (SQL)", "failing rows"], rule_rows)}
-<h2>Great Expectations results</h2>{gx_note}
-<p>Full GX data docs: <a href="gx_data_docs/index.html">gx_data_docs/index.html</a>.</p>
-{_table(["rule", "level", "expectation", "kwargs", "success", "observed", "unexpected", "unexpected %",
-         "sample unexpected"], gx_table)}
-<h2>Quarantine sample (first {len(sample)} rows)</h2>
-{_table(["ds", "review_id", "rule", "source_file", "source_line", "value"], [list(r) for r in sample])}
-<p>Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p></body></html>
-"""
+    totals = [f"{summary['rows']:,}", f"{summary['bad_rows']:,}", f"{summary['bad_fraction']:.4%}",
+              params.max_bad_row_fraction, summary["duplicate_ids_across_partitions"],
+              " / ".join(str(summary['seconds'].get(k, "")) for k in ("sql_rules", "gx", "total"))]
+    return render(TEMPLATES, "validation_report.html.j2", title=f"Validation {summary['run_id']}",
+                  passed=summary["passed"], suite=SUITE_NAME, run_id=summary["run_id"], ds_list=summary["ds_list"],
+                  deliveries=[f"{d['delivery_id']} ({d['audited']})" for d in summary.get("deliveries", [])],
+                  totals=_cells([totals])[0], table_failures=summary["table_failures"], rule_rows=_cells(rule_rows),
+                  rows=summary["rows"], gx_rows_validated=summary["gx_rows_validated"], gx_table=_cells(gx_table),
+                  sample=_cells([list(r) for r in sample]))

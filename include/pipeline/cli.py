@@ -119,7 +119,7 @@ def print_served_model() -> None:
 
 
 def ui_login() -> tuple[str, str]:
-    """Set the Airflow UI's login to what the README promises, before ``make ui`` starts Airflow.
+    """Set the Airflow UI's login to what the docs promise (docs/ui-and-approval.md), before ``make ui`` starts Airflow.
 
     Airflow's simple auth manager takes its users from ``[core] simple_auth_manager_users``
     (``admin:admin`` = user ``admin`` with role ``admin``, set by tools/env.sh) and their passwords

@@ -49,7 +49,7 @@ DEFAULT_PROFILE = "quality"
 SETTINGS = tuple(PROFILES[DEFAULT_PROFILE])
 BALANCE_CHOICES = ("true", "eval", "false")
 
-# What each setting means: the DAG's trigger form and the README's profile table show it.
+# What each setting means: the DAG's trigger form and the profile table of docs/profiles-and-params.md show it.
 HELP: dict[str, str] = {
     "max_seq_length": "Tokens per review (title + text) after truncation.",
     "train_split_percentage": "Share of rows used for training.",

@@ -117,7 +117,7 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
 def main(argv: list[str] | None = None) -> int:
     """Print the dry run; exit 1 when the configuration has problems."""
     parser = argparse.ArgumentParser(prog="make validate-aws", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--conf", required=True, help="the aws config file (JSON or YAML; README: aws backend)")
+    parser.add_argument("--conf", required=True, help="the aws config file (JSON or YAML; docs/aws.md)")
     parser.add_argument("--ds", default=(datetime.now(timezone.utc).date() - timedelta(days=1)).isoformat(),
                         help="the partition of the rendered run (default: yesterday UTC)")
     parser.add_argument("--params", default="{}", help="the run's params as JSON (profile, epochs, ...)")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
 import logging
 import math
@@ -48,10 +47,10 @@ import pandas as pd
 
 try:  # run as the job's script: its folder (the code dir) is sys.path[0]
     from automl_inference import MODEL_FILE, BaselineModel, class_scores, decode, predict_labels
-    from common import ID2LABEL, write_json_atomic, write_text_atomic
+    from common import ID2LABEL, render_html, write_json_atomic, write_text_atomic
 except ImportError:  # imported as include.scripts.automl
     from .automl_inference import MODEL_FILE, BaselineModel, class_scores, decode, predict_labels
-    from .common import ID2LABEL, write_json_atomic, write_text_atomic
+    from .common import ID2LABEL, render_html, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("automl")
 PROC = "/opt/ml/processing"
@@ -574,24 +573,12 @@ def chart_png(rows: list[dict]) -> bytes:
 
 
 def leaderboard_html(board: dict) -> str:
-    """A self-contained page: summary, chart, table."""
+    """A self-contained page (``templates/leaderboard.html.j2``): summary, chart, table."""
     rows = board["leaderboard"]
     png = base64.b64encode(chart_png(rows)).decode()
     cols = ("rank", "candidate", "cv_accuracy", "validation_accuracy", "test_accuracy", "test_macro_f1", "cv_s",
             "train_s", "inference_s_per_1000")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
-    best = board["best_candidate"]
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>AutoML leaderboard</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}</style></head><body>"
-            f"<h1>AutoML leaderboard</h1><p>{len(rows)} candidates in {board['wall_s']:.0f}s "
-            f"(budget {board['time_budget_s']:.0f}s); train {board['rows']['train']} / validation "
-            f"{board['rows']['validation']} / test {board['rows']['test']} reviews. Ranked by "
-            f"{html.escape(board['selection'])}. Best: <b>{html.escape(best)}</b>, "
-            f"test accuracy <b>{board['best_accuracy']:.4f}</b>.</p>"
-            f"<img alt='accuracy per candidate' src='data:image/png;base64,{png}'>"
-            f"<table><tr>{head}</tr>{body}</table></body></html>")
+    return render_html("leaderboard.html.j2", board=board, rows=rows, cols=cols, png=png)
 
 
 def evaluation_report(y: np.ndarray, pred: np.ndarray, extra: dict) -> dict:

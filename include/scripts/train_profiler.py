@@ -11,7 +11,6 @@ report.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import threading
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import available_cores, write_text_atomic
+from common import available_cores, render_html, write_text_atomic
 
 try:  # psutil is a declared dependency, but a bare container may lack it
     import psutil
@@ -164,16 +163,8 @@ class Profiler:
         return paths
 
     def _html(self, summary: dict[str, Any], title: str) -> str:
-        table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                        for k, v in summary.items())
-        imgs = "".join(f'<h2>{html.escape(name)}</h2><img src="data:image/png;base64,{png}"/>'
-                       for name, png in self._plots())
-        advice = "".join(f"<li>{html.escape(a)}</li>" for a in self.advice(summary))
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-                "th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}</style></head>"
-                f"<body><h1>{html.escape(title)}</h1><h2>Summary</h2><table>{table}</table>"
-                f"<h2>Findings</h2><ul>{advice}</ul>{imgs}</body></html>")
+        return render_html("profiler_report.html.j2", title=title, summary=summary, advice=self.advice(summary),
+                           plots=list(self._plots()))
 
     def advice(self, s: dict[str, Any]) -> list[str]:
         """Plain-language findings, like the profiler report's rule section."""

@@ -1,4 +1,4 @@
-"""`make ui`'s login works with what the README says: the environment of tools/env.sh, the
+"""`make ui`'s login works with what the docs say (docs/ui-and-approval.md): the environment of tools/env.sh, the
 `cli ui-login` step of the Makefile, then a real Airflow api-server on a free loopback port
 asked for a token at /auth/token."""
 from __future__ import annotations
@@ -25,10 +25,10 @@ def _env_sh(base: dict) -> dict:
     return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
 
 
-def _readme_login() -> tuple[str, str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def _docs_login() -> tuple[str, str]:
+    text = (ROOT / "docs" / "ui-and-approval.md").read_text(encoding="utf-8")
     m = re.search(r"make ui\s+#.*\(login (\S+) / (\S+?)\)", text)
-    assert m, "README's `make ui` line no longer says the login"
+    assert m, "docs/ui-and-approval.md's `make ui` line no longer says the login"
     return m.group(1), m.group(2)
 
 
@@ -45,8 +45,8 @@ def ui_env(airflow_db, tmp_path) -> dict:
     return _env_sh(base)
 
 
-def test_make_ui_login_is_the_one_the_readme_says(ui_env, tmp_path):
-    user, password = _readme_login()
+def test_make_ui_login_is_the_one_the_docs_say(ui_env, tmp_path):
+    user, password = _docs_login()
     port = int(ui_env["AIRFLOW__API__PORT"])
     # what `make ui` runs before `airflow standalone`
     prep = subprocess.run([sys.executable, "-m", "include.pipeline.cli", "ui-login"], cwd=ROOT, env=ui_env,

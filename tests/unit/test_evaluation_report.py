@@ -182,3 +182,16 @@ def test_missing_or_foreign_evaluation_json_is_a_clear_error(tmp_path):
     (tmp_path / "evaluation.json").write_text('{"metrics": {}}')
     with pytest.raises(evaluation_report.EvaluationReportError, match="lacks per_class, confusion_matrix, test_rows"):
         evaluation_report.load(tmp_path)
+
+
+def test_review_texts_and_titles_are_escaped_in_the_report():
+    ev = {"metrics": {"accuracy": {"value": 0.5}, "macro_f1": {"value": 0.5}}, "test_rows": 2,
+          "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1} for c in ("negative", "positive")},
+          "confusion_matrix": {"labels": ["negative", "positive"], "matrix": [[1, 0], [1, 0]]}}
+    sample = {"true": "positive", "predicted": "negative", "probability": 0.9,
+              "review_body": "<script>alert('x')</script> & more"}
+    page = evaluation_report.render_html(evaluation_report.EvaluationInputs(ev, misclassified=[sample]),
+                                         title="<b>run</b>", data_range="<i>ds</i>")
+    assert "<script>" not in page and "<b>run</b>" not in page and "<i>ds</i>" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in page
+    assert tables_of(page)["t samples"][1][3] == "<script>alert('x')</script> & more"

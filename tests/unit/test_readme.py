@@ -1,4 +1,4 @@
-"""The README's generated tables match the code they describe (tools/readme_tables.py)."""
+"""The docs' generated tables (docs/profiles-and-params.md) match the code they describe (tools/readme_tables.py)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,9 +10,9 @@ readme_tables = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(readme_tables)
 
 
-def test_readme_profile_and_param_tables_are_current():
-    text = readme_tables.README.read_text(encoding="utf-8")
-    assert readme_tables.render(text) == text, "README.md tables are stale: run `make readme`"
+def test_docs_profile_and_param_tables_are_current():
+    text = readme_tables.PAGE.read_text(encoding="utf-8")
+    assert readme_tables.render(text) == text, "docs/profiles-and-params.md tables are stale: run `make readme`"
 
 
 def test_profile_table_shows_every_profile_value():
