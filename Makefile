@@ -9,7 +9,7 @@ ENV := source tools/env.sh &&
 # pip finds the CPU build of torch==2.13.0 in a local wheel folder when the machine has one.
 PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: help install run test lint readme docs docs-serve ui land artifacts data-status lock clean chromium
+.PHONY: help install run test test-fast lint readme docs docs-serve ui land artifacts data-status lock clean chromium
 
 include mk/serve.mk
 include mk/features.mk
@@ -18,7 +18,8 @@ include mk/aws.mk
 help:
 	@echo "make run [PROFILE=quick|quality] [DS=YYYY-MM-DD] [CONF=json] - install, land the real data, run"
 	@echo "                  review_sentiment_pipeline end to end (quick: < 10 min; quality: best accuracy, ~30 min)"
-	@echo "make test       - install, lint (ruff) and run the whole test suite"
+	@echo "make test       - install, lint (ruff) and run the whole test suite (what CI runs)"
+	@echo "make test-fast  - the inner loop: the suite without the slow tier (DAG runs, stack, browser)"
 	@echo "make lint       - ruff check (config in pyproject.toml)"
 	@echo "make readme     - regenerate the profile/param tables of docs/profiles-and-params.md from the code"
 	@echo "make docs       - build the docs site (mkdocs build --strict) into site/; make docs-serve: live reload on :8000"
@@ -60,6 +61,11 @@ run: install .state/airflow/.migrated land
 
 test: install lint
 	@$(ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The inner loop (<= 3 min on 2 cores): every test but the slow tier (whole DAG runs, the stack,
+# the browser); tiers are pytest markers (pytest.ini), e.g. PYTEST_ARGS='-m aws' make test.
+test-fast: install lint
+	@$(ENV) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	@$(BIN)/ruff check . && echo "ruff: clean"

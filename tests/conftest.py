@@ -134,15 +134,31 @@ def tiny_dir(tmp_path) -> Path:
     return folder
 
 
-# Tiers (pytest -m): the folder gives unit / integration / aws; modules mark stack, browser and
-# slow themselves. `make test-fast` is `-m "not slow"`; `make test` runs everything.
+# Tiers (pytest -m), in one place: the folder gives unit / integration / aws; whole DAG runs,
+# the production stack and the browser are `slow` as well. `make test-fast` is `-m "not slow"`;
+# `make test` (CI) runs everything.
 _FOLDER_TIER = {"unit": "unit", "dags": "unit", "integration": "integration", "aws": "aws"}
+_SLOW_FOLDERS = {"integration"}  # dag.test() runs, real api-servers and stacks: tens of seconds each
+_MODULE_TIERS = {
+    "test_production_stack.py": ("stack",),
+    "test_stack_fallback.py": ("stack",),
+    "test_ui_approval.py": ("stack", "browser"),
+    # the aws backend's whole-DAG runs on moto
+    "test_pipeline_aws.py": ("slow",),
+    "test_job_steps_aws.py": ("slow",),
+    "test_automl_dag_aws.py": ("slow",),
+    "test_catalog_analysis_dag_aws.py": ("slow",),
+}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Mark every test with the tier of its folder."""
+    """Mark every test with its tiers (see _FOLDER_TIER, _SLOW_FOLDERS, _MODULE_TIERS)."""
     for item in items:
         parts = Path(str(item.path)).resolve().relative_to(ROOT / "tests").parts
-        tier = _FOLDER_TIER.get(parts[0]) if len(parts) > 1 else None
-        if tier:
-            item.add_marker(getattr(pytest.mark, tier))
+        marks = set(_MODULE_TIERS.get(parts[-1], ()))
+        if len(parts) > 1 and parts[0] in _FOLDER_TIER:
+            marks.add(_FOLDER_TIER[parts[0]])
+            if parts[0] in _SLOW_FOLDERS:
+                marks.add("slow")
+        for mark in sorted(marks):
+            item.add_marker(getattr(pytest.mark, mark))
