@@ -16,6 +16,7 @@ TRAINING_IMAGE = ("763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytor
                   "2.5.1-transformers4.49.0-cpu-py311-ubuntu22.04")
 ROLE_ARN = "arn:aws:iam::000000000000:role/review-sentiment-sagemaker"
 PROC = "/opt/ml/processing"
+JOB_NAME_PREFIX = "rs-"  # every job this project starts is named so (aws/iam/*.json scope the job rights by it)
 MAX_JOBS_PER_STEP = 5  # <name>, <name>-r2 .. -r5: a step whose jobs failed five times needs a person
 
 
@@ -28,7 +29,7 @@ def job_name(step: str, run_id: str) -> str:
     """
     digest = hashlib.sha1(run_id.encode()).hexdigest()[:10]
     stamp = re.sub(r"[^0-9]", "", run_id)[:8] or "manual"
-    return f"rs-{step}-{stamp}-{digest}"[:56]
+    return f"{JOB_NAME_PREFIX}{step}-{stamp}-{digest}"[:56]
 
 
 def restart_name(name: str, attempt: int) -> str:
