@@ -25,7 +25,6 @@ Deny statements, ``Action`` and ``Resource`` wildcards, ``StringEquals`` / ``Str
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 from dataclasses import dataclass, field

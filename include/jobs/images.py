@@ -3,12 +3,13 @@ botocore's service model cannot express (``make validate-aws``; README: aws back
 
 Images (``include/jobs/sagemaker_runner.image_uri``):
 
-| step | image | what the image lacks comes from |
-|---|---|---|
-| preprocess, evaluate, automl search / score | Hugging Face PyTorch inference DLC (cpu or gpu) | ``include/scripts/requirements.txt``, installed by ``job_entry.py`` |
-| train on a GPU instance | Hugging Face PyTorch training DLC (GPU only) | the same file, installed by the training toolkit |
-| train on a CPU instance | PyTorch training DLC, cpu | the same file (it brings transformers) |
-| endpoint | Hugging Face PyTorch inference DLC | the package's ``code/requirements.txt`` (``inference-requirements.txt``) |
+- preprocess, evaluate, automl search / score: the Hugging Face PyTorch inference DLC (cpu or
+  gpu); what it lacks is ``include/scripts/requirements.txt``, installed by ``job_entry.py``;
+- train on a GPU instance: the Hugging Face PyTorch training DLC (GPU only); the same file,
+  installed by the training toolkit (script mode);
+- train on a CPU instance: the PyTorch training DLC (cpu); the same file (it brings transformers);
+- the endpoint: the Hugging Face PyTorch inference DLC; the model package's ``code/requirements.txt``
+  (``inference-requirements.txt``), installed by the inference toolkit.
 
 The package manifests of those images are checked in under ``aws/images/`` (derived from the
 DLC Dockerfiles, named in each file's header); ``tests/unit/test_job_images.py`` checks every
