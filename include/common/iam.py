@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 from include.common.errors import ConfigError
 
+JOB_NAME_PREFIX = "rs-"  # every SageMaker job this project starts is named so (include/jobs/requests.job_name)
 POLICY_DIR = Path(__file__).resolve().parents[2] / "aws" / "iam"
 WORKER = ("airflow-worker",)
 EXECUTION_ROLE = ("sagemaker-execution-role", "feature-store")
@@ -83,8 +84,6 @@ class Need:
 def policy_variables(cfg: Any) -> dict[str, str]:
     """The ``Fn::Sub`` variables of the policy files for configuration ``cfg`` (what the
     CloudFormation template's parameters and resources are, for that account)."""
-    from include.jobs.requests import JOB_NAME_PREFIX
-
     region, account = cfg.region, cfg.account_id
     return {"AWS::Region": region, "AWS::AccountId": account, "AWS::Partition": "aws",
             "BucketName": cfg.bucket, "Prefix": cfg.prefix.strip("/"), "GlueDatabase": cfg.glue_database,

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import re
 
+from include.common.iam import JOB_NAME_PREFIX  # the policies scope the job rights by it
+
 # Images the aws backend runs the same scripts in (Hugging Face DLCs, PyTorch 2.x).
 PROCESSING_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
 TRAINING_IMAGE = ("763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-training:"
                   "2.5.1-transformers4.49.0-cpu-py311-ubuntu22.04")
 ROLE_ARN = "arn:aws:iam::000000000000:role/review-sentiment-sagemaker"
 PROC = "/opt/ml/processing"
-JOB_NAME_PREFIX = "rs-"  # every job this project starts is named so (aws/iam/*.json scope the job rights by it)
 MAX_JOBS_PER_STEP = 5  # <name>, <name>-r2 .. -r5: a step whose jobs failed five times needs a person
 
 

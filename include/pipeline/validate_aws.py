@@ -43,6 +43,7 @@ def _aws_env(conf: str) -> Iterator[None]:
 def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int]:
     """The dry run's report for config file ``conf``; (text, number of problems)."""
     from include.common.aws import JOB_STEPS, load_aws_config
+    from include.jobs.images import image_problems, request_problems
     from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
     from include.jobs.sagemaker_runner import (
         archive_uri,
@@ -56,7 +57,6 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
         pretrained_location,
         scripts_digest,
     )
-    from include.jobs.images import image_problems, request_problems
     from include.model.sagemaker_registry import inference_image_uri
     from include.pipeline import steps
     from include.pipeline.context import RunInfo
