@@ -33,6 +33,9 @@ help:
 	@echo "                  dag-processor, triggerer, api-server (make stack-status / make stack-stop)"
 	@echo "make validate-aws CONF=<file> [DS=..] [PARAMS=json] - dry run of the aws backend: every SageMaker"
 	@echo "                  request of one run for that config, and its problems (no AWS call)"
+	@echo "make aws-bootstrap BUCKET=<name> [STACK=..] [REGION=..] [PARAMS=\"Key=Value ..\"] - the account's pieces"
+	@echo "                  (aws/cloudformation.yaml: bucket, KMS key, IAM roles, Glue db, Athena workgroup, ECR, registry)"
+	@echo "make aws-image [REGION=..] [TAG=..] - build aws/Dockerfile (DLC + the jobs' requirements), push to ECR"
 	@echo "make lock       - recompile requirements.lock from requirements.txt (needs uv)"
 	@echo "make chromium   - install Debian's chromium (apt-get) for the UI approval test (the test does it too)"
 

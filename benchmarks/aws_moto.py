@@ -14,7 +14,8 @@ pytest with a counting plugin:
 - ``aws_e2e_wall_s`` is the wall time of the DAG run (``dag.test()``), job execution included.
 
 Writes ``benchmarks/results/aws_moto.json`` with ``aws_e2e_wall_s``, ``api_calls`` (per task:
-total and per ``service.Operation``), ``api_calls_total`` and the test's outcome.
+total and per ``service.Operation``), ``api_calls_total``, ``aws_calls`` (the run's calls and
+its distinct operations), ``iam_actions`` (what aws/iam/*.json grant) and the test's outcome.
 Usage: ``python benchmarks/aws_moto.py``.
 """
 from __future__ import annotations
@@ -123,6 +124,7 @@ def main() -> None:
     import pytest
 
     os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))  # include.common.iam, after the run
     plugin = CountingPlugin()
     start = time.monotonic()
     rc = pytest.main([TEST, "-q", "-p", "no:cacheprovider", "-x"], plugins=[plugin])
@@ -130,12 +132,21 @@ def main() -> None:
     per_task = {task: {"total": sum(c.values()), "by_operation": dict(sorted(c.items()))}
                 for task, c in sorted(plugin.calls.items())}
     pipeline = {t: v for t, v in per_task.items() if not t.startswith("outside_tasks")}
+    operations = sorted({op for v in pipeline.values() for op in v["by_operation"]})
+    from include.common import iam
+
+    granted = {name: iam.granted_actions([name]) for name in iam.POLICY_NAMES}
     result = {
         "aws_e2e_wall_s": round(plugin.dag_test_s[0], 2) if plugin.dag_test_s else None,
         "api_calls": {t: v["total"] for t, v in pipeline.items()},
         "api_calls_total": sum(v["total"] for v in pipeline.values()),
         "api_calls_by_operation": pipeline,
         "outside_tasks": {t: v for t, v in per_task.items() if t.startswith("outside_tasks")},
+        # the run's AWS operations (the same calls as api_calls_total) and the IAM actions the
+        # shipped policies (aws/iam/*.json) grant, per policy file
+        "aws_calls": {"total": sum(v["total"] for v in pipeline.values()), "operations": len(operations),
+                      "by_operation": operations},
+        "iam_actions": {"total": len({a for acts in granted.values() for a in acts}), "by_policy": granted},
         "test": TEST, "test_outcome": plugin.outcome, "pytest_exit_code": int(rc), "test_wall_s": round(total_s, 2),
         "note": ("moto's server on 127.0.0.1; SageMaker jobs executed locally by the test harness with the "
                  "integration tests' tiny budget (wall time is dominated by the jobs and the trigger's 1 s polls); "

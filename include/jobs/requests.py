@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from include.common.iam import JOB_NAME_PREFIX  # the policies scope the job rights by it
+
 # Images the aws backend runs the same scripts in (Hugging Face DLCs, PyTorch 2.x).
 PROCESSING_IMAGE = "763104351884.dkr.ecr.{region}.amazonaws.com/pytorch-training:2.6.0-cpu-py312-ubuntu22.04-sagemaker"
 TRAINING_IMAGE = ("763104351884.dkr.ecr.{region}.amazonaws.com/huggingface-pytorch-training:"
@@ -28,7 +30,7 @@ def job_name(step: str, run_id: str) -> str:
     """
     digest = hashlib.sha1(run_id.encode()).hexdigest()[:10]
     stamp = re.sub(r"[^0-9]", "", run_id)[:8] or "manual"
-    return f"rs-{step}-{stamp}-{digest}"[:56]
+    return f"{JOB_NAME_PREFIX}{step}-{stamp}-{digest}"[:56]
 
 
 def restart_name(name: str, attempt: int) -> str:

@@ -37,6 +37,7 @@ from typing import Any
 
 from include.common.aws import AwsConfig, AwsConfigError, load_aws_config, preflight, split_s3_uri
 from include.common.config import Settings
+from include.jobs.images import has_instance_storage, is_gpu_instance, wrap_entrypoint
 from include.jobs.local_runner import JobFailedError, JobRequestError
 from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
 from include.jobs.runner import SCRIPTS_DIR, JobRunner, Log
@@ -151,13 +152,24 @@ def _retrieve(region: str, version: str, instance_type: str, base: str, py_versi
                                base_framework_version=base, py_version=py_version, image_scope=scope)
 
 
+@lru_cache(maxsize=16)
+def _retrieve_pytorch(region: str, version: str, instance_type: str, py_version: str) -> str:
+    from sagemaker.core import image_uris
+
+    return image_uris.retrieve("pytorch", region=region, version=version, instance_type=instance_type,
+                               py_version=py_version, image_scope="training")
+
+
 def image_uri(cfg: AwsConfig, step: str, kind: str) -> str:
-    """The container image of ``step``: its ``image_uri`` override, else the Hugging Face DLC
-    for the region and instance type (training: the training image; processing: the
-    inference image, which has transformers and torch for cpu and gpu)."""
+    """The container image of ``step``: its ``image_uri`` override, else the DLC for the region
+    and instance type (training: the Hugging Face training image on GPU, the PyTorch training
+    image on CPU - the Hugging Face one is GPU-only; processing: the Hugging Face inference
+    image, cpu or gpu). What an image lacks: include/jobs/images.py."""
     res = cfg.step(step)
     if res.image_uri:
         return res.image_uri
+    if kind == TRAINING and not is_gpu_instance(res.instance_type):
+        return _retrieve_pytorch(cfg.region, cfg.pytorch_version, res.instance_type, cfg.py_version)
     if kind == TRAINING:
         base, py, scope = f"pytorch{cfg.pytorch_version}", cfg.py_version, "training"
     else:
@@ -191,12 +203,13 @@ def complete_request(request: dict, cfg: AwsConfig, step: str, pretrained_uri: s
     req["RoleArn"] = cfg.role_arn
     cluster: dict[str, Any] = {"InstanceCount": res.instance_count, "InstanceType": res.instance_type,
                                "VolumeSizeInGB": res.volume_size_gb}
-    if cfg.kms_key_id:
+    if cfg.kms_key_id and not has_instance_storage(res.instance_type):  # refused on NVMe instance storage
         cluster["VolumeKmsKeyId"] = cfg.kms_key_id
     req["StoppingCondition"] = {"MaxRuntimeInSeconds": res.max_runtime_s}
     vpc = cfg.vpc_config()
     if kind == PROCESSING:
         req["AppSpecification"] = {**req["AppSpecification"], "ImageUri": image}
+        req["AppSpecification"]["ContainerEntrypoint"] = wrap_entrypoint(req["AppSpecification"]["ContainerEntrypoint"])
         req["ProcessingResources"] = {"ClusterConfig": cluster}
         if cfg.kms_key_id:
             req["ProcessingOutputConfig"]["KmsKeyId"] = cfg.kms_key_id

@@ -32,6 +32,7 @@ PACKAGE_NAME = "model.tar.gz"
 MANIFEST_NAME = "package-manifest.json"
 INFERENCE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "inference.py"
 MODELING_SCRIPT = INFERENCE_SCRIPT.with_name("modeling.py")  # the classifier class inference.py loads
+INFERENCE_REQUIREMENTS = INFERENCE_SCRIPT.with_name("inference-requirements.txt")  # -> code/requirements.txt
 SKLEARN_INFERENCE_SCRIPT = INFERENCE_SCRIPT.with_name("automl_inference.py")  # the AutoML baseline's handler
 SKLEARN_MODEL_FILE = "model.joblib"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # at least one of them (fast or slow tokenizer)
@@ -126,6 +127,7 @@ def build_package(model_dir: Path, dest_uri: str, inference_script: Path = INFER
     members = [(p, p.relative_to(model_dir).as_posix()) for p in files]
     members.append((Path(inference_script), "code/inference.py"))
     members.append((MODELING_SCRIPT, "code/modeling.py"))
+    members.append((INFERENCE_REQUIREMENTS, "code/requirements.txt"))  # the inference toolkit installs it
     with tempfile.TemporaryDirectory(prefix="package-onnx-") as tmp:
         if int8_onnx:
             members.append((export_int8_onnx(model_dir, Path(tmp), Path(inference_script)), ONNX_INT8_FILE))
@@ -187,7 +189,8 @@ def build_sklearn_package(model_dir: Path, dest_uri: str) -> str:
     if not dest.name.endswith(".tar.gz"):
         dest = dest / PACKAGE_NAME
     members = [(model_dir / "config.json", "config.json"), (model_dir / SKLEARN_MODEL_FILE, SKLEARN_MODEL_FILE),
-               (SKLEARN_INFERENCE_SCRIPT, "code/inference.py"), (INFERENCE_SCRIPT, "code/bert_inference.py")]
+               (SKLEARN_INFERENCE_SCRIPT, "code/inference.py"), (INFERENCE_SCRIPT, "code/bert_inference.py"),
+               (INFERENCE_REQUIREMENTS, "code/requirements.txt")]
     _write_archive(dest, members)
     return dest.as_uri()
 

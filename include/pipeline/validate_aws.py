@@ -4,8 +4,11 @@ Renders every job request one run of ``review_sentiment_pipeline`` would send to
 (``CreateProcessingJob`` preprocess and evaluate, ``CreateTrainingJob`` train), completed with
 the configuration's role, images, instances, network, KMS and spot settings, plus where the
 run's objects and the job scripts would go - without calling AWS (no credentials needed).
-Every problem found in the configuration is listed first; the exit code is 1 when there is
-any, so a CI job can run it too.
+Every problem found in the configuration is listed first - the configuration's own, botocore's
+validator on each request, and what SageMaker refuses that the service model cannot express
+(include/jobs/images.py: a volume KMS key on an instance type with NVMe instance storage, a
+GPU-only image on a CPU instance or the reverse, a step without an image) - then the IAM
+actions the run needs. The exit code is 1 when there is any problem, so a CI job can run it too.
 
     python -m include.pipeline.validate_aws --conf aws.yaml [--ds 2026-11-20] [--params '{"profile": "quality"}']
 """
@@ -40,6 +43,7 @@ def _aws_env(conf: str) -> Iterator[None]:
 def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int]:
     """The dry run's report for config file ``conf``; (text, number of problems)."""
     from include.common.aws import JOB_STEPS, load_aws_config
+    from include.jobs.images import image_problems, request_problems
     from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
     from include.jobs.sagemaker_runner import (
         archive_uri,
@@ -53,6 +57,7 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
         pretrained_location,
         scripts_digest,
     )
+    from include.model.sagemaker_registry import inference_image_uri
     from include.pipeline import steps
     from include.pipeline.context import RunInfo
 
@@ -103,15 +108,50 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
                 problems.append(f"{step}: the request cannot be rendered: {exc}")
                 continue
             kind = job_kind(request)
+            problems += request_problems(step, request) + botocore_problems(f"Create{kind}Job", request, step)
             out += [f"## {step}: Create{kind}Job",
                     f"# name on every attempt: {request[f'{kind}JobName']}; after a Failed/Stopped job: "
                     f"{restart_name(request[f'{kind}JobName'], 2)} .. -r{MAX_JOBS_PER_STEP}",
                     f"# waited on by the deferred task: every {cfg.job_check_interval_s}s, at most "
                     f"{max_poll_attempts(request, cfg.job_check_interval_s)} polls",
                     json.dumps(request, indent=2), ""]
+        try:
+            problems += image_problems("endpoint", inference_image_uri(cfg), cfg.endpoint_instance_type)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"endpoint: {exc}")
+        out += iam_section(cfg)
         assert archive_uri(code_uri) == archive
     head = ["## problems", *(f"- {p}" for p in problems)] if problems else ["## problems", "none"]
     return "\n".join(out[:3] + ["", *head] + out[3:]) + "\n", len(problems)
+
+
+def botocore_problems(operation: str, request: dict, step: str) -> list[str]:
+    """What botocore's validator (SageMaker's service model: types, required members, ranges,
+    patterns) refuses in ``request``, one line per problem."""
+    import botocore.session
+    from botocore.exceptions import ParamValidationError
+    from botocore.validate import validate_parameters
+
+    shape = botocore.session.get_session().get_service_model("sagemaker").operation_model(operation).input_shape
+    try:
+        validate_parameters(request, shape)
+    except ParamValidationError as exc:
+        return [f"{step}: {operation} {line.strip()}" for line in str(exc).splitlines()[1:] if line.strip()]
+    return []
+
+
+def iam_section(cfg) -> list[str]:
+    """The IAM actions one run needs, as the Airflow worker (include/common/iam.py), and whether
+    the shipped policy grants each (aws/iam/airflow-worker.json)."""
+    from include.common import iam
+
+    granted = iam.granted_actions(iam.WORKER)
+    lines = [f"## IAM actions a run of {DAG_ID} needs (the Airflow worker's identity; policy: aws/iam/"
+             "airflow-worker.json, the SageMaker role's: aws/iam/sagemaker-execution-role.json + feature-store.json)"]
+    for act in iam.run_actions(DAG_ID):
+        ok = any(iam._match(g, act, False) for g in granted)
+        lines.append(f"{act}" + ("" if ok else "   <- NOT granted by aws/iam/airflow-worker.json"))
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> int:

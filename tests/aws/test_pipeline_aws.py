@@ -18,6 +18,11 @@ What is PLAYED, because moto cannot do it (and only that):
   SageMaker does;
 * ``sagemaker-runtime`` InvokeEndpoint - a Stubber that runs the deployed package's own
   handler (moto runs no model); ``UpdateEndpoint`` likewise (not called on a first deploy).
+
+Every AWS call of the run is recorded (tests/aws/aws_calls.py) and checked against the shipped
+IAM policies (aws/iam/*.json, include/common/iam.py): the Airflow worker's calls against
+airflow-worker.json, the S3 and CloudWatch Logs calls SageMaker's side makes with the execution
+role (the jobs' inputs and outputs, their logs, the offline store) against its two policies.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from datetime import date
 import boto3
 import pytest
 
-from include.common import aws
+from include.common import aws, iam
 from include.common.config import safe_name
 from include.data import catalog
 from include.data.landing import land_daily_drops
@@ -37,6 +42,16 @@ from tests.aws.conftest import BUCKET, REGION, ROLE_ARN
 from tests.integration.conftest import DEPLOY, DS, run_dag
 
 DAG_ID = "review_sentiment_pipeline"
+
+
+@pytest.fixture
+def aws_calls(monkeypatch):
+    """Every AWS call made while ``recording`` is on, by identity (set up before the fakes)."""
+    from tests.aws.aws_calls import CallRecorder
+
+    recorder = CallRecorder().install(monkeypatch)
+    recorder.paused = True
+    return recorder
 
 
 @pytest.fixture
@@ -50,14 +65,16 @@ def played_services(aws_account, monkeypatch, tmp_path):
     return install(monkeypatch, REGION, tmp_path / "endpoint")
 
 
-def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_account, sagemaker, played_services, reviews_home,
-                                                     airflow_db, tmp_path):
+def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_calls, aws_account, sagemaker, played_services,
+                                                     reviews_home, airflow_db, tmp_path):
     feature_store, endpoint_fake = played_services
     cfg = aws.load_aws_config()
     drops = land_daily_drops(tmp_path / "landing", date.fromisoformat(DS), days=2, limit=600)
     aws.upload_dir(cfg, tmp_path / "landing", cfg.s3_uri("landing/reviews"))
 
+    aws_calls.paused = False
     dr, states = run_dag(DAG_ID, **DEPLOY, auto_approve=True)
+    aws_calls.paused = True
     assert str(dr.state).endswith("success"), (states, sagemaker.errors)
     for task in ("register_dataset", "validate_dataset", "preprocess", "train", "evaluate", "check_accuracy",
                  "register_model", "deploy_model"):
@@ -154,3 +171,13 @@ def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_account, sagemaker, pla
     assert deployed["endpoint_config"] == endpoint["EndpointConfigName"]
     assert len(deployed["smoke"]) == len(SMOKE_REVIEWS)
     assert all(a["predicted_label"] in (-1, 0, 1) for a in deployed["smoke"]), deployed["smoke"]
+
+    # ---- IAM: every call of the run is one the shipped policies allow
+    worker = aws_calls.calls["worker"]
+    assert len(worker) > 100, "the recorder saw the run's calls"
+    unlisted = aws_calls.operations() - set(iam.RUN_OPERATIONS[DAG_ID])
+    assert not unlisted, f"operations missing from include/common/iam.py RUN_OPERATIONS: {sorted(unlisted)}"
+    assert iam.denied(worker, cfg, iam.WORKER) == []
+    played = [c for c in aws_calls.calls["execution_role"] if c[0] in ("s3", "logs")]  # the rest: moto bookkeeping
+    assert played, "the harness's jobs read and wrote S3 as the execution role"
+    assert iam.denied(played, cfg, iam.EXECUTION_ROLE) == []

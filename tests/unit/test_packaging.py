@@ -40,7 +40,8 @@ def test_package_round_trip_keeps_model_tokenizer_config_and_inference_code(clas
     uri = build_package(classifier_dir, (tmp_path / "pkg").as_uri())
     assert uri == (tmp_path / "pkg" / "model.tar.gz").as_uri()
     assert _members(uri) == {"model.safetensors", "classifier_head.safetensors", "config.json", "tokenizer.json",
-                             "tokenizer_config.json", "code/inference.py", "code/modeling.py", MANIFEST_NAME}
+                             "tokenizer_config.json", "code/inference.py", "code/modeling.py",
+                             "code/requirements.txt", MANIFEST_NAME}  # the inference toolkit installs it
     out = extract_package(uri, tmp_path / "out")
     for name in ("model.safetensors", "classifier_head.safetensors", "config.json", "tokenizer.json",
                  "tokenizer_config.json"):
