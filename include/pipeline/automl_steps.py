@@ -21,7 +21,8 @@ from include.data import feature_store
 from include.jobs import requests
 from include.jobs.runner import get_runner
 from include.model.packaging import build_sklearn_package
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, flatten_evaluation, get_registry, registry_exists
+from include.model.registry import get_registry, registry_exists
+from include.model.registry_base import BASELINE_MODEL_NAME, PENDING, flatten_evaluation
 from include.pipeline.context import RunInfo, git_commit
 
 log = logging.getLogger("airflow.task")

@@ -13,7 +13,8 @@ from pathlib import Path
 from include.common.errors import NonRetriableError
 from include.common.io import local_copy, read_json
 from include.model.packaging import build_package, extract_package, model_dir_from_artifact
-from include.model.registry import (
+from include.model.registry import get_registry
+from include.model.registry_base import (
     APPROVED,
     PENDING,
     REJECTED,
@@ -21,7 +22,6 @@ from include.model.registry import (
     ModelVersion,
     RegistryError,
     flatten_evaluation,
-    get_registry,
 )
 from include.pipeline.context import RunInfo, git_commit
 from include.serving import endpoint, quantization

@@ -30,8 +30,10 @@ from include.common.io import (
 )
 from include.data import catalog, feature_store, quality
 from include.jobs import requests
-from include.jobs.runner import JobRunner, get_runner
-from include.model.registry import ModelVersion, RegistryError, get_registry, registry_exists
+from include.jobs.runner import get_runner
+from include.jobs.runner_base import JobRunner
+from include.model.registry import get_registry, registry_exists
+from include.model.registry_base import ModelVersion, RegistryError
 from include.pipeline import caching, profiles
 from include.pipeline.context import PipelineError, RunInfo
 

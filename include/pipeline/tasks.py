@@ -192,7 +192,7 @@ def register_model(registered: dict, features: dict, trained: dict, evaluation: 
 @airflow_step
 def approval_gate(registration: dict, manual_task: str, auto_task: str) -> str:
     """Branch: a version registered as Approved (auto_approve) skips the human approval."""
-    from include.model.registry import APPROVED
+    from include.model.registry_base import APPROVED
 
     log.info("model version %s is %s", registration["version"], registration["approval_status"])
     return auto_task if registration["approval_status"] == APPROVED else manual_task

@@ -41,7 +41,7 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
     """The dry run's report for config file ``conf``; (text, number of problems)."""
     from include.common.aws import JOB_STEPS, load_aws_config
     from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
-    from include.jobs.sagemaker_runner import (
+    from include.jobs.runner_sagemaker import (
         archive_uri,
         code_locations,
         complete_request,

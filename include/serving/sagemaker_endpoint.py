@@ -27,7 +27,7 @@ import time
 from functools import cached_property
 
 from include.common.aws import AwsConfig
-from include.model.sagemaker_registry import inference_image_uri, is_not_found, serving_environment
+from include.model.registry_sagemaker import inference_image_uri, is_not_found, serving_environment
 from include.serving.protocol import JSONLINES, PRECISIONS
 
 logger = logging.getLogger(__name__)

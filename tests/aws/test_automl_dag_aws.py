@@ -32,7 +32,8 @@ import pytest
 from include.common import aws
 from include.common.config import safe_name
 from include.jobs import requests
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import BASELINE_MODEL_NAME, PENDING
 from include.pipeline.context import RunInfo
 from include.scripts.preprocess import __file__ as PREPROCESS
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS

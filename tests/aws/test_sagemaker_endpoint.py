@@ -17,7 +17,8 @@ import boto3
 import pytest
 
 from include.common.aws import load_aws_config
-from include.model.registry import APPROVED, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED
 from include.pipeline import model_steps
 from include.serving import endpoint
 from include.serving.endpoint import EndpointDeployError

@@ -10,7 +10,8 @@ import httpx
 
 from include.common.config import get_settings
 from include.common.io import uri_to_path
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import BASELINE_MODEL_NAME, PENDING
 from include.pipeline.context import RunInfo
 from include.scripts.preprocess import __file__ as PREPROCESS
 from include.serving.protocol import SMOKE_REVIEWS

@@ -9,7 +9,8 @@ import httpx
 
 from include.common.config import get_settings
 from include.common.io import uri_to_path
-from include.model.registry import APPROVED, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED
 from include.serving import endpoint
 from tests.integration.conftest import DEPLOY, DS, run_dag
 

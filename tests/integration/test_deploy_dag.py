@@ -7,7 +7,8 @@ import tarfile
 import threading
 import time
 
-from include.model.registry import REJECTED, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import REJECTED
 from include.serving import endpoint
 from tests.integration.conftest import DEPLOY, run_dag
 

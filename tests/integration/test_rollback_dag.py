@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 
 from include.model.packaging import build_package
-from include.model.registry import APPROVED, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED
 from include.pipeline.model_steps import deploy_model
 from include.serving import endpoint
 from tests.integration.conftest import run_dag

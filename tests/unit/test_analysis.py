@@ -96,7 +96,8 @@ def test_drift_baseline_must_exist_and_have_the_columns(catalogued, tmp_path):
 
 
 def test_drift_baseline_defaults_to_the_deployed_models_training_data(reviews_home, tmp_path):
-    from include.model.registry import APPROVED, get_registry
+    from include.model.registry import get_registry
+    from include.model.registry_base import APPROVED
 
     assert steps.deployed_training_data_uri() is None, "no registry yet: no baseline"
     registry = get_registry()

@@ -174,7 +174,7 @@ def landed_day(reviews_home, tmp_path):
     from datetime import date
 
     from include.data.landing import land_daily_drops
-    from include.jobs.runner import SCRIPTS_DIR
+    from include.jobs.runner_base import SCRIPTS_DIR
 
     ds = "2026-11-20"
     land_daily_drops(uri_to_path(get_settings().landing_uri), date.fromisoformat(ds), days=1, limit=200)

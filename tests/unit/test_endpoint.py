@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from include.model.packaging import build_package
-from include.model.registry import APPROVED, PENDING, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED, PENDING
 from include.pipeline.model_steps import ModelNotApprovedError, deploy_model
 from include.serving import endpoint
 from include.serving.endpoint import EndpointDeployError, EndpointNotRunningError
