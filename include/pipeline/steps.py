@@ -28,7 +28,8 @@ from include.common.io import (
     uri_to_path,
     write_json,
 )
-from include.data import catalog, feature_store, quality
+from include.data import catalog, quality
+from include.data.feature_store import get_feature_store
 from include.jobs import requests
 from include.jobs.runner import get_runner
 from include.jobs.runner_base import JobRunner
@@ -259,11 +260,11 @@ def _finish_preprocess(info: RunInfo, params: dict, inputs: dict, plan: JobPlan,
     settings = get_settings()
     features_uri, ds_from = plan.state["features_uri"], plan.state["ds_from"]
     # The jobs read the feature store's point-in-time export as of the run's day, not the raw
-    # shards: a backfilled run trains on what was known at its ds (include/data/feature_store.py).
+    # shards: a backfilled run trains on what was known at its ds (include/data/feature_store_base.py).
     channels = channel_uris(info)
     channels_uri = channels["train_uri"].rsplit("/", 1)[0]
     with local_dir(features_uri) as features_dir:
-        snapshot = feature_store.ingest_run_features(features_dir, info.ds, info.run_id, channels_uri, settings)
+        snapshot = get_feature_store(settings).ingest_run_features(features_dir, info.ds, info.run_id, channels_uri)
         stats = json.loads((features_dir / "stats.json").read_text())
     first = catalog.registered_partitions(settings)[:1]
     return {"job": result, "export_uri": plan.state["export_uri"], "clean_rows": plan.state["rows"],

@@ -46,7 +46,7 @@ def played_services(aws_account, monkeypatch, tmp_path):
     the deployed package's own handler; UpdateEndpoint switches moto's endpoint."""
     from tests.aws.sagemaker_fakes import install
 
-    monkeypatch.setattr("include.data.sagemaker_feature_store.POLL_S", 0.05, raising=False)
+    monkeypatch.setattr("include.data.feature_store_sagemaker.POLL_S", 0.05, raising=False)
     return install(monkeypatch, REGION, tmp_path / "endpoint")
 
 

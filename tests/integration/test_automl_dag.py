@@ -27,7 +27,7 @@ def _ingest_features(landed, tmp_path) -> str:
                     "--max-seq-length", "16", "--balance-dataset", "eval", "--train-split-percentage", "0.7",
                     "--validation-split-percentage", "0.15"], check=True, capture_output=True)
     channels = tmp_path / "channels"
-    feature_store.ingest_run_features(out, "2026-11-20", "manual__snapshot-1", channels.as_uri())
+    feature_store.get_feature_store().ingest_run_features(out, "2026-11-20", "manual__snapshot-1", channels.as_uri())
     return "manual__snapshot-1"
 
 
