@@ -73,7 +73,7 @@ class LocalFeatureStore(FeatureStore):
 
     # -- catalog plumbing
     def _connect(self, read_only: bool = False) -> "duckdb.DuckDBPyConnection":
-        from include.data.catalog import connect  # waits on DuckDB's lock like every catalog user
+        from include.data.catalog_duckdb import connect  # waits on DuckDB's lock like every catalog user
 
         con = connect(self.settings, read_only=read_only)
         if not read_only:

@@ -29,7 +29,7 @@ import pytest
 
 from include.common import aws
 from include.common.config import safe_name
-from include.data import catalog
+from include.data.catalog import get_catalog
 from include.data.landing import land_daily_drops
 from include.jobs import requests
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS
@@ -65,7 +65,7 @@ def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_account, sagemaker, pla
     run = cfg.s3_uri(f"runs/{DAG_ID}/{safe_name(dr.run_id)}")
 
     # ---- the catalog: Glue table and partitions over S3
-    assert catalog.registered_partitions() == sorted(d.ds for d in drops)
+    assert get_catalog().registered_partitions() == sorted(d.ds for d in drops)
     glue = boto3.client("glue", region_name=REGION)
     parts = glue.get_partitions(DatabaseName=cfg.glue_database, TableName="reviews_raw")["Partitions"]
     assert sorted(p["Values"][0] for p in parts) == sorted(d.ds for d in drops)

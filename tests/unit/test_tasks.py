@@ -5,7 +5,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.common.config import ConfigError
-from include.data.catalog import RegistrationError
+from include.data.catalog_base import RegistrationError
 from include.data.quality import DataQualityError
 from include.jobs.runner_base import BackendNotReadyError, JobFailedError
 from include.jobs.runner_local import JobInputError
