@@ -99,13 +99,14 @@ def run_in_process(ds: str, conf: dict, profile: str = "quick") -> int:
 def print_served_model() -> None:
     """The registered/deployed version and a live prediction from the endpoint."""
     from include.model.registry import get_registry
-    from include.serving import endpoint
+    from include.serving.endpoint import get_endpoint
     from include.serving.protocol import SMOKE_REVIEWS
 
     versions = get_registry().list_versions()
     if versions:
         latest = versions[-1]
         print(f"\n  latest registered version: {latest.name} v{latest.version} ({latest.approval_status})")
+    endpoint = get_endpoint()
     info = endpoint.status()
     if info is None:
         print("  endpoint: not running (no approved version deployed yet)")

@@ -74,9 +74,9 @@ def test_automl_dag_registers_a_servable_baseline_that_check_accuracy_scores(lan
     assert figures["accuracy"] == refs["baseline"] and set(figures["per_class"]) == {"negative", "neutral", "positive"}
 
     # The baseline package is served by the same endpoint with the same contract.
-    from include.serving import endpoint
+    from include.serving.endpoint import get_endpoint
 
-    info = endpoint.deploy(baseline.package_uri, f"baseline-{baseline.version}", list(SMOKE_REVIEWS))
+    info = get_endpoint().deploy(baseline.package_uri, f"baseline-{baseline.version}", list(SMOKE_REVIEWS))
     assert info["url"].endswith(str(endpoint_port))
     body = "\n".join(json.dumps({"features": [t]}) for t in SMOKE_REVIEWS) + "\n"
     answer = httpx.post(f"http://127.0.0.1:{endpoint_port}/invocations", content=body,

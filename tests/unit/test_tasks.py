@@ -12,7 +12,7 @@ from include.jobs.runner_local import JobInputError
 from include.pipeline.context import PipelineError
 from include.pipeline.model_steps import ModelNotApprovedError
 from include.pipeline.tasks import airflow_step
-from include.serving.endpoint import EndpointDeployError
+from include.serving.endpoint_base import EndpointDeployError
 
 
 def _raising(exc: BaseException):
