@@ -21,7 +21,7 @@ Decisions (see also docs/CONTRACTS.md):
 - A ``review_id`` twice in one partition: the later occurrences are quarantined
   (``review_id_unique``). The same ``review_id`` in two daily drops is an update, not an
   error: it is counted in ``duplicate_ids_across_partitions`` and logged, and
-  ``catalog.export_clean`` keeps the latest drop's row.
+  ``Catalog.export_clean`` keeps the latest drop's row.
 - Unseen categories are tolerated up to ``unseen_category_tolerance``; they are not
   quarantined, only counted.
 """
@@ -449,7 +449,7 @@ def validate_partitions(
 ) -> dict:
     """Audit the deliveries of ``ds_list`` and publish them only when they pass (write-audit-publish).
 
-    For each day the gate audits its staged delivery (``catalog.register_partition``), or
+    For each day the gate audits its staged delivery (``Catalog.register_partition``), or
     re-audits the published partition when nothing is staged. Rows failing a row-level rule
     replace the delivery's earlier rows in ``reviews.reviews_quarantine``. The report
     (``validation_report.html``, ``validation.json``, ``expectation_suite.json``,
