@@ -131,10 +131,11 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from include.data import feature_store as fs
+    from include.data.feature_store_base import REVIEWS
 
     out: dict = {"records": args.records, "cpu_flags": cpu_flags(), "load_avg_start": os.getloadavg()}
     store = fs.get_feature_store()
-    store.create_feature_group(fs.REVIEWS)
+    store.create_feature_group(REVIEWS)
 
     if not args.skip_real:
         real = real_features(DAY1 - timedelta(days=1))
@@ -197,6 +198,8 @@ def bench_redis(args, fs) -> dict:
     """Online ingest and get latency on Redis (a separate, smaller run); {} when unreachable."""
     import uuid
 
+    from include.data.feature_store_base import REVIEWS
+
     os.environ.update({"REVIEWS_ONLINE_STORE": "redis", "REVIEWS_REDIS_URL": args.redis_url,
                        "REVIEWS_REDIS_PREFIX": f"bench-fs-{uuid.uuid4().hex[:8]}:",
                        "REVIEWS_HOME": tempfile.mkdtemp(prefix="fs-bench-redis-")})
@@ -208,7 +211,7 @@ def bench_redis(args, fs) -> dict:
         print(f"redis: skipped ({exc})")
         return {"skipped": str(exc)}
     try:
-        store.create_feature_group(fs.REVIEWS)
+        store.create_feature_group(REVIEWS)
         r = store.ingest("reviews_features", synthetic(args.redis_records, DAY1), source="bench-redis")
         lat = get_latencies(store, [f"s{i}" for i in range(args.redis_records)], min(args.gets, 10_000))
         res = {"records": args.redis_records, "online_ingest_records_per_s": round(args.redis_records / r["online_s"]),

@@ -29,9 +29,9 @@ def _child(phase: str, ds_list: list[str], report_dir: str) -> dict:
     """Run one phase in this process; return wall seconds and peak RSS."""
     start = time.perf_counter()
     if phase == "register":
-        from include.data import catalog
+        from include.data.catalog import get_catalog
 
-        rows = sum(catalog.register_partition(ds)["rows"] for ds in ds_list)
+        rows = sum(get_catalog().register_partition(ds)["rows"] for ds in ds_list)
         extra = {"rows": rows}
     else:
         from include.data import quality

@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(30)
         if waiting_run.poll() is None:
             waiting_run.terminate()
-        subprocess.run([sys.executable, "-c", "from include.serving import endpoint; endpoint.stop()"], env=env, cwd=ROOT)
+        subprocess.run([sys.executable, "-c", "from include.serving.endpoint import get_endpoint; get_endpoint().stop()"],
+                       env=env, cwd=ROOT)
     print(f"screenshots in {out}; state left in {state} (delete it when done)")
     return 0
 

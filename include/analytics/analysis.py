@@ -21,11 +21,12 @@ import pandas as pd
 from include.common.config import Settings
 from include.common.io import atomic_path, write_text_atomic
 from include.common.templating import render
-from include.data import catalog
+from include.data import catalog_base
+from include.data.catalog import get_catalog
 
 log = logging.getLogger(__name__)
 
-VIEW = f"{catalog.SCHEMA}.reviews_typed"
+VIEW = f"{catalog_base.SCHEMA}.reviews_typed"
 SCOPE = f"FROM {VIEW} WHERE ds BETWEEN $ds_from AND $ds_to"
 COUNT_SQL = f"SELECT count(*) AS reviews {SCOPE}"
 
@@ -151,13 +152,13 @@ def answer_questions(
     if top_n < 1 or min_reviews < 0 or bin_width < 1:
         raise AnalysisError(f"top_n={top_n} (>=1), min_reviews={min_reviews} (>=0), bin_width={bin_width} (>=1)")
     params = {
-        "ds_from": catalog.parse_ds(ds_from) if ds_from else date(1970, 1, 1),
-        "ds_to": catalog.parse_ds(ds_to) if ds_to else date(9999, 12, 31),
+        "ds_from": catalog_base.parse_ds(ds_from) if ds_from else date(1970, 1, 1),
+        "ds_to": catalog_base.parse_ds(ds_to) if ds_to else date(9999, 12, 31),
         "top_n": top_n,
         "min_reviews": min_reviews,
         "bin_width": bin_width,
     }
-    store = catalog.get_catalog(settings)
+    store = get_catalog(settings)
     total = store.query(COUNT_SQL, params)["reviews"].iloc[0]
     if not total:
         raise AnalysisError(

@@ -19,7 +19,8 @@ import pandas as pd
 from include.common.config import Settings
 from include.common.io import atomic_path, is_s3, read_bytes, write_text_atomic
 from include.common.templating import render
-from include.data import catalog
+from include.data import catalog_base
+from include.data.catalog import get_catalog
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,12 @@ def _load_baseline(baseline: pd.DataFrame | Path | str) -> pd.DataFrame:
     return df
 
 
-CURRENT_SQL = f"SELECT product_category, review_body, star_rating FROM {catalog.TYPED} WHERE list_contains($ds, ds)"
+CURRENT_SQL = f"SELECT product_category, review_body, star_rating FROM {catalog_base.TYPED} WHERE list_contains($ds, ds)"
 
 
 def _load_current(ds_list: list[str], settings: Settings | None) -> pd.DataFrame:
-    days = [catalog.parse_ds(d) for d in ds_list]
-    df = catalog.get_catalog(settings).query(CURRENT_SQL, {"ds": days})  # DuckDB, or Athena on aws
+    days = [catalog_base.parse_ds(d) for d in ds_list]
+    df = get_catalog(settings).query(CURRENT_SQL, {"ds": days})  # DuckDB, or Athena on aws
     if df.empty:
         raise DriftError(f"no valid catalogued reviews in partition(s) {', '.join(ds_list)}")
     return df

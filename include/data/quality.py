@@ -14,14 +14,14 @@ sample (noted in the report) while the SQL rules stay exact, so memory stays bou
 
 The rows come from the catalog backend (``catalog.get_catalog``): the DuckDB catalog itself, or
 on aws an in-memory DuckDB holding the audited rows read from S3, whose quarantine rows then go
-to the Glue table ``reviews_quarantine`` (``include/data/glue_catalog.py``) - one suite, one
+to the Glue table ``reviews_quarantine`` (``include/data/catalog_glue.py``) - one suite, one
 set of rules for both backends.
 
 Decisions (see also docs/CONTRACTS.md):
 - A ``review_id`` twice in one partition: the later occurrences are quarantined
   (``review_id_unique``). The same ``review_id`` in two daily drops is an update, not an
   error: it is counted in ``duplicate_ids_across_partitions`` and logged, and
-  ``catalog.export_clean`` keeps the latest drop's row.
+  ``Catalog.export_clean`` keeps the latest drop's row.
 - Unseen categories are tolerated up to ``unseen_category_tolerance``; they are not
   quarantined, only counted.
 """
@@ -38,7 +38,8 @@ from pathlib import Path
 from include.common.config import Settings, get_settings
 from include.common.io import atomic_path, write_text_atomic
 from include.common.templating import render
-from include.data import catalog
+from include.data import catalog_base
+from include.data.catalog import get_catalog
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no phoning home from a pipeline run
 
@@ -202,8 +203,8 @@ _SOURCE_COLS = "review_id, product_category, review_body, star_rating, review_da
 def _source_sql() -> str:
     """The audited rows: staged deliveries (write-audit-publish) or re-audited published ones,
     selected by ``$ids`` (delivery ids)."""
-    return (f"(SELECT {_SOURCE_COLS} FROM {catalog.STAGING} WHERE list_contains($ids, delivery_id) "
-            f"UNION ALL SELECT {_SOURCE_COLS} FROM {catalog.RAW} WHERE list_contains($ids, delivery_id))")
+    return (f"(SELECT {_SOURCE_COLS} FROM {catalog_base.STAGING} WHERE list_contains($ids, delivery_id) "
+            f"UNION ALL SELECT {_SOURCE_COLS} FROM {catalog_base.RAW} WHERE list_contains($ids, delivery_id))")
 
 
 def _quarantine_sql() -> str:
@@ -213,7 +214,7 @@ def _quarantine_sql() -> str:
         for r in ROW_RULES
     ]
     return (
-        f"INSERT INTO {catalog.QUARANTINE} (ds, review_id, rule, source_file, source_line, value, run_id, delivery_id) "
+        f"INSERT INTO {catalog_base.QUARANTINE} (ds, review_id, rule, source_file, source_line, value, run_id, delivery_id) "
         f"WITH src AS ("
         f"SELECT *, CASE WHEN review_id IS NULL OR trim(review_id) = '' THEN 1 ELSE row_number() OVER "
         f"(PARTITION BY delivery_id, trim(review_id) ORDER BY source_file, source_line) END AS id_seq "
@@ -226,7 +227,7 @@ def _apply_row_rules(con, ids: list[str], run_id: str) -> dict:
     params = {"ids": ids}
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM {catalog.QUARANTINE} WHERE list_contains($ids, delivery_id)", params)
+        con.execute(f"DELETE FROM {catalog_base.QUARANTINE} WHERE list_contains($ids, delivery_id)", params)
         con.execute(_quarantine_sql(), {**params, "run_id": run_id})
         con.execute("COMMIT")
     except Exception:
@@ -235,23 +236,23 @@ def _apply_row_rules(con, ids: list[str], run_id: str) -> dict:
     rows = con.execute(f"SELECT count(*) FROM {_source_sql()}", params).fetchall()[0][0]
     rule_counts = dict.fromkeys((r.name for r in ROW_RULES), 0)
     for rule, n in con.execute(
-        f"SELECT rule, count(*) FROM {catalog.QUARANTINE} WHERE list_contains($ids, delivery_id) GROUP BY rule", params
+        f"SELECT rule, count(*) FROM {catalog_base.QUARANTINE} WHERE list_contains($ids, delivery_id) GROUP BY rule", params
     ).fetchall():
         rule_counts[rule] = int(n)
     per_delivery = dict(
         con.execute(
-            f"SELECT delivery_id, count(DISTINCT (source_file, source_line)) FROM {catalog.QUARANTINE} "
+            f"SELECT delivery_id, count(DISTINCT (source_file, source_line)) FROM {catalog_base.QUARANTINE} "
             "WHERE list_contains($ids, delivery_id) GROUP BY delivery_id",
             params,
         ).fetchall()
     )
     cross = con.execute(
         f"SELECT count(DISTINCT a.review_id) FROM {_source_sql()} a JOIN (SELECT review_id, ds FROM {_source_sql()} "
-        f"UNION ALL SELECT review_id, ds FROM {catalog.RAW}) b ON a.review_id = b.review_id AND a.ds <> b.ds",
+        f"UNION ALL SELECT review_id, ds FROM {catalog_base.RAW}) b ON a.review_id = b.review_id AND a.ds <> b.ds",
         params,
     ).fetchall()[0][0]
     sample = con.execute(
-        f"SELECT CAST(ds AS VARCHAR), review_id, rule, source_file, source_line, value FROM {catalog.QUARANTINE} "
+        f"SELECT CAST(ds AS VARCHAR), review_id, rule, source_file, source_line, value FROM {catalog_base.QUARANTINE} "
         "WHERE list_contains($ids, delivery_id) ORDER BY ds, source_file, source_line, rule LIMIT 50",
         params,
     ).fetchall()
@@ -448,7 +449,7 @@ def validate_partitions(
 ) -> dict:
     """Audit the deliveries of ``ds_list`` and publish them only when they pass (write-audit-publish).
 
-    For each day the gate audits its staged delivery (``catalog.register_partition``), or
+    For each day the gate audits its staged delivery (``Catalog.register_partition``), or
     re-audits the published partition when nothing is staged. Rows failing a row-level rule
     replace the delivery's earlier rows in ``reviews.reviews_quarantine``. The report
     (``validation_report.html``, ``validation.json``, ``expectation_suite.json``,
@@ -473,9 +474,9 @@ def validate_partitions(
     )
     if not ds_list:
         raise ValueError("ds_list is empty: name at least one registered partition")
-    days = sorted({catalog.parse_ds(d) for d in ds_list})
+    days = sorted({catalog_base.parse_ds(d) for d in ds_list})
     started = time.monotonic()
-    store = catalog.get_catalog(settings)
+    store = get_catalog(settings)
     audit = store.open_audit(days)  # the audited rows in the catalog's tables (DuckDB; in memory on aws)
     try:
         targets = audit.targets
@@ -561,9 +562,9 @@ def validate_partitions(
         raise DataQualityError(
             f"data-quality gate failed for ds {', '.join(summary['ds_list'])}: {'; '.join(reasons)}. "
             + (f"Rejected deliver{'y' if len(staged) == 1 else 'ies'} {', '.join(staged)}: the published partitions "
-               f"are unchanged; the rejected rows stay in {catalog.STAGING} and {catalog.QUARANTINE} "
-               f"(run_id={run_id}) for {catalog.retention_days()} days (`make data-status`). " if staged else
-               f"Failing rows are in {catalog.QUARANTINE} (run_id={run_id}). ")
+               f"are unchanged; the rejected rows stay in {catalog_base.STAGING} and {catalog_base.QUARANTINE} "
+               f"(run_id={run_id}) for {catalog_base.retention_days()} days (`make data-status`). " if staged else
+               f"Failing rows are in {catalog_base.QUARANTINE} (run_id={run_id}). ")
             + (f"Not rejected (no failure of their own, still staged for the next audit): {', '.join(waiting)}. "
                if waiting else "")
             + f"Report: {summary['report_path']}"

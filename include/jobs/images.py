@@ -1,7 +1,7 @@
 """Which image each step runs in, what it holds, and the request rules SageMaker enforces that
 botocore's service model cannot express (``make validate-aws``; README: aws backend).
 
-Images (``include/jobs/sagemaker_runner.image_uri``):
+Images (``include/jobs/runner_sagemaker.image_uri``):
 
 - preprocess, evaluate, automl search / score: the Hugging Face PyTorch inference DLC (cpu or
   gpu); what it lacks is ``include/scripts/requirements.txt``, installed by ``job_entry.py``;

@@ -17,11 +17,13 @@ from pathlib import Path
 from include.common.config import get_settings
 from include.common.errors import NonRetriableError
 from include.common.io import exists, local_dir, location, publish_dir, read_json, write_json
-from include.data import feature_store
+from include.data.feature_store import get_feature_store
+from include.data.feature_store_base import REVIEWS, FeatureStoreError
 from include.jobs import requests
 from include.jobs.runner import get_runner
 from include.model.packaging import build_sklearn_package
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, flatten_evaluation, get_registry, registry_exists
+from include.model.registry import get_registry, registry_exists
+from include.model.registry_base import BASELINE_MODEL_NAME, PENDING, flatten_evaluation
 from include.pipeline.context import RunInfo, git_commit
 
 log = logging.getLogger("airflow.task")
@@ -83,19 +85,20 @@ def export_features(info: RunInfo, snapshot_id: str = "", engine: str = "search"
     time (its run's ds); with an Autopilot engine also as CSV under ``features_csv/``."""
     settings = get_settings()
     check_engine(engine, settings.backend)
-    snapshot = snapshot_id or feature_store.latest_snapshot(settings)
+    store = get_feature_store(settings)
+    snapshot = snapshot_id or store.latest_snapshot()
     if not snapshot:
         raise NoFeatureSnapshotError(
-            f"the feature group {feature_store.REVIEWS.name} holds no snapshot with train, validation and test "
+            f"the feature group {REVIEWS.name} holds no snapshot with train, validation and test "
             "rows: run review_sentiment_pipeline (its preprocess step) first, or pass snapshot_id")
     dest = info.uri("features")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            rows = feature_store.export_snapshot(snapshot, Path(tmp), settings)
-        except feature_store.FeatureStoreError as exc:
+            rows = store.export_snapshot(snapshot, Path(tmp))
+        except FeatureStoreError as exc:
             raise NoFeatureSnapshotError(str(exc)) from None
         publish_dir(Path(tmp), dest)
-        out = {"feature_group": feature_store.REVIEWS.name, "snapshot_id": snapshot, "rows": rows,
+        out = {"feature_group": REVIEWS.name, "snapshot_id": snapshot, "rows": rows,
                "train_uri": f"{dest}/train", "validation_uri": f"{dest}/validation", "test_uri": f"{dest}/test"}
         if uses_autopilot(engine):
             csv_dest = info.uri("features_csv")

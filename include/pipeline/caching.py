@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from include.common.config import ConfigError, Settings, get_settings, safe_name
 from include.common.io import publish_dir, uri_to_path, write_json_atomic
-from include.data import catalog
+from include.data import catalog_duckdb
 from include.pipeline.context import RunInfo
 
 log = logging.getLogger("airflow.task")
@@ -307,7 +307,7 @@ def preprocess_key(info: RunInfo, prof: dict, ds_from: str | None, model_name_or
     profile's preprocessing settings and the base model (its tokenizer), the job code."""
     return _guarded(lambda: CacheKey(
         "preprocess",
-        data={"ds": info.ds, "ds_from": ds_from, "deliveries": catalog.published_deliveries(info.ds, ds_from, settings)},
+        data={"ds": info.ds, "ds_from": ds_from, "deliveries": catalog_duckdb.published_deliveries(info.ds, ds_from, settings)},
         params={**{k: prof[k] for k in PREPROCESS_SETTINGS}, "base_model": base_model_id(model_name_or_path)},
         code=code_digest(code_uri)), "preprocess")
 

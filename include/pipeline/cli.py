@@ -99,13 +99,14 @@ def run_in_process(ds: str, conf: dict, profile: str = "quick") -> int:
 def print_served_model() -> None:
     """The registered/deployed version and a live prediction from the endpoint."""
     from include.model.registry import get_registry
-    from include.serving import endpoint
+    from include.serving.endpoint import get_endpoint
     from include.serving.protocol import SMOKE_REVIEWS
 
     versions = get_registry().list_versions()
     if versions:
         latest = versions[-1]
         print(f"\n  latest registered version: {latest.name} v{latest.version} ({latest.approval_status})")
+    endpoint = get_endpoint()
     info = endpoint.status()
     if info is None:
         print("  endpoint: not running (no approved version deployed yet)")
@@ -195,9 +196,10 @@ def print_artifacts(run_id: str | None = None) -> None:
 
 def print_data_status() -> None:
     """Every published partition and every delivery staged, rejected (inspectable) or expired."""
-    from include.data import catalog
+    from include.data import catalog_base
+    from include.data.catalog import get_catalog
 
-    status = catalog.data_status()
+    status = get_catalog().data_status()
     print(f"Catalog {status['catalog']}")
     print(f"\n  published partitions ({len(status['partitions'])}):")
     print(f"    {'ds':<11} {'delivery':<24} {'rows':>8} {'bad':>6}  {'last audit':<20} {'result':<7} run")
@@ -212,7 +214,7 @@ def print_data_status() -> None:
         print(f"    {d['ds']:<11} {d['delivery_id']:<24} {d['status']:<9} {d['rows']:>8,} rows  staged by "
               f"{d['staged_by_run'] or '-'}  ({d['staged_rows']:,} staged / {d['quarantined_rows']:,} quarantined "
               f"rows in the catalog)")
-        if d["status"] != catalog.STAGED:
+        if d["status"] != catalog_base.STAGED:
             print(f"      audit {d['audit_run_id']}: {d['reason']}")
             print(f"      report {d['report_path']}")
         print(f"      inspect: SELECT * FROM {status['staging_table']} WHERE delivery_id = '{d['delivery_id']}'")

@@ -13,7 +13,8 @@ from pathlib import Path
 from include.common.errors import NonRetriableError
 from include.common.io import local_copy, read_json
 from include.model.packaging import build_package, extract_package, model_dir_from_artifact
-from include.model.registry import (
+from include.model.registry import get_registry
+from include.model.registry_base import (
     APPROVED,
     PENDING,
     REJECTED,
@@ -21,10 +22,11 @@ from include.model.registry import (
     ModelVersion,
     RegistryError,
     flatten_evaluation,
-    get_registry,
 )
 from include.pipeline.context import RunInfo, git_commit
-from include.serving import endpoint, quantization
+from include.serving import quantization
+from include.serving.endpoint import get_endpoint
+from include.serving.endpoint_base import EndpointDeployError
 from include.serving.protocol import PRECISIONS, SMOKE_REVIEWS
 
 log = logging.getLogger("airflow.task")
@@ -167,15 +169,15 @@ def deploy_model(version: str, smoke_texts: list[str] | tuple[str, ...] = SMOKE_
     task fails with the reason). Returns the endpoint info (url, pid, version, smoke answers).
     """
     if precision not in ("auto", *PRECISIONS):
-        raise endpoint.EndpointDeployError(f"precision={precision!r}: use auto, {' or '.join(PRECISIONS)}")
+        raise EndpointDeployError(f"precision={precision!r}: use auto, {' or '.join(PRECISIONS)}")
     registry = get_registry()
     mv = registry.get(version)
     if mv.approval_status != APPROVED:
         raise ModelNotApprovedError(f"version {version} of {mv.name} is {mv.approval_status}, not Approved; "
                                     "approve it (approve_model task) before deploying")
     decision = choose_precision(mv) if precision == "auto" else {"precision": precision, "reason": "forced"}
-    info = endpoint.deploy(mv.package_uri, mv.version, list(smoke_texts or SMOKE_REVIEWS), port=port,
-                           timeout_s=timeout_s, precision=decision["precision"])
+    info = get_endpoint().deploy(mv.package_uri, mv.version, list(smoke_texts or SMOKE_REVIEWS), port=port,
+                                 timeout_s=timeout_s, precision=decision["precision"])
     registry.mark_deployed(mv.version)
     registry.set_serving(mv.version, decision)
     log.info("version %s serves at %s (pid %s, %s, %s in %.1fs); precision decision: %s", mv.version, info["url"],

@@ -28,10 +28,14 @@ from include.common.io import (
     uri_to_path,
     write_json,
 )
-from include.data import catalog, feature_store, quality
+from include.data import catalog_base, quality
+from include.data.catalog import get_catalog
+from include.data.feature_store import get_feature_store
 from include.jobs import requests
-from include.jobs.runner import JobRunner, get_runner
-from include.model.registry import ModelVersion, RegistryError, get_registry, registry_exists
+from include.jobs.runner import get_runner
+from include.jobs.runner_base import JobRunner
+from include.model.registry import get_registry, registry_exists
+from include.model.registry_base import ModelVersion, RegistryError
 from include.pipeline import caching, profiles
 from include.pipeline.context import PipelineError, RunInfo
 
@@ -53,28 +57,29 @@ def register_backlog(ds: str | None, input_data_uri: str = "", settings: Setting
     (``unchanged``); a backlog day identical to a rejected delivery is not staged again.
     ``partitions`` lists the days staged for the gate.
     """
+    store = get_catalog(settings)
     if input_data_uri:
         todo = [ds]
     else:
-        known = set(catalog.registered_partitions(settings))
-        todo = [d for d in catalog.landing_partitions(settings) if d not in known and (not ds or d < ds)]
+        known = set(store.registered_partitions())
+        todo = [d for d in store.landing_partitions() if d not in known and (not ds or d < ds)]
         if ds:
-            todo.append(catalog.parse_ds(ds).isoformat())
+            todo.append(catalog_base.parse_ds(ds).isoformat())
     # The run's own day is audited again even when rejected before (the user asked for it);
     # a rejected backlog day is not, or one bad landed file would fail every nightly run.
-    results = [catalog.register_partition(d, input_data_uri or None, settings=settings, run_id=run_id,
-                                          retry_rejected=(d == ds)) for d in todo]
-    staged = [r for r in results if r["status"] == catalog.STAGED]
+    results = [store.register_partition(d, input_data_uri or None, run_id=run_id, retry_rejected=(d == ds))
+               for d in todo]
+    staged = [r for r in results if r["status"] == catalog_base.STAGED]
     for r in results:
         if r["status"] == "unchanged":
             print(f"ds={r['ds']}: delivery identical to the published one ({r['delivery_id']}): nothing to do", flush=True)
     log.info("staged %d delivery(ies) %s (%d rows); unchanged %d; previously rejected %d",
              len(staged), [r["ds"] for r in staged], sum(r["rows"] for r in staged),
-             sum(r["status"] == "unchanged" for r in results), sum(r["status"] == catalog.REJECTED for r in results))
+             sum(r["status"] == "unchanged" for r in results), sum(r["status"] == catalog_base.REJECTED for r in results))
     return {"ds": ds or "", "partitions": [r["ds"] for r in staged], "rows": sum(r["rows"] for r in staged),
             "files": [f for r in staged for f in r["files"]],
             "deliveries": [{k: r[k] for k in ("ds", "delivery_id", "status", "rows")} for r in results],
-            "catalog_partitions": catalog.registered_partitions(settings)}
+            "catalog_partitions": store.registered_partitions()}
 
 
 def validate_dataset(info: RunInfo, partitions: list[str], max_bad_row_fraction: float, **tolerances: float) -> dict:
@@ -111,9 +116,9 @@ def audit_and_publish(info: RunInfo, registered: dict) -> dict:
     except quality.DataQualityError as exc:
         log.warning("%s", exc)
         return {**registered, "partitions": [], "audit": {"passed": False, "reason": str(exc)},
-                "catalog_partitions": catalog.registered_partitions()}
+                "catalog_partitions": get_catalog().registered_partitions()}
     return {**registered, "audit": {"passed": True, "report_path": result.get("report_path")},
-            "catalog_partitions": catalog.registered_partitions()}
+            "catalog_partitions": get_catalog().registered_partitions()}
 
 
 def training_settings(params: dict) -> dict:
@@ -241,7 +246,7 @@ def _plan_preprocess(info: RunInfo, params: dict, inputs: dict, runner: JobRunne
     ds_from = _ds_from(info, params)
     export_uri = info.uri("export")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = catalog.export_clean(info.ds, Path(tmp) / "clean.parquet", ds_from=ds_from)
+        rows = get_catalog().export_clean(info.ds, Path(tmp) / "clean.parquet", ds_from=ds_from)
         if rows == 0:
             raise PipelineError(f"no valid reviews up to ds={info.ds}: nothing to train on")
         publish_dir(Path(tmp), export_uri)
@@ -257,13 +262,13 @@ def _finish_preprocess(info: RunInfo, params: dict, inputs: dict, plan: JobPlan,
     settings = get_settings()
     features_uri, ds_from = plan.state["features_uri"], plan.state["ds_from"]
     # The jobs read the feature store's point-in-time export as of the run's day, not the raw
-    # shards: a backfilled run trains on what was known at its ds (include/data/feature_store.py).
+    # shards: a backfilled run trains on what was known at its ds (include/data/feature_store_base.py).
     channels = channel_uris(info)
     channels_uri = channels["train_uri"].rsplit("/", 1)[0]
     with local_dir(features_uri) as features_dir:
-        snapshot = feature_store.ingest_run_features(features_dir, info.ds, info.run_id, channels_uri, settings)
+        snapshot = get_feature_store(settings).ingest_run_features(features_dir, info.ds, info.run_id, channels_uri)
         stats = json.loads((features_dir / "stats.json").read_text())
-    first = catalog.registered_partitions(settings)[:1]
+    first = get_catalog(settings).registered_partitions()[:1]
     return {"job": result, "export_uri": plan.state["export_uri"], "clean_rows": plan.state["rows"],
             "features_uri": features_uri, "data_from": ds_from or (first[0] if first else info.ds),
             "data_to": info.ds, **channels, "feature_snapshot": snapshot, "stats": stats}

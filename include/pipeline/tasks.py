@@ -33,9 +33,9 @@ def run_info(context: dict[str, Any]) -> RunInfo:
     ds_param, interval = params.get("ds"), context.get("data_interval_start")
     landed = None
     if not ds_param and interval is None:  # a manual run without a logical date: the latest landed day
-        from include.data.catalog import landing_partitions
+        from include.data.catalog import get_catalog
 
-        landed = landing_partitions()
+        landed = get_catalog().landing_partitions()
     return RunInfo(dag_id=ti.dag_id, run_id=context["run_id"], ds=resolve_ds(interval, ds_param, landed),
                    try_number=ti.try_number)
 
@@ -192,7 +192,7 @@ def register_model(registered: dict, features: dict, trained: dict, evaluation: 
 @airflow_step
 def approval_gate(registration: dict, manual_task: str, auto_task: str) -> str:
     """Branch: a version registered as Approved (auto_approve) skips the human approval."""
-    from include.model.registry import APPROVED
+    from include.model.registry_base import APPROVED
 
     log.info("model version %s is %s", registration["version"], registration["approval_status"])
     return auto_task if registration["approval_status"] == APPROVED else manual_task

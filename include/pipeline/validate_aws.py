@@ -45,7 +45,7 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
     from include.common.aws import JOB_STEPS, load_aws_config
     from include.jobs.images import image_problems, request_problems
     from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
-    from include.jobs.sagemaker_runner import (
+    from include.jobs.runner_sagemaker import (
         archive_uri,
         code_locations,
         complete_request,
@@ -57,7 +57,7 @@ def render(conf: str, ds: str, params: dict, run_id: str = "") -> tuple[str, int
         pretrained_location,
         scripts_digest,
     )
-    from include.model.sagemaker_registry import inference_image_uri
+    from include.model.registry_sagemaker import inference_image_uri
     from include.pipeline import steps
     from include.pipeline.context import RunInfo
 

@@ -160,8 +160,8 @@ class EndpointFake:
 
 def install(monkeypatch, region: str, workdir: Path | None = None) -> tuple[FeatureStoreFake, EndpointFake]:
     """Give the production SageMaker classes clients on which the fakes answer what moto lacks."""
-    from include.data.sagemaker_feature_store import SageMakerFeatureStore
-    from include.serving.sagemaker_endpoint import SageMakerEndpoint
+    from include.data.feature_store_sagemaker import SageMakerFeatureStore
+    from include.serving.endpoint_sagemaker import SageMakerEndpoint
 
     fs_runtime = boto3.client("sagemaker-featurestore-runtime", region_name=region)
     sm = boto3.client("sagemaker", region_name=region)

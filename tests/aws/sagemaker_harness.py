@@ -9,7 +9,7 @@ What the harness PLAYS (SageMaker's side):
   (``harness.calls``): tests assert on exactly what our code sent;
 - a created job is set ``InProgress``; a background thread then downloads its inputs from
   moto's S3, runs the very same request with the project's local runner
-  (``include/jobs/local_runner.py``: container layout, ``SM_*`` environment, the script in a
+  (``include/jobs/runner_local.py``: container layout, ``SM_*`` environment, the script in a
   subprocess), uploads the outputs where SageMaker puts them (each processing output to its
   ``S3Uri``; ``<S3OutputPath>/<job>/output/model.tar.gz`` and ``output.tar.gz``; the
   checkpoint folder to ``CheckpointConfig.S3Uri``), writes the job's log lines to CloudWatch
@@ -157,7 +157,7 @@ class SageMakerHarness:
 
     def _execute(self, kind: str, request: dict, lines: list[str]) -> None:
         from include.common.aws import download_prefix, load_aws_config, upload_dir, write_bytes
-        from include.jobs.local_runner import run_processing_job, run_training_job
+        from include.jobs.runner_local import run_processing_job, run_training_job
 
         cfg = load_aws_config()
         name = request[f"{kind}JobName"]

@@ -20,8 +20,8 @@ import pytest
 
 from include.analytics import analysis, drift
 from include.common import aws
-from include.data import catalog
-from include.data.glue_catalog import athena_sql
+from include.data import catalog_base
+from include.data.catalog_glue import athena_sql
 from include.pipeline import steps
 from include.pipeline.context import RunInfo
 from tests.aws.conftest import BUCKET, REGION
@@ -109,12 +109,12 @@ def test_no_rows_in_the_range_is_a_clear_error_naming_the_glue_partitions(aws_an
 
 
 def test_only_dates_and_numbers_are_bound_into_athena_sql():
-    sql = f"SELECT count(*) FROM {catalog.TYPED} WHERE ds = $ds_to AND review_id = $who"
-    with pytest.raises(catalog.CatalogError, match=r"\$who=.x' OR 1=1.: only dates and numbers"):
+    sql = f"SELECT count(*) FROM {catalog_base.TYPED} WHERE ds = $ds_to AND review_id = $who"
+    with pytest.raises(catalog_base.CatalogError, match=r"\$who=.x' OR 1=1.: only dates and numbers"):
         athena_sql(sql, {"ds_to": date(2026, 1, 1), "who": "x' OR 1=1"}, DB)
-    with pytest.raises(catalog.CatalogError, match=r"\$missing has no value"):
+    with pytest.raises(catalog_base.CatalogError, match=r"\$missing has no value"):
         athena_sql("SELECT $missing", {}, DB)
-    with pytest.raises(catalog.CatalogError, match="glue_database 'db; drop'"):
+    with pytest.raises(catalog_base.CatalogError, match="glue_database 'db; drop'"):
         athena_sql("SELECT 1", {}, "db; drop")
 
 

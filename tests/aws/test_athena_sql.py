@@ -1,6 +1,6 @@
 """The SQL sent to Athena parses as Trino SQL (sqlglot), since moto executes none.
 
-Every query the code rewrites for Athena (include/data/glue_catalog.athena_sql over the analysis
+Every query the code rewrites for Athena (include/data/catalog_glue.athena_sql over the analysis
 questions, the count and the drift check's current-data query) is parsed with sqlglot's Trino
 dialect, and every function sqlglot does not know by name must be one Trino has.
 """
@@ -14,7 +14,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from include.analytics import analysis, drift
-from include.data.glue_catalog import athena_sql
+from include.data.catalog_glue import athena_sql
 
 DB = "review_sentiment"
 PARAMS = {"ds_from": date(2026, 3, 1), "ds_to": date(2026, 3, 5), "top_n": 3, "min_reviews": 20, "bin_width": 10}

@@ -32,7 +32,8 @@ import pytest
 from include.common import aws
 from include.common.config import safe_name
 from include.jobs import requests
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import BASELINE_MODEL_NAME, PENDING
 from include.pipeline.context import RunInfo
 from include.scripts.preprocess import __file__ as PREPROCESS
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS
@@ -50,7 +51,7 @@ def played_services(aws_account, monkeypatch, tmp_path):
     """PutRecord played into moto's offline store (tests/aws/sagemaker_fakes.py)."""
     from tests.aws.sagemaker_fakes import install
 
-    monkeypatch.setattr("include.data.sagemaker_feature_store.POLL_S", 0.05, raising=False)
+    monkeypatch.setattr("include.data.feature_store_sagemaker.POLL_S", 0.05, raising=False)
     return install(monkeypatch, REGION, tmp_path / "endpoint")
 
 
@@ -104,7 +105,7 @@ def _ingest_snapshot(tmp_path) -> None:
                     "--max-seq-length", "16", "--balance-dataset", "eval", "--train-split-percentage", "0.7",
                     "--validation-split-percentage", "0.15"], check=True, capture_output=True)
     cfg = aws.load_aws_config()
-    feature_store.ingest_run_features(out, DS, SNAPSHOT, cfg.s3_uri("snapshot/channels"))
+    feature_store.get_feature_store().ingest_run_features(out, DS, SNAPSHOT, cfg.s3_uri("snapshot/channels"))
 
 
 def test_automl_dag_on_sagemaker_searches_launches_autopilot_and_registers_a_servable_baseline(

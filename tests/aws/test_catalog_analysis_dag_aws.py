@@ -19,8 +19,8 @@ import pandas as pd
 from include.analytics import analysis
 from include.common import aws
 from include.common.config import safe_name
-from include.data import catalog
-from include.data.glue_catalog import athena_sql
+from include.data.catalog import get_catalog
+from include.data.catalog_glue import athena_sql
 from include.data.landing import land_daily_drops
 from tests.aws.conftest import BUCKET, REGION
 from tests.aws.test_athena_analysis import ANSWERS, DB, _queries_sent, _queue
@@ -39,7 +39,7 @@ def test_analysis_dag_on_aws_publishes_glue_partitions_and_writes_the_athena_rep
     assert all(s.endswith("success") for s in states.values()), states
 
     days = sorted(d.ds for d in drops)
-    assert catalog.registered_partitions() == days
+    assert get_catalog().registered_partitions() == days
     glue = boto3.client("glue", region_name=REGION)
     parts = glue.get_partitions(DatabaseName=DB, TableName="reviews_raw")["Partitions"]
     assert sum(int(p["Parameters"]["rows"]) for p in parts) == 600

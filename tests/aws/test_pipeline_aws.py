@@ -34,7 +34,7 @@ import pytest
 
 from include.common import aws, iam
 from include.common.config import safe_name
-from include.data import catalog
+from include.data.catalog import get_catalog
 from include.data.landing import land_daily_drops
 from include.jobs import requests
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS
@@ -61,7 +61,7 @@ def played_services(aws_account, monkeypatch, tmp_path):
     the deployed package's own handler; UpdateEndpoint switches moto's endpoint."""
     from tests.aws.sagemaker_fakes import install
 
-    monkeypatch.setattr("include.data.sagemaker_feature_store.POLL_S", 0.05, raising=False)
+    monkeypatch.setattr("include.data.feature_store_sagemaker.POLL_S", 0.05, raising=False)
     return install(monkeypatch, REGION, tmp_path / "endpoint")
 
 
@@ -82,7 +82,7 @@ def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_calls, aws_account, sag
     run = cfg.s3_uri(f"runs/{DAG_ID}/{safe_name(dr.run_id)}")
 
     # ---- the catalog: Glue table and partitions over S3
-    assert catalog.registered_partitions() == sorted(d.ds for d in drops)
+    assert get_catalog().registered_partitions() == sorted(d.ds for d in drops)
     glue = boto3.client("glue", region_name=REGION)
     parts = glue.get_partitions(DatabaseName=cfg.glue_database, TableName="reviews_raw")["Partitions"]
     assert sorted(p["Values"][0] for p in parts) == sorted(d.ds for d in drops)

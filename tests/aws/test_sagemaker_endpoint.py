@@ -17,12 +17,13 @@ import boto3
 import pytest
 
 from include.common.aws import load_aws_config
-from include.model.registry import APPROVED, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED
 from include.pipeline import model_steps
-from include.serving import endpoint
-from include.serving.endpoint import EndpointDeployError
+from include.serving.endpoint import get_endpoint
+from include.serving.endpoint_base import EndpointDeployError
+from include.serving.endpoint_sagemaker import SageMakerEndpoint
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS
-from include.serving.sagemaker_endpoint import SageMakerEndpoint
 from tests.aws.conftest import BUCKET, REGION
 from tests.aws.stubs import OperationStubber, moto_sagemaker, streaming
 
@@ -186,8 +187,8 @@ def test_deploy_model_step_deploys_an_approved_package_and_marks_it_deployed(aws
         "created", "review-sentiment",
         f"https://runtime.sagemaker.{REGION}.amazonaws.com/endpoints/review-sentiment/invocations")
     assert get_registry().deployed_version().version == "1"
-    assert endpoint.status()["version"] == "1"
-    assert endpoint.stop() is True and endpoint.status() is None
+    assert get_endpoint().status()["version"] == "1"
+    assert get_endpoint().stop() is True and get_endpoint().status() is None
 
 
 def _config_name(harness: Harness, version: str) -> str:
@@ -205,20 +206,20 @@ def test_a_real_package_is_deployed_updated_and_answers_through_its_own_handler(
     _, fake = install(monkeypatch, REGION, tmp_path / "container")
     v1 = build_package(classifier_dir, f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/a/register_model/")
     v2 = build_package(classifier_dir, f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/b/register_model/")
-    first = endpoint.deploy(v1, "1", TEXTS)
+    first = get_endpoint().deploy(v1, "1", TEXTS)
     assert first["mode"] == "created"
     assert {a["predicted_label"] for a in first["smoke"]} <= {-1, 0, 1}
     assert all(0.0 <= a["probability"] <= 1.0 for a in first["smoke"])
-    second = endpoint.deploy(v2, "2", TEXTS, precision="int8")
+    second = get_endpoint().deploy(v2, "2", TEXTS, precision="int8")
     assert (second["mode"], second["previous_version"]) == ("updated", "1")
     assert [u["EndpointConfigName"] for u in fake.updates] == [second["endpoint_config"]]
-    answers = endpoint.predict(["I love this dress, it fits perfectly."])
+    answers = get_endpoint().predict(["I love this dress, it fits perfectly."])
     assert answers[0]["model_version"] == "2" and answers[0]["label"] in ("negative", "neutral", "positive")
     assert fake.invocations[-1]["ContentType"] == "application/json"
     fake.fail_updates = "The primary container for production variant AllTraffic did not pass the ping health check."
     with pytest.raises(EndpointDeployError, match="ping health check.*version 2\\) still serves"):
-        endpoint.deploy(v1, "1", TEXTS)
-    assert endpoint.status()["version"] == "2"
+        get_endpoint().deploy(v1, "1", TEXTS)
+    assert get_endpoint().status()["version"] == "2"
 
 
 def test_the_int8_decision_reads_the_package_and_the_test_split_from_s3(aws_account, classifier_dir, monkeypatch):

@@ -24,8 +24,15 @@ import pytest
 
 from include.common.aws import load_aws_config
 from include.data import feature_store
-from include.data.feature_store import REVIEWS, Feature, FeatureGroup, FeatureValidationError, SchemaChangeError
-from include.data.sagemaker_feature_store import SageMakerFeatureStore
+from include.data.feature_store_base import (
+    REVIEWS,
+    Feature,
+    FeatureGroup,
+    FeatureStoreError,
+    FeatureValidationError,
+    SchemaChangeError,
+)
+from include.data.feature_store_sagemaker import SageMakerFeatureStore
 from tests.aws.conftest import BUCKET, REGION
 from tests.aws.sagemaker_fakes import FeatureStoreFake, install
 
@@ -162,17 +169,18 @@ def test_the_pipeline_step_ingests_and_exports_through_the_same_function(aws_acc
         pq.write_table(_rows(ids, "2024-01-01", splits=[split] * len(ids)).drop_columns(["event_time"]),
                        features / split / "part-00000.parquet")
     dest = f"s3://{BUCKET}/rs/runs/review_sentiment_pipeline/d1/preprocess/channels"
-    out = feature_store.ingest_run_features(features, "2024-01-01", "d1", dest)
+    out = feature_store.get_feature_store().ingest_run_features(features, "2024-01-01", "d1", dest)
     assert out["rows"] == {"train": 2, "validation": 1, "test": 1}
     assert out["as_of"] == "2024-01-01T00:00:00"
     assert len(fake.puts) == 4
     assert isinstance(feature_store.get_feature_store(), SageMakerFeatureStore)
     # what the AutoML DAG reads: the latest run's snapshot, exported as of its event time
-    assert feature_store.latest_snapshot() == "d1"
-    assert feature_store.export_snapshot("d1", tmp_path / "automl") == {"train": 2, "validation": 1, "test": 1}
+    store = feature_store.get_feature_store()
+    assert store.latest_snapshot() == "d1"
+    assert store.export_snapshot("d1", tmp_path / "automl") == {"train": 2, "validation": 1, "test": 1}
     assert pq.read_table(tmp_path / "automl" / "test" / "part-00000.parquet").column("review_id").to_pylist() == ["d"]
-    with pytest.raises(feature_store.FeatureStoreError, match="no ingestion"):
-        feature_store.export_snapshot("never-ran", tmp_path / "none")
+    with pytest.raises(FeatureStoreError, match="no ingestion"):
+        feature_store.get_feature_store().export_snapshot("never-ran", tmp_path / "none")
 
 
 def test_a_new_feature_is_added_with_update_feature_group(aws_account):

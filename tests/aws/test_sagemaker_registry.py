@@ -6,8 +6,9 @@ import json
 import boto3
 import pytest
 
-from include.model.registry import APPROVED, PENDING, REJECTED, RegistryError, get_registry
-from include.model.sagemaker_registry import (
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED, PENDING, REJECTED, RegistryError
+from include.model.registry_sagemaker import (
     SageMakerModelRegistry,
     decode_properties,
     encode_properties,
@@ -81,7 +82,7 @@ def test_auto_approve_registers_approved(registry):
 
 
 def test_automl_baselines_go_to_their_own_group_without_model_metrics_when_no_evaluation_is_named(aws_account):
-    from include.model.registry import BASELINE_MODEL_NAME
+    from include.model.registry_base import BASELINE_MODEL_NAME
 
     baseline = get_registry(BASELINE_MODEL_NAME)
     mv = baseline.register(PACKAGE_URI, {"accuracy": 0.68}, {"dag_id": "review_automl_baseline", "run_id": "a1"})

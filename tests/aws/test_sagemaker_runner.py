@@ -1,4 +1,4 @@
-"""The SageMaker job runner (include/jobs/sagemaker_runner.py) against moto's server.
+"""The SageMaker job runner (include/jobs/runner_sagemaker.py) against moto's server.
 
 moto marks a job Completed at creation and overwrites a job created twice under one name, so
 it cannot show that a retry pays twice: these tests assert on the calls the server received
@@ -17,9 +17,9 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from include.common.aws import AwsConfigError, config_from_dict, load_aws_config, read_bytes
 from include.jobs import requests
-from include.jobs.local_runner import JobFailedError
 from include.jobs.runner import get_runner
-from include.jobs.sagemaker_runner import (
+from include.jobs.runner_base import JobFailedError
+from include.jobs.runner_sagemaker import (
     SageMakerJobRunner,
     complete_request,
     max_poll_attempts,

@@ -63,12 +63,12 @@ def _free_port() -> int:
 @pytest.fixture
 def endpoint_port(landed, monkeypatch):
     """A free loopback port for the model endpoint; the endpoint is stopped afterwards."""
-    from include.serving import endpoint
+    from include.serving.endpoint import get_endpoint
 
     port = _free_port()
     monkeypatch.setenv("ENDPOINT_PORT", str(port))
     yield port
-    endpoint.stop()
+    get_endpoint().stop()
 
 
 # Kept in its own module: `chromium` (Debian's browser, installed when missing).

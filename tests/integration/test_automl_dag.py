@@ -10,7 +10,8 @@ import httpx
 
 from include.common.config import get_settings
 from include.common.io import uri_to_path
-from include.model.registry import BASELINE_MODEL_NAME, PENDING, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import BASELINE_MODEL_NAME, PENDING
 from include.pipeline.context import RunInfo
 from include.scripts.preprocess import __file__ as PREPROCESS
 from include.serving.protocol import SMOKE_REVIEWS
@@ -26,7 +27,7 @@ def _ingest_features(landed, tmp_path) -> str:
                     "--max-seq-length", "16", "--balance-dataset", "eval", "--train-split-percentage", "0.7",
                     "--validation-split-percentage", "0.15"], check=True, capture_output=True)
     channels = tmp_path / "channels"
-    feature_store.ingest_run_features(out, "2026-11-20", "manual__snapshot-1", channels.as_uri())
+    feature_store.get_feature_store().ingest_run_features(out, "2026-11-20", "manual__snapshot-1", channels.as_uri())
     return "manual__snapshot-1"
 
 
@@ -73,9 +74,9 @@ def test_automl_dag_registers_a_servable_baseline_that_check_accuracy_scores(lan
     assert figures["accuracy"] == refs["baseline"] and set(figures["per_class"]) == {"negative", "neutral", "positive"}
 
     # The baseline package is served by the same endpoint with the same contract.
-    from include.serving import endpoint
+    from include.serving.endpoint import get_endpoint
 
-    info = endpoint.deploy(baseline.package_uri, f"baseline-{baseline.version}", list(SMOKE_REVIEWS))
+    info = get_endpoint().deploy(baseline.package_uri, f"baseline-{baseline.version}", list(SMOKE_REVIEWS))
     assert info["url"].endswith(str(endpoint_port))
     body = "\n".join(json.dumps({"features": [t]}) for t in SMOKE_REVIEWS) + "\n"
     answer = httpx.post(f"http://127.0.0.1:{endpoint_port}/invocations", content=body,

@@ -9,8 +9,9 @@ import httpx
 
 from include.common.config import get_settings
 from include.common.io import uri_to_path
-from include.model.registry import APPROVED, get_registry
-from include.serving import endpoint
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED
+from include.serving.endpoint import get_endpoint
 from tests.integration.conftest import DEPLOY, DS, run_dag
 
 DAG = "review_sentiment_pipeline"
@@ -38,7 +39,7 @@ def test_a_backfilled_run_registers_but_does_not_replace_a_model_trained_on_newe
     assert int(backfilled.version) > int(served.version), "the backfill registered a newer version number"
     # ... but the model trained on newer data keeps serving
     assert get_registry().deployed_version().version == served.version
-    assert str(endpoint.status()["version"]) == str(served.version)
+    assert str(get_endpoint().status()["version"]) == str(served.version)
     answer = httpx.post(f"http://127.0.0.1:{endpoint_port}/invocations", json="great fit", timeout=30)
     assert answer.status_code == 200 and str(answer.json()["model_version"]) == str(served.version)
     line = next((ln for ln in log.splitlines() if "never moves production backwards" in ln), "")

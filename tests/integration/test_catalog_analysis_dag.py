@@ -8,7 +8,7 @@ import pandas as pd
 from include.analytics.analysis import QUESTIONS
 from include.common.config import get_settings
 from include.common.io import uri_to_path
-from include.data import catalog
+from include.data.catalog import get_catalog
 from tests.integration.conftest import run_dag
 
 
@@ -18,7 +18,7 @@ def test_analysis_dag_registers_landed_partitions_and_writes_report(landed, caps
     assert states["register"].endswith("success") and states["analyse"].endswith("success"), states
     assert states["check_drift"].endswith("success"), states  # no baseline: skipped, not failed
 
-    assert catalog.registered_partitions() == sorted(catalog.landing_partitions())
+    assert get_catalog().registered_partitions() == sorted(get_catalog().landing_partitions())
     out = uri_to_path(get_settings().run_uri("review_catalog_analysis", dr.run_id, "analysis"))
     report = (out / "report.html").read_text(encoding="utf-8")
     for q in QUESTIONS:

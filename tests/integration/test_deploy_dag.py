@@ -7,8 +7,9 @@ import tarfile
 import threading
 import time
 
-from include.model.registry import REJECTED, get_registry
-from include.serving import endpoint
+from include.model.registry import get_registry
+from include.model.registry_base import REJECTED
+from include.serving.endpoint import get_endpoint
 from tests.integration.conftest import DEPLOY, run_dag
 
 
@@ -80,4 +81,4 @@ def test_manual_approval_waits_and_a_rejection_deploys_nothing(endpoint_port):
     with tarfile.open(uri_to_path(versions[0].package_uri), "r:gz") as tar:  # register_model's int8 model
         assert "model.int8.onnx" in tar.getnames()
     assert get_registry().deployed_version() is None
-    assert endpoint.status() is None, "nothing was deployed"
+    assert get_endpoint().status() is None, "nothing was deployed"

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from include.data import catalog, quality
+from include.data import catalog_duckdb, quality
+from include.data.catalog import get_catalog
 from tests.integration.conftest import DS, TINY, run_dag
 
 HEADER = "review_id,product_category,review_body,star_rating,review_date\n"
 
 
 def _catalog_snapshot() -> list[tuple]:
-    con = catalog.connect(read_only=True)
+    con = catalog_duckdb.connect(read_only=True)
     try:
         return con.execute("SELECT * FROM reviews.reviews_raw ORDER BY ds, source_file, source_line").fetchall()
     finally:
@@ -33,7 +34,7 @@ def _bad_files(folder):
     ("latin1.csv", "UTF-8"),
 ])
 def test_bad_input_fails_at_register_and_leaves_catalog_unchanged(landed, tmp_path, capfd, case, expected):
-    catalog.register_partition(DS)  # something already catalogued (staged, then published) that must survive
+    get_catalog().register_partition(DS)  # something already catalogued (staged, then published) that must survive
     quality.validate_partitions([DS], "setup", 0.05, tmp_path / "setup-report")
     before = _catalog_snapshot()
     assert before

@@ -10,8 +10,9 @@ import httpx
 
 from include.common.config import get_settings
 from include.common.io import uri_to_path
-from include.model.registry import APPROVED, get_registry
-from include.serving import endpoint
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED
+from include.serving.endpoint import get_endpoint
 from tests.integration.conftest import DEPLOY, DS, run_dag
 
 
@@ -67,7 +68,7 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     # deploy_model measured int8 against fp32 on this run's test split and recorded the decision
     assert version.serving["precision"] in ("fp32", "int8") and int(version.serving["eval_rows"]) > 0
     assert 0.0 <= float(version.serving["int8_accuracy"]) <= 1.0 and version.serving["test_uri"].endswith("/test")
-    assert endpoint.status()["precision"] == version.serving["precision"]
+    assert get_endpoint().status()["precision"] == version.serving["precision"]
     # check_accuracy's decision (no champion, no baseline yet) is in the registry entry.
     assert version.lineage["gate_decision"] == "register" and "champion none" in version.lineage["gate_note"]
     answer = _invoke_jsonlines(endpoint_port, ["I love this dress", "It fell apart after one wash"])
@@ -97,4 +98,4 @@ def test_pipeline_end_to_end_deploys_a_model_that_answers_and_a_failed_gate_keep
     answer = httpx.post(f"http://127.0.0.1:{endpoint_port}/invocations", json="great fit", timeout=30)
     assert answer.status_code == 200, answer.text
     assert str(answer.json()["model_version"]) == str(version.version), "the deployed version still answers"
-    assert str(endpoint.status()["version"]) == str(version.version)
+    assert str(get_endpoint().status()["version"]) == str(version.version)

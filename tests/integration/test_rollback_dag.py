@@ -4,9 +4,10 @@ from __future__ import annotations
 import time
 
 from include.model.packaging import build_package
-from include.model.registry import APPROVED, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED
 from include.pipeline.model_steps import deploy_model
-from include.serving import endpoint
+from include.serving.endpoint import get_endpoint
 from tests.integration.conftest import run_dag
 
 
@@ -23,9 +24,9 @@ def test_rollback_dag_puts_the_previous_approved_version_back(endpoint_port, cla
     package = build_package(classifier_dir, (tmp_path / "p").as_uri())
     first, second = _approved(package), _approved(package)
     deploy_model(second, precision="fp32")
-    assert endpoint.status()["serving_version"] == second
+    assert get_endpoint().status()["serving_version"] == second
 
     _, states = run_dag("review_endpoint_rollback")
     assert states["rollback"].endswith("success"), states
     assert get_registry().deployed_version().version == first
-    assert endpoint.status()["serving_version"] == first
+    assert get_endpoint().status()["serving_version"] == first

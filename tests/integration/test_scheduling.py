@@ -50,7 +50,7 @@ def test_catchup_off_schedules_only_the_last_complete_day_not_the_start_date(pip
 def test_the_nightly_run_processes_the_day_its_data_interval_covers(pipeline):
     from airflow.timetables.base import DataInterval, TimeRestriction
 
-    from include.data.catalog import landing_root
+    from include.data.catalog_base import landing_root
     from include.pipeline.cli import logical_date_for
     from include.pipeline.context import resolve_ds
 

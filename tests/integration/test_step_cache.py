@@ -81,14 +81,14 @@ def test_a_rerun_reuses_the_steps_and_params_code_or_data_changes_miss(landed, c
     assert "differs in data" in _line(log, "cache miss: evaluate"), "a new model is new input data for evaluate"
 
     # 3. The job code changes (include/scripts/ as the runner ships it): every step misses.
-    from include.jobs import runner
+    from include.jobs import runner_local
 
     scripts = tmp_path / "scripts"
-    shutil.copytree(runner.SCRIPTS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(runner_local.SCRIPTS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
     with open(scripts / "preprocess.py", "a") as fh:
         fh.write("\n# a change to the job code\n")
     with monkeypatch.context() as patch:
-        patch.setattr(runner, "SCRIPTS_DIR", scripts)
+        patch.setattr(runner_local, "SCRIPTS_DIR", scripts)
         fourth = _run(3)
     log = _log(capfd, caplog)
     assert not any(c["hit"] for c in _cache(fourth).values())

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Page, expect, sync_playwright
 
-from include.model.registry import APPROVED, REJECTED, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED, REJECTED
 from tests.integration.browser import CHROMIUM_ARGS, keep_artifact
 from tests.integration.conftest import DEPLOY
 from tests.integration.stack_fixture import STACK_END, StackClient

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from include.analytics import analysis, drift
-from include.data import catalog
+from include.data import catalog_base
 from include.data.synthetic import generate_reviews, write_landing
 from include.pipeline import steps
 from include.pipeline.context import RunInfo
@@ -14,7 +14,7 @@ from include.pipeline.context import RunInfo
 @pytest.fixture
 def catalogued(reviews_home):
     df = generate_reviews(3000, seed=4, bad_fraction=0.02, days=2)
-    write_landing(df, catalog.landing_root())
+    write_landing(df, catalog_base.landing_root())
     # What the analysis DAG's register task does: stage the backlog, audit it, publish (2% bad < 5%).
     info = RunInfo(dag_id="review_catalog_analysis", run_id="fixture", ds="", try_number=1)
     assert steps.audit_and_publish(info, steps.register_backlog(None))["audit"]["passed"]
@@ -56,7 +56,7 @@ def test_ds_range_is_a_bound_parameter(catalogued):
     both = analysis.answer_questions()
     assert 0 < day1["reviews_per_category"]["reviews"].sum() < both["reviews_per_category"]["reviews"].sum()
     # An injection attempt is just a wrong date, refused before any SQL runs.
-    with pytest.raises(catalog.CatalogError, match="YYYY-MM-DD"):
+    with pytest.raises(catalog_base.CatalogError, match="YYYY-MM-DD"):
         analysis.answer_questions(ds_from="2026-01-01' OR 1=1 --")
 
 
@@ -96,7 +96,8 @@ def test_drift_baseline_must_exist_and_have_the_columns(catalogued, tmp_path):
 
 
 def test_drift_baseline_defaults_to_the_deployed_models_training_data(reviews_home, tmp_path):
-    from include.model.registry import APPROVED, get_registry
+    from include.model.registry import get_registry
+    from include.model.registry_base import APPROVED
 
     assert steps.deployed_training_data_uri() is None, "no registry yet: no baseline"
     registry = get_registry()

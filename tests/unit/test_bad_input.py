@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from include.data import catalog, quality
+from include.data import catalog_base, catalog_duckdb, quality
+from include.data.catalog import get_catalog
 
 HEADER = "review_id,product_category,review_body,star_rating,review_date\n"
 GOOD_ROWS = "g1,Dresses,Lovely dress,5,2026-01-01\ng2,Knits,Too thin,2,2026-01-01\ng3,Pants,Fine,3,2026-01-01\n"
@@ -20,10 +21,10 @@ def _write(path: Path, data: bytes | str) -> Path:
 
 
 def _snapshot() -> dict:
-    con = catalog.connect()
+    con = catalog_duckdb.connect()
     try:
         return {t: sorted(map(repr, con.execute(f"SELECT * FROM {t}").fetchall()))
-                for t in (catalog.RAW, catalog.QUARANTINE, catalog.PARTITIONS)}
+                for t in (catalog_base.RAW, catalog_base.QUARANTINE, catalog_base.PARTITIONS)}
     finally:
         con.close()
 
@@ -31,14 +32,14 @@ def _snapshot() -> dict:
 @pytest.fixture
 def catalogued(reviews_home, tmp_path) -> dict:
     """A catalog with one registered and validated partition; returns its snapshot."""
-    catalog.register_partition("2026-01-01", str(_write(tmp_path / "good.csv", HEADER + GOOD_ROWS)))
+    get_catalog().register_partition("2026-01-01", str(_write(tmp_path / "good.csv", HEADER + GOOD_ROWS)))
     quality.validate_partitions(["2026-01-01"], "setup", 0.0, tmp_path / "setup-report")
     return _snapshot()
 
 
 def _refused(path: Path, *needles: str, ds: str = "2026-01-01") -> str:
-    with pytest.raises(catalog.RegistrationError) as info:
-        catalog.register_partition(ds, str(path))
+    with pytest.raises(catalog_base.RegistrationError) as info:
+        get_catalog().register_partition(ds, str(path))
     message = str(info.value)
     for needle in needles:
         assert needle in message, message
@@ -103,9 +104,9 @@ def test_quoted_newlines_load_with_the_line_each_record_starts_on(reviews_home, 
     text = (HEADER + 'q1,Dresses,"first line\nsecond line\nthird",5,\n'
             + 'q2,Knits,"one ""quoted"" word",4,\n' + 'q3,Pants,"a\r\nb",3,\n' + "q4,Jeans,plain,2,\n")
     src = _write(tmp_path / "multi.csv", text)
-    assert catalog.register_partition("2026-01-03", str(src))["rows"] == 4
-    con = catalog.connect()
-    rows = con.execute(f"SELECT review_id, review_body, source_line FROM {catalog.STAGING} ORDER BY source_line").fetchall()
+    assert get_catalog().register_partition("2026-01-03", str(src))["rows"] == 4
+    con = catalog_duckdb.connect()
+    rows = con.execute(f"SELECT review_id, review_body, source_line FROM {catalog_base.STAGING} ORDER BY source_line").fetchall()
     con.close()
     assert rows == [("q1", "first line\nsecond line\nthird", 2), ("q2", 'one "quoted" word', 5),
                     ("q3", "a\r\nb", 6), ("q4", "plain", 8)]
@@ -113,9 +114,9 @@ def test_quoted_newlines_load_with_the_line_each_record_starts_on(reviews_home, 
 
 def test_blank_lines_take_the_exact_slow_path_for_line_numbers(reviews_home, tmp_path):
     src = _write(tmp_path / "blank.csv", HEADER + "b1,Dresses,x,5,\n\n\nb2,Knits,\"y\nz\",4,\nb3,Pants,w,3,\n")
-    catalog.register_partition("2026-01-03", str(src))
-    con = catalog.connect()
-    lines = con.execute(f"SELECT review_id, source_line FROM {catalog.STAGING} ORDER BY source_line").fetchall()
+    get_catalog().register_partition("2026-01-03", str(src))
+    con = catalog_duckdb.connect()
+    lines = con.execute(f"SELECT review_id, source_line FROM {catalog_base.STAGING} ORDER BY source_line").fetchall()
     con.close()
     assert lines == [("b1", 2), ("b2", 5), ("b3", 7)]
 
@@ -123,11 +124,11 @@ def test_blank_lines_take_the_exact_slow_path_for_line_numbers(reviews_home, tmp
 def test_bad_star_ratings_are_quarantined_with_rule_file_and_line(reviews_home, tmp_path):
     src = _write(tmp_path / "ratings.csv", HEADER + "r1,Dresses,ok,five,\nr2,Dresses,ok,0,\nr3,Dresses,ok,6,\n"
                  + "r4,Dresses,fine,5,\n")
-    catalog.register_partition("2026-01-04", str(src))
+    get_catalog().register_partition("2026-01-04", str(src))
     with pytest.raises(quality.DataQualityError, match="star_rating_integer_1_5=3"):
         quality.validate_partitions(["2026-01-04"], "r", 0.5, tmp_path / "rep")
-    con = catalog.connect()
-    got = con.execute(f"SELECT review_id, rule, source_file, source_line, value FROM {catalog.QUARANTINE} "
+    con = catalog_duckdb.connect()
+    got = con.execute(f"SELECT review_id, rule, source_file, source_line, value FROM {catalog_base.QUARANTINE} "
                       "ORDER BY source_line").fetchall()
     con.close()
     assert got == [("r1", "star_rating_integer_1_5", str(src), 2, "five"),
@@ -138,12 +139,12 @@ def test_bad_star_ratings_are_quarantined_with_rule_file_and_line(reviews_home, 
 def test_duplicate_ids_across_two_drops_are_reported_and_the_later_drop_wins(reviews_home, tmp_path):
     d1 = _write(tmp_path / "d1.csv", HEADER + "same,Dresses,old text,1,\nonly1,Knits,a,4,\n")
     d2 = _write(tmp_path / "d2.csv", HEADER + "same,Dresses,new text,5,\nonly2,Knits,b,4,\n")
-    catalog.register_partition("2026-01-05", str(d1))
-    catalog.register_partition("2026-01-06", str(d2))
+    get_catalog().register_partition("2026-01-05", str(d1))
+    get_catalog().register_partition("2026-01-06", str(d2))
     result = quality.validate_partitions(["2026-01-05", "2026-01-06"], "dup", 0.0, tmp_path / "rep")
     assert result["duplicate_ids_across_partitions"] == 1 and result["bad_rows"] == 0
     dest = tmp_path / "clean.parquet"
-    assert catalog.export_clean("2026-01-06", dest) == 3
+    assert get_catalog().export_clean("2026-01-06", dest) == 3
     import pandas as pd
 
     clean = pd.read_parquet(dest).set_index("review_id")
@@ -157,12 +158,12 @@ def test_20mb_single_review_is_quarantined_not_crashing(reviews_home, tmp_path):
         fh.write('huge,Dresses,"' + "word " * 4_000_000 + '",4,\n')  # 20 MB of text
         fh.write("ok2,Knits,also fine,4,\n")
     assert src.stat().st_size > 20_000_000
-    catalog.register_partition("2026-01-07", str(src))
+    get_catalog().register_partition("2026-01-07", str(src))
     result = quality.validate_partitions(["2026-01-07"], "huge", 0.5, tmp_path / "rep")
     assert result["rule_counts"]["review_body_length_1_5000"] == 1 and result["bad_rows"] == 1
-    con = catalog.connect()
-    line, value = con.execute(f"SELECT source_line, value FROM {catalog.QUARANTINE}").fetchall()[0]
+    con = catalog_duckdb.connect()
+    line, value = con.execute(f"SELECT source_line, value FROM {catalog_base.QUARANTINE}").fetchall()[0]
     con.close()
     assert line == 3 and len(value) == 200  # the stored value is cut, not 20 MB
-    assert catalog.export_clean("2026-01-07", tmp_path / "clean.parquet") == 2
+    assert get_catalog().export_clean("2026-01-07", tmp_path / "clean.parquet") == 2
     assert (tmp_path / "rep" / "validation_report.html").stat().st_size < 2_000_000

@@ -152,14 +152,15 @@ def test_code_digest_follows_the_scripts_content_not_bytecode(tmp_path):
 
 
 def test_preprocess_key_follows_the_published_deliveries(landed_day):
-    from include.data import catalog, quality
+    from include.data import quality
+    from include.data.catalog import get_catalog
 
     info = _info("r", ds=landed_day["ds"])
     prof = {"max_seq_length": 32, "train_split_percentage": 0.9, "validation_split_percentage": 0.05,
             "balance_dataset": "true"}
     code = landed_day["code_uri"]
     empty = caching.preprocess_key(info, prof, None, "", code)
-    catalog.register_partition(landed_day["ds"])
+    get_catalog().register_partition(landed_day["ds"])
     quality.validate_partitions([landed_day["ds"]], "setup", 0.05, landed_day["tmp"] / "report")
     published = caching.preprocess_key(info, prof, None, "", code)
     assert published.data["deliveries"][0]["delivery_id"].startswith(landed_day["ds"])
@@ -174,7 +175,7 @@ def landed_day(reviews_home, tmp_path):
     from datetime import date
 
     from include.data.landing import land_daily_drops
-    from include.jobs.runner import SCRIPTS_DIR
+    from include.jobs.runner_base import SCRIPTS_DIR
 
     ds = "2026-11-20"
     land_daily_drops(uri_to_path(get_settings().landing_uri), date.fromisoformat(ds), days=1, limit=200)

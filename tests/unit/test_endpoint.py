@@ -24,10 +24,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from include.model.packaging import build_package
-from include.model.registry import APPROVED, PENDING, get_registry
+from include.model.registry import get_registry
+from include.model.registry_base import APPROVED, PENDING
 from include.pipeline.model_steps import ModelNotApprovedError, deploy_model
-from include.serving import endpoint
-from include.serving.endpoint import EndpointDeployError, EndpointNotRunningError
+from include.serving.endpoint import get_endpoint
+from include.serving.endpoint_base import EndpointDeployError, EndpointNotRunningError
 from include.serving.protocol import SMOKE_REVIEWS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,7 +50,7 @@ def state_dir(tmp_path_factory):
         mp.setenv("INFERENCE_NUM_THREADS", "1")  # the server inherits it: be gentle with shared cores
         mp.setenv("ENDPOINT_PORT", str(_free_port()))
         yield home
-        endpoint.stop()
+        get_endpoint().stop()
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +85,10 @@ def packages(model_dirs, tmp_path_factory) -> dict[str, str]:
 @pytest.fixture
 def serving(state_dir, packages) -> dict:
     """The endpoint, running (deployed as version 101 if it was not)."""
-    info = endpoint.status()
+    info = get_endpoint().status()
     if info is None or not info["healthy"]:
-        endpoint.deploy(packages["a"], "101", SMOKE_REVIEWS)
-        info = endpoint.status()
+        get_endpoint().deploy(packages["a"], "101", SMOKE_REVIEWS)
+        info = get_endpoint().status()
     return info
 
 
@@ -101,8 +102,8 @@ def _post(url: str, body: bytes | str, content_type: str, accept: str | None = N
 # ---------------------------------------------------------------- start and the contract
 
 def test_deploy_starts_a_detached_background_server(state_dir, packages):
-    endpoint.stop()
-    info = endpoint.deploy(packages["a"], "101", SMOKE_REVIEWS)
+    get_endpoint().stop()
+    info = get_endpoint().deploy(packages["a"], "101", SMOKE_REVIEWS)
     assert info["mode"] == "started" and info["version"] == "101"
     assert [s["text"] for s in info["smoke"]] == list(SMOKE_REVIEWS)
     assert all(s["predicted_label"] in (-1, 0, 1) for s in info["smoke"])
@@ -182,7 +183,7 @@ def test_admin_routes_need_the_token(serving):
 
 
 def test_predict_client_and_cli(serving):
-    answers = endpoint.predict(["Runs small, but lovely fabric.", "Returned it."])
+    answers = get_endpoint().predict(["Runs small, but lovely fabric.", "Returned it."])
     assert len(answers) == 2 and answers[0]["model_version"] == serving["version"]
     cli = subprocess.run([sys.executable, "-m", "include.serving.endpoint", "status"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
@@ -227,7 +228,7 @@ def test_redeploy_swaps_the_version_with_zero_failed_requests(serving, packages)
     hammer.start()
     try:
         hammer.wait_for(3)
-        info = endpoint.deploy(package, new, SMOKE_REVIEWS)
+        info = get_endpoint().deploy(package, new, SMOKE_REVIEWS)
         done = len(hammer.results)
         hammer.wait_for(done + 3)
     finally:
@@ -240,20 +241,20 @@ def test_redeploy_swaps_the_version_with_zero_failed_requests(serving, packages)
     versions = [v for _, v in hammer.results]
     assert versions[0] == old and versions[-1] == new
     assert versions == sorted(versions, key=lambda v: v == new)  # old answers, then only new ones
-    assert endpoint.status()["serving_version"] == new
+    assert get_endpoint().status()["serving_version"] == new
 
 
 def test_redeploying_the_served_version_only_smoke_tests_it(serving, packages):
-    package = endpoint.status()["package_uri"]
-    info = endpoint.deploy(package, serving["version"], SMOKE_REVIEWS[:1])
+    package = get_endpoint().status()["package_uri"]
+    info = get_endpoint().deploy(package, serving["version"], SMOKE_REVIEWS[:1])
     assert info["mode"] == "unchanged" and info["pid"] == serving["pid"]
 
 
 def _assert_still_serving(before: dict) -> None:
-    after = endpoint.status()
+    after = get_endpoint().status()
     assert after["pid"] == before["pid"] and after["serving_version"] == before["version"]
     assert after["version"] == before["version"]
-    assert endpoint.predict(["Still here?"])[0]["model_version"] == before["version"]
+    assert get_endpoint().predict(["Still here?"])[0]["model_version"] == before["version"]
 
 
 def _corrupt_weights(package_uri: str, dest: Path) -> str:
@@ -271,7 +272,7 @@ def _corrupt_weights(package_uri: str, dest: Path) -> str:
 def test_corrupted_package_fails_deploy_and_the_previous_version_keeps_serving(serving, packages, tmp_path):
     broken = _corrupt_weights(packages["a"], tmp_path / "model.tar.gz")
     with pytest.raises(EndpointDeployError, match="model.safetensors does not match its checksum"):
-        endpoint.deploy(broken, "201", SMOKE_REVIEWS)
+        get_endpoint().deploy(broken, "201", SMOKE_REVIEWS)
     _assert_still_serving(serving)
 
 
@@ -282,7 +283,7 @@ def test_unloadable_package_fails_deploy_and_the_previous_version_keeps_serving(
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "no-such-architecture"}))
     package = build_package(folder, (tmp_path / "p").as_uri())
     with pytest.raises(EndpointDeployError, match="refused version 202.*loading"):
-        endpoint.deploy(package, "202", SMOKE_REVIEWS)
+        get_endpoint().deploy(package, "202", SMOKE_REVIEWS)
     _assert_still_serving(serving)
 
 
@@ -294,7 +295,7 @@ def test_model_failing_the_smoke_test_is_not_swapped_in(serving, model_dirs, tmp
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     package = build_package(folder, (tmp_path / "p").as_uri())
     with pytest.raises(EndpointDeployError, match="smoke test of version 203 failed.*non-finite"):
-        endpoint.deploy(package, "203", SMOKE_REVIEWS)
+        get_endpoint().deploy(package, "203", SMOKE_REVIEWS)
     _assert_still_serving(serving)
 
 
@@ -304,7 +305,7 @@ def test_deploy_to_a_busy_port_fails_clearly_and_keeps_the_old_server(serving, p
         squatter.listen()
         busy = squatter.getsockname()[1]
         with pytest.raises(EndpointDeployError, match=f"port {busy} .* is in use"):
-            endpoint.deploy(packages["b"], "204", SMOKE_REVIEWS, port=busy)
+            get_endpoint().deploy(packages["b"], "204", SMOKE_REVIEWS, port=busy)
     _assert_still_serving(serving)
 
 
@@ -320,11 +321,11 @@ def test_deploy_model_refuses_unapproved_then_serves_and_marks_deployed(serving,
     info = deploy_model(mv.version)
     assert info["version"] == mv.version and info["approval_status"] == APPROVED
     assert registry.deployed_version().version == mv.version
-    assert endpoint.status()["serving_version"] == mv.version
+    assert get_endpoint().status()["serving_version"] == mv.version
 
 
 def test_load_during_an_int8_redeploy_under_batching_sees_zero_failed_requests(serving, packages):
-    old = endpoint.status()["version"]
+    old = get_endpoint().status()["version"]
     new, package = ("105", packages["b"]) if old != "105" else ("106", packages["a"])
     hammers = [_Hammer(serving["url"]) for _ in range(6)]  # concurrent clients: the batcher merges them
     for h in hammers:
@@ -332,7 +333,7 @@ def test_load_during_an_int8_redeploy_under_batching_sees_zero_failed_requests(s
     try:
         for h in hammers:
             h.wait_for(2)
-        info = endpoint.deploy(package, new, SMOKE_REVIEWS, precision="int8")
+        info = get_endpoint().deploy(package, new, SMOKE_REVIEWS, precision="int8")
         counts = [len(h.results) for h in hammers]
         for h, n in zip(hammers, counts):
             h.wait_for(n + 2)
@@ -382,8 +383,8 @@ def test_deploy_decides_int8_on_the_runs_test_split_and_records_it(serving, pack
     recorded = registry.get(mv.version).serving  # the registry entry carries the decision and both accuracies
     assert recorded["precision"] == decision["precision"]
     assert float(recorded["fp32_accuracy"]) == 1.0 and float(recorded["int8_accuracy"]) == decision["int8_accuracy"]
-    assert endpoint.status()["precision"] == decision["precision"]
-    assert endpoint.status()["runtime"] == ("onnxruntime" if decision["precision"] == "int8" else "torch")
+    assert get_endpoint().status()["precision"] == decision["precision"]
+    assert get_endpoint().status()["runtime"] == ("onnxruntime" if decision["precision"] == "int8" else "torch")
     assert decision["int8_runtime"] == recorded["int8_runtime"] == "onnxruntime"  # the package's int8 ONNX model
 
 
@@ -396,7 +397,7 @@ def test_rollback_serves_the_previous_approved_version_again(serving, packages):
     info = rollback_model()
     assert info["rolled_back_from"] == second.version and info["version"] == first.version
     assert registry.deployed_version().version == first.version
-    assert endpoint.status()["serving_version"] == first.version
+    assert get_endpoint().status()["serving_version"] == first.version
     oldest = next(v for v in registry.list_versions() if v.approval_status == APPROVED)
     deploy_model(oldest.version, precision="fp32")
     with pytest.raises(RollbackError, match="no older version is Approved"):
@@ -407,17 +408,17 @@ def test_rollback_serves_the_previous_approved_version_again(serving, packages):
 
 def test_stop_stops_the_server_and_removes_the_pid_file(serving, state_dir):
     pid = serving["pid"]
-    assert endpoint.stop() is True
+    assert get_endpoint().stop() is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not (state_dir / "endpoint" / "pid").exists()
-    assert endpoint.status() is None
-    assert endpoint.stop() is False
+    assert get_endpoint().status() is None
+    assert get_endpoint().stop() is False
     with pytest.raises(EndpointNotRunningError):
-        endpoint.predict(["anyone?"])
+        get_endpoint().predict(["anyone?"])
 
 
 def test_failed_first_start_leaves_nothing_running(state_dir, model_dirs, tmp_path):
-    endpoint.stop()
+    get_endpoint().stop()
     folder = tmp_path / "m"
     shutil.copytree(model_dirs["a"], folder)
     config = json.loads((folder / "config.json").read_text())
@@ -425,8 +426,8 @@ def test_failed_first_start_leaves_nothing_running(state_dir, model_dirs, tmp_pa
     package = build_package(folder, (tmp_path / "p").as_uri())
     expected = "exited with code 1 while starting: cannot start: loading .*no-such-architecture"
     with pytest.raises(EndpointDeployError, match=expected):
-        endpoint.deploy(package, "301", SMOKE_REVIEWS, timeout_s=120)
-    assert endpoint.status() is None
+        get_endpoint().deploy(package, "301", SMOKE_REVIEWS, timeout_s=120)
+    assert get_endpoint().status() is None
     assert not (state_dir / "endpoint" / "pid").exists()
 
 

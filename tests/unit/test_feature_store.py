@@ -14,7 +14,14 @@ import pytest
 
 from include.common.config import ConfigError, get_settings
 from include.data import feature_store as fs
-from include.data.feature_store import REVIEWS, Feature, FeatureGroup, FeatureValidationError, SchemaChangeError
+from include.data.feature_store_base import (
+    REVIEWS,
+    Feature,
+    FeatureGroup,
+    FeatureStoreError,
+    FeatureValidationError,
+    SchemaChangeError,
+)
 
 D1, D2, D3 = datetime(2026, 11, 18), datetime(2026, 11, 19), datetime(2026, 11, 20)
 
@@ -84,12 +91,12 @@ def _shards(folder, table: pa.Table) -> None:
 def test_a_backfilled_run_trains_on_what_was_known_at_its_day(store, tmp_path):
     uri = get_settings().uri
     _shards(tmp_path / "d2", _records(["r1", "r2"], D2, body="old", split="train"))
-    fs.ingest_run_features(tmp_path / "d2", "2026-11-19", "run-d2", uri("ch/d2"))
+    fs.get_feature_store().ingest_run_features(tmp_path / "d2", "2026-11-19", "run-d2", uri("ch/d2"))
     _shards(tmp_path / "d3", _records(["r1", "r2"], D3, body="new", split="train"))
-    fs.ingest_run_features(tmp_path / "d3", "2026-11-20", "run-d3", uri("ch/d3"))
+    fs.get_feature_store().ingest_run_features(tmp_path / "d3", "2026-11-20", "run-d3", uri("ch/d3"))
     # The backfill of 2026-11-19 recomputes its features; the store answers with what was known then.
     _shards(tmp_path / "bf", _records(["r1", "r2"], D2, body="recomputed", split="train"))
-    out = fs.ingest_run_features(tmp_path / "bf", "2026-11-19", "backfill-d2", uri("ch/bf"))
+    out = fs.get_feature_store().ingest_run_features(tmp_path / "bf", "2026-11-19", "backfill-d2", uri("ch/bf"))
     assert out["ingestion"]["records"] == 0 and out["ingestion"]["duplicates_skipped"] == 2
     assert out["rows"] == {"train": 2, "validation": 0, "test": 0}
     channel = pq.read_table(get_settings().store_root / "ch" / "bf" / "train")
@@ -103,17 +110,17 @@ def test_a_backfilled_run_trains_on_what_was_known_at_its_day(store, tmp_path):
 def test_snapshots_name_the_latest_run_and_export_what_it_knew(store, tmp_path):
     # What the AutoML DAG reads (FeatureStore.snapshot behind latest_snapshot / export_snapshot).
     uri = get_settings().uri
-    assert fs.latest_snapshot() is None
+    assert fs.get_feature_store().latest_snapshot() is None
     _shards(tmp_path / "d2", _records(["r1", "r2"], D2, body="old", split="train"))
-    fs.ingest_run_features(tmp_path / "d2", "2026-11-19", "run-d2", uri("ch/d2"))
+    fs.get_feature_store().ingest_run_features(tmp_path / "d2", "2026-11-19", "run-d2", uri("ch/d2"))
     _shards(tmp_path / "d3", _records(["r1", "r3"], D3, body="new", split="train"))
-    fs.ingest_run_features(tmp_path / "d3", "2026-11-20", "run-d3", uri("ch/d3"))
-    assert fs.latest_snapshot() == "run-d3"
+    fs.get_feature_store().ingest_run_features(tmp_path / "d3", "2026-11-20", "run-d3", uri("ch/d3"))
+    assert fs.get_feature_store().latest_snapshot() == "run-d3"
     assert store.snapshot("reviews_features", "run-d2")[1] == datetime(2026, 11, 19)
-    with pytest.raises(fs.FeatureStoreError, match="no validation, test rows"):
-        fs.export_snapshot("run-d2", tmp_path / "out")
-    with pytest.raises(fs.FeatureStoreError, match="no ingestion"):
-        fs.export_snapshot("never", tmp_path / "out")
+    with pytest.raises(FeatureStoreError, match="no validation, test rows"):
+        fs.get_feature_store().export_snapshot("run-d2", tmp_path / "out")
+    with pytest.raises(FeatureStoreError, match="no ingestion"):
+        fs.get_feature_store().export_snapshot("never", tmp_path / "out")
 
 
 def test_reingesting_a_day_adds_no_duplicates(store):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from include.jobs.local_runner import JobFailedError, JobRequestError, run_processing_job, run_training_job
+from include.jobs.runner_base import JobFailedError, JobRequestError
+from include.jobs.runner_local import run_processing_job, run_training_job
 
 PROC = "/opt/ml/processing"
 

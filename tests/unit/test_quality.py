@@ -6,7 +6,8 @@ import json
 import great_expectations as gx
 import pytest
 
-from include.data import catalog, quality
+from include.data import catalog_base, catalog_duckdb, quality
+from include.data.catalog import get_catalog
 from include.data.synthetic import generate_reviews, write_landing
 
 
@@ -14,8 +15,8 @@ from include.data.synthetic import generate_reviews, write_landing
 def synthetic_partition(reviews_home):
     """2,000 synthetic reviews with 4% bad rows, registered as 2026-01-01."""
     df = generate_reviews(2000, seed=11, bad_fraction=0.04)
-    write_landing(df, catalog.landing_root())
-    catalog.register_partition("2026-01-01")
+    write_landing(df, catalog_base.landing_root())
+    get_catalog().register_partition("2026-01-01")
     return df
 
 
@@ -39,9 +40,9 @@ def test_bad_rows_are_quarantined_per_rule_and_counted(synthetic_partition, tmp_
     assert counts["review_body_length_1_5000"] == kinds["long_body"]
     assert result["rows"] == 2000 and result["bad_rows"] == 80 and result["bad_fraction"] == 0.04
     assert result["passed"] is True and result["gx_rows_validated"] == 2000
-    con = catalog.connect()
+    con = catalog_duckdb.connect()
     q = con.execute(f"SELECT count(DISTINCT (source_file, source_line)), min(run_id), max(run_id) "
-                    f"FROM {catalog.QUARANTINE}").fetchall()[0]
+                    f"FROM {catalog_base.QUARANTINE}").fetchall()[0]
     con.close()
     assert q == (80, "run-1", "run-1")
 
@@ -49,8 +50,8 @@ def test_bad_rows_are_quarantined_per_rule_and_counted(synthetic_partition, tmp_
 def test_revalidation_replaces_earlier_quarantine_rows(synthetic_partition, tmp_path):
     quality.validate_partitions(["2026-01-01"], "run-1", 0.05, tmp_path / "a")
     quality.validate_partitions(["2026-01-01"], "run-2", 0.05, tmp_path / "b")
-    con = catalog.connect()
-    runs = con.execute(f"SELECT run_id, count(*) FROM {catalog.QUARANTINE} GROUP BY run_id").fetchall()
+    con = catalog_duckdb.connect()
+    runs = con.execute(f"SELECT run_id, count(*) FROM {catalog_base.QUARANTINE} GROUP BY run_id").fetchall()
     con.close()
     assert runs == [("run-2", 80)]
 
@@ -62,16 +63,16 @@ def test_gate_fails_above_max_bad_fraction_naming_the_worst_rules(synthetic_part
     assert "bad row fraction 0.0400" in message and "max_bad_row_fraction 0.01" in message
     assert "star_rating_integer_1_5=" in message and "validation_report.html" in message
     assert (tmp_path / "rep" / "validation_report.html").exists()  # the report is written anyway
-    assert catalog.partition_status() == []  # nothing published
-    assert [d["status"] for d in catalog.data_status()["deliveries"]] == ["rejected"]
+    assert catalog_duckdb.partition_status() == []  # nothing published
+    assert [d["status"] for d in get_catalog().data_status()["deliveries"]] == ["rejected"]
 
 
 def test_table_level_expectations_fail_the_gate(reviews_home, tmp_path):
     df = generate_reviews(200, seed=2)
     df.loc[:49, "product_category"] = "Gadgets"  # 25% unseen categories
     df.loc[50:99, "review_body"] = "Same text for everyone."  # 25% duplicate texts
-    write_landing(df, catalog.landing_root())
-    catalog.register_partition("2026-01-01")
+    write_landing(df, catalog_base.landing_root())
+    get_catalog().register_partition("2026-01-01")
     with pytest.raises(quality.DataQualityError) as info:
         quality.validate_partitions(["2026-01-01"], "t", 0.5, tmp_path / "rep", min_rows=500)
     message = str(info.value)
@@ -95,7 +96,7 @@ def test_report_and_gx_artifacts_are_written(synthetic_partition, tmp_path):
 
 
 def test_unregistered_partition_is_an_error(reviews_home, tmp_path):
-    with pytest.raises(catalog.CatalogError, match="not registered"):
+    with pytest.raises(catalog_base.CatalogError, match="not registered"):
         quality.validate_partitions(["2030-01-01"], "x", 0.1, tmp_path)
 
 

@@ -1,4 +1,4 @@
-"""MLflow model registry (include/model/registry.py) and the register/approve steps (include/pipeline/model_steps.py).
+"""MLflow model registry (include/model/registry_mlflow.py) and the register/approve steps (include/pipeline/model_steps.py).
 
 One MLflow SQLite store per module (creating it runs MLflow's migrations, ~10 s); each test
 uses its own dag run ids so tests do not depend on each other.
@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 
 from include.model.packaging import PackagingError
-from include.model.registry import (
+from include.model.registry import get_registry
+from include.model.registry_base import (
     APPROVED,
     PENDING,
     REJECTED,
     InvalidApprovalStatusError,
-    MlflowModelRegistry,
     ModelVersionNotFoundError,
     RegistryError,
     flatten_evaluation,
-    get_registry,
 )
+from include.model.registry_mlflow import MlflowModelRegistry
 from include.pipeline.model_steps import approve_model, register_model, reject_model
 
 EVALUATION = {"metrics": {"accuracy": {"value": 0.71}, "f1_macro": {"value": 0.70}},

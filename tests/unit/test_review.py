@@ -73,7 +73,8 @@ def test_plugin_refuses_what_is_not_a_report(run_folder, bad):
 
 
 def test_approval_request_comes_from_the_registry_and_the_report(run_folder, tmp_path):
-    from include.model.registry import PENDING, get_registry
+    from include.model.registry import get_registry
+    from include.model.registry_base import PENDING
 
     run_id, folder, page = run_folder
     package = tmp_path / "model.tar.gz"
@@ -95,7 +96,8 @@ def test_approval_request_comes_from_the_registry_and_the_report(run_folder, tmp
 def test_approval_request_shows_the_automl_baseline_scored_by_check_accuracy(run_folder, tmp_path):
     import json
 
-    from include.model.registry import PENDING, get_registry
+    from include.model.registry import get_registry
+    from include.model.registry_base import PENDING
 
     run_id, folder, page = run_folder
     package = tmp_path / "model.tar.gz"

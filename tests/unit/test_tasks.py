@@ -5,14 +5,14 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.common.config import ConfigError
-from include.data.catalog import RegistrationError
+from include.data.catalog_base import RegistrationError
 from include.data.quality import DataQualityError
-from include.jobs.local_runner import JobFailedError, JobInputError
-from include.jobs.runner import BackendNotReadyError
+from include.jobs.runner_base import BackendNotReadyError, JobFailedError
+from include.jobs.runner_local import JobInputError
 from include.pipeline.context import PipelineError
 from include.pipeline.model_steps import ModelNotApprovedError
 from include.pipeline.tasks import airflow_step
-from include.serving.endpoint import EndpointDeployError
+from include.serving.endpoint_base import EndpointDeployError
 
 
 def _raising(exc: BaseException):
@@ -50,7 +50,7 @@ def test_other_errors_propagate_so_the_task_retries_with_back_off(exc):
 
 
 def test_the_local_runner_raises_job_input_error_for_exit_code_2(tmp_path):
-    from include.jobs.local_runner import run_processing_job
+    from include.jobs.runner_local import run_processing_job
 
     script = tmp_path / "bad.py"
     script.write_text("import sys\nprint('ERROR: bad input', file=sys.stderr)\nsys.exit(2)\n")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from include.data import catalog, quality
+from include.data import catalog_base, catalog_duckdb, quality
+from include.data.catalog import get_catalog
 from include.data.synthetic import generate_reviews
 from include.pipeline import steps
 from include.pipeline.context import RunInfo
@@ -41,9 +42,9 @@ def _csv(path: Path, text: str) -> Path:
 
 
 def _published_rows(ds: str = DS) -> list[tuple]:
-    con = catalog.connect()
+    con = catalog_duckdb.connect()
     try:
-        return con.execute(f"SELECT * FROM {catalog.RAW} WHERE ds = ? ORDER BY source_file, source_line", [ds]).fetchall()
+        return con.execute(f"SELECT * FROM {catalog_base.RAW} WHERE ds = ? ORDER BY source_file, source_line", [ds]).fetchall()
     finally:
         con.close()
 
@@ -67,7 +68,7 @@ def published(reviews_home, tmp_path) -> dict:
     steps.validate_dataset(_info("setup"), staged["partitions"], 0.05)
     rows = _published_rows()
     assert len(rows) == 120
-    return {"rows": rows, "partition": catalog.partition_status()}
+    return {"rows": rows, "partition": catalog_duckdb.partition_status()}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_DELIVERIES))
@@ -83,7 +84,7 @@ def test_a_gate_failing_redelivery_leaves_the_published_day_as_it_was(published,
     assert needle in message, message
     # The published partition: the same rows, byte for byte, and the same bookkeeping.
     assert _published_rows() == published["rows"]
-    assert catalog.partition_status() == published["partition"]
+    assert catalog_duckdb.partition_status() == published["partition"]
     # The report outlives the task: in the run's validate/ folder, at the printed path.
     printed = re.search(r"validation report: (\S+)", capsys.readouterr().out).group(1)
     assert Path(printed).is_file() and f"{run_id}/validate/" in printed
@@ -91,7 +92,7 @@ def test_a_gate_failing_redelivery_leaves_the_published_day_as_it_was(published,
     assert (Path(printed).parent / "gx_data_docs" / "index.html").is_file()
     # The rejected delivery stays inspectable under its run id.
     delivery = staged["deliveries"][0]["delivery_id"]
-    waiting = catalog.data_status()["deliveries"]
+    waiting = get_catalog().data_status()["deliveries"]
     assert [(d["delivery_id"], d["status"], d["audit_run_id"], d["staged_rows"]) for d in waiting] == [
         (delivery, "rejected", run_id, 3)]
     assert waiting[0]["report_path"] == printed and waiting[0]["reason"] in message
@@ -113,36 +114,36 @@ def test_row_level_failures_are_quarantined_under_the_rejected_delivery(publishe
                                     run_id="q")
     with pytest.raises(quality.DataQualityError):
         steps.validate_dataset(_info("q"), staged["partitions"], 0.05)
-    con = catalog.connect()
-    got = con.execute(f"SELECT delivery_id, run_id, rule, source_line, value FROM {catalog.QUARANTINE} "
+    con = catalog_duckdb.connect()
+    got = con.execute(f"SELECT delivery_id, run_id, rule, source_line, value FROM {catalog_base.QUARANTINE} "
                       "WHERE run_id = 'q'").fetchall()
     con.close()
     assert got == [(staged["deliveries"][0]["delivery_id"], "q", "star_rating_integer_1_5", 2, "0")]
     # ... and they do not hide any published row from the export.
-    assert catalog.export_clean(DS, tmp_path / "clean.parquet") == 120
+    assert get_catalog().export_clean(DS, tmp_path / "clean.parquet") == 120
 
 
 def test_an_identical_redelivery_is_a_noop_that_says_so(published, tmp_path, capsys):
-    before = catalog.table_counts()
+    before = catalog_duckdb.table_counts()
     again = steps.register_backlog(DS, (tmp_path / "good.csv").as_uri(), run_id="again")
     assert again["partitions"] == [] and again["deliveries"][0]["status"] == "unchanged"
     assert "identical to the published one" in capsys.readouterr().out
-    assert catalog.table_counts() == before
+    assert catalog_duckdb.table_counts() == before
     assert steps.validate_dataset(_info("again"), again["partitions"], 0.05)["skipped"] is True
 
 
 def test_a_passing_redelivery_replaces_the_day_atomically_for_a_concurrent_reader(published, tmp_path):
-    old_id = catalog.partition_status()[0]["delivery_id"]
+    old_id = catalog_duckdb.partition_status()[0]["delivery_id"]
     staged = steps.register_backlog(DS, _good_csv(tmp_path / "new.csv", 3000, seed=9).as_uri(), run_id="new")
     new_id = staged["deliveries"][0]["delivery_id"]
     seen: list[list[tuple]] = []
     stop = threading.Event()
 
     def reader() -> None:
-        con = catalog.connect()  # same process: another connection to the same database
+        con = catalog_duckdb.connect()  # same process: another connection to the same database
         try:
             while not stop.is_set():
-                seen.append(con.execute(f"SELECT delivery_id, count(*) FROM {catalog.RAW} WHERE ds = ? "
+                seen.append(con.execute(f"SELECT delivery_id, count(*) FROM {catalog_base.RAW} WHERE ds = ? "
                                         "GROUP BY delivery_id", [DS]).fetchall())
         finally:
             con.close()
@@ -162,13 +163,13 @@ def test_a_passing_redelivery_replaces_the_day_atomically_for_a_concurrent_reade
     states = {tuple(s) for s in seen}
     assert states <= {((old_id, 120),), ((new_id, 3000),)}, states  # never a mix, never none
     assert ((old_id, 120),) in states and ((new_id, 3000),) in states
-    assert catalog.partition_status()[0]["delivery_id"] == new_id
-    assert catalog.table_counts()["reviews_staging"] == 0  # the staged rows moved, not copied
-    assert catalog.export_clean(DS, tmp_path / "clean.parquet") == 3000
+    assert catalog_duckdb.partition_status()[0]["delivery_id"] == new_id
+    assert catalog_duckdb.table_counts()["reviews_staging"] == 0  # the staged rows moved, not copied
+    assert get_catalog().export_clean(DS, tmp_path / "clean.parquet") == 3000
 
 
 def test_backlog_with_a_bad_day_publishes_nothing_and_a_rejected_backlog_day_is_not_restaged(reviews_home, tmp_path):
-    landing = catalog.landing_root()
+    landing = catalog_base.landing_root()
     _good_csv(landing / "ds=2026-04-01" / "part-00000.csv", 50, seed=1)
     _csv(landing / "ds=2026-04-02" / "part-00000.csv", HEADER + "".join(f"z{i},Dresses,Text {i},0,\n" for i in range(20)))
     _good_csv(landing / "ds=2026-04-03" / "part-00000.csv", 50, seed=3)
@@ -176,9 +177,9 @@ def test_backlog_with_a_bad_day_publishes_nothing_and_a_rejected_backlog_day_is_
     assert staged["partitions"] == ["2026-04-01", "2026-04-02", "2026-04-03"]
     with pytest.raises(quality.DataQualityError, match="2026-04-02"):
         steps.validate_dataset(_info("b1"), staged["partitions"], 0.05)
-    assert catalog.registered_partitions() == [] and catalog.table_counts()["reviews_raw"] == 0
+    assert get_catalog().registered_partitions() == [] and catalog_duckdb.table_counts()["reviews_raw"] == 0
     # Only the bad day is rejected; the good ones, refused with the batch, stay staged.
-    assert [(d["ds"], d["status"]) for d in catalog.data_status()["deliveries"]] == [
+    assert [(d["ds"], d["status"]) for d in get_catalog().data_status()["deliveries"]] == [
         ("2026-04-01", "staged"), ("2026-04-02", "rejected"), ("2026-04-03", "staged")]
     # Next night: the bad landed day (not the run's own) is not staged again; the others pass.
     (landing / "ds=2026-04-04").mkdir()
@@ -186,7 +187,7 @@ def test_backlog_with_a_bad_day_publishes_nothing_and_a_rejected_backlog_day_is_
     staged = steps.register_backlog("2026-04-04", run_id="b2")
     assert staged["partitions"] == ["2026-04-01", "2026-04-03", "2026-04-04"]
     steps.validate_dataset(_info("b2"), staged["partitions"], 0.05)
-    assert catalog.registered_partitions() == ["2026-04-01", "2026-04-03", "2026-04-04"]
+    assert get_catalog().registered_partitions() == ["2026-04-01", "2026-04-03", "2026-04-04"]
 
 
 def test_rejected_rows_are_purged_after_the_retention_period(published, tmp_path, monkeypatch):
@@ -194,12 +195,12 @@ def test_rejected_rows_are_purged_after_the_retention_period(published, tmp_path
                                     run_id="old")
     with pytest.raises(quality.DataQualityError):
         steps.validate_dataset(_info("old"), staged["partitions"], 0.05)
-    assert catalog.table_counts()["reviews_staging"] == 3
+    assert catalog_duckdb.table_counts()["reviews_staging"] == 3
     monkeypatch.setenv("REVIEWS_REJECTED_RETENTION_DAYS", "0")
     steps.register_backlog(DS, (tmp_path / "good.csv").as_uri(), run_id="later")  # any registration purges
-    counts = catalog.table_counts()
+    counts = catalog_duckdb.table_counts()
     assert counts["reviews_staging"] == 0 and counts["reviews_raw"] == 120
-    assert [d["status"] for d in catalog.data_status()["deliveries"]] == ["expired"]
+    assert [d["status"] for d in get_catalog().data_status()["deliveries"]] == ["expired"]
     monkeypatch.setenv("REVIEWS_REJECTED_RETENTION_DAYS", "two weeks")
-    with pytest.raises(catalog.CatalogError, match="REVIEWS_REJECTED_RETENTION_DAYS"):
-        catalog.retention_days()
+    with pytest.raises(catalog_base.CatalogError, match="REVIEWS_REJECTED_RETENTION_DAYS"):
+        catalog_base.retention_days()

@@ -38,9 +38,8 @@ from typing import Any
 from include.common.aws import AwsConfig, AwsConfigError, load_aws_config, preflight, split_s3_uri
 from include.common.config import Settings
 from include.jobs.images import has_instance_storage, is_gpu_instance, wrap_entrypoint
-from include.jobs.local_runner import JobFailedError, JobRequestError
 from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
-from include.jobs.runner import SCRIPTS_DIR, JobRunner, Log
+from include.jobs.runner_base import SCRIPTS_DIR, JobFailedError, JobRequestError, JobRunner, Log
 
 PROCESSING, TRAINING = "Processing", "Training"
 RUNNING = ("InProgress", "Stopping")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,28 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from include.common.config import ConfigError
+from include.common.config import ConfigError, Settings
 from include.common.errors import NonRetriableError
 from include.common.io import link_or_copy, publish_dir, publish_tar, uri_to_path
+from include.jobs.runner_base import SCRIPTS_DIR, JobFailedError, JobRequestError, JobRunner, Log
 
 CONTAINER_ROOT = "/opt/ml"
 TAIL_LINES = 40
 DEFAULT_TIMEOUT_S = 24 * 3600
 BAD_INPUT_EXIT_CODE = 2  # the job scripts' exit code for bad input / bad hyper-parameters
 Logger = Callable[[str], None]
-
-
-class JobRequestError(NonRetriableError, ValueError):
-    """The request dict is malformed or names an input that does not exist."""
-
-
-class JobFailedError(RuntimeError):
-    """The job exited non-zero or ran past its stopping condition."""
-
-    def __init__(self, job_name: str, reason: str, log_tail: list[str]):
-        self.job_name, self.reason, self.log_tail = job_name, reason, log_tail
-        tail = "\n".join(f"    {line}" for line in log_tail[-15:])
-        super().__init__(f"job {job_name} failed: {reason}\n  last log lines:\n{tail}")
 
 
 class JobInputError(NonRetriableError, JobFailedError):
@@ -277,3 +266,28 @@ def _finish(job_dir: Path, request: dict, result: JobResult, log: Logger) -> Non
     (job_dir / "describe.json").write_text(json.dumps(summary, indent=1, default=str))
     shutil.rmtree(job_dir / "opt", ignore_errors=True)
     log(f"[{result.job_name}] completed in {result.wall_s:.1f}s; outputs: {json.dumps(result.outputs)}")
+
+
+class LocalJobRunner(JobRunner):
+    """Subprocesses under the SageMaker container contract, job folders in the state dir."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def code_uri(self) -> str:
+        return SCRIPTS_DIR.as_uri()
+
+    def tracking_environment(self, experiment: str, run_name: str) -> dict[str, str]:
+        import mlflow
+
+        self.settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        client = mlflow.MlflowClient(tracking_uri=self.settings.mlflow_tracking_uri)
+        if client.get_experiment_by_name(experiment) is None:  # artifact root in the state dir, not ./mlruns
+            client.create_experiment(experiment, artifact_location=(self.settings.mlflow_dir / "artifacts").as_uri())
+        return {"MLFLOW_TRACKING_URI": self.settings.mlflow_tracking_uri, "MLFLOW_EXPERIMENT_NAME": experiment,
+                "MLFLOW_RUN_NAME": run_name}
+
+    def run(self, request: dict, log: Log | None = None) -> dict:
+        log = log or logging.getLogger("airflow.task").info
+        execute = run_training_job if "TrainingJobName" in request else run_processing_job
+        return execute(request, self.settings.jobs_dir, log).to_dict()

@@ -1,6 +1,6 @@
 """The data catalog on the aws backend: Parquet on S3, tables and partitions in the Glue Data
 Catalog, SQL through Athena (awswrangler). Same interface and the same write-audit-publish as
-the DuckDB catalog (``include/data/catalog.py``); chosen by ``catalog.get_catalog``.
+the DuckDB catalog (``include/data/catalog_duckdb.py``); chosen by ``include/data/catalog.py``.
 
 Where things live (``<root>`` = ``s3://<bucket>/<prefix>``, Glue database ``glue_database``):
 
@@ -17,10 +17,10 @@ Where things live (``<root>`` = ``s3://<bucket>/<prefix>``, Glue database ``glue
 Registration downloads each file and runs the local file checks on it before anything is
 written, then reads it with the local CSV loader (same line numbers). The quality gate reads
 the audited rows into an in-memory DuckDB holding the catalog's tables
-(``catalog.memory_catalog``), so the same SQL rules and GX suite run. Publishing copies the
+(``catalog_base.memory_catalog``), so the same SQL rules and GX suite run. Publishing copies the
 staged object under the day's prefix and then points the Glue partition at it - the swap: an
 Athena reader sees the old delivery or the new one, never a mix - and only then deletes the
-previous delivery's objects. The clean export runs ``catalog.CLEAN_SELECT`` the same way.
+previous delivery's objects. The clean export runs ``catalog_base.CLEAN_SELECT`` the same way.
 
 The analysis questions (DuckDB dialect) reach Athena through :func:`athena_sql`, the one place
 that knows the dialect differences. boto3 / awswrangler / pyarrow are imported lazily.
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 from include.common import aws
 from include.common.config import Settings
 from include.common.io import is_s3
-from include.data import catalog
-from include.data.catalog import CatalogError, RegistrationError
+from include.data import catalog_base
+from include.data.catalog_base import CatalogError, RegistrationError
 from include.data.schema import RAW_COLUMNS
 
 if TYPE_CHECKING:
@@ -59,8 +59,9 @@ QUARANTINE_COLUMNS = (("ds", "string"), ("review_id", "string"), ("rule", "strin
                       ("source_line", "bigint"), ("value", "string"), ("run_id", "string"),
                       ("delivery_id", "string"))
 # Glue table -> (folder below the root, partition key, DuckDB table whose comments document it)
-TABLES = {RAW_TABLE: ("reviews/", "ds", catalog.RAW), STAGING_TABLE: ("staging/reviews/", "delivery_id", catalog.STAGING),
-          QUARANTINE_TABLE: ("quarantine/reviews/", "delivery_id", catalog.QUARANTINE)}
+TABLES = {RAW_TABLE: ("reviews/", "ds", catalog_base.RAW),
+          STAGING_TABLE: ("staging/reviews/", "delivery_id", catalog_base.STAGING),
+          QUARANTINE_TABLE: ("quarantine/reviews/", "delivery_id", catalog_base.QUARANTINE)}
 
 
 class GlueCatalog:
@@ -101,7 +102,7 @@ class GlueCatalog:
             return
         try:
             self._glue.create_database(DatabaseInput={
-                "Name": self.database, "Description": "Review-sentiment data catalog (include/data/glue_catalog.py)"})
+                "Name": self.database, "Description": "Review-sentiment data catalog (include/data/catalog_glue.py)"})
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "AlreadyExistsException":
                 raise
@@ -110,7 +111,7 @@ class GlueCatalog:
         for name, (_, key, documented) in TABLES.items():
             if name in existing:
                 continue
-            text, docs = catalog.COMMENTS[documented]
+            text, docs = catalog_base.COMMENTS[documented]
             columns = QUARANTINE_COLUMNS if name == QUARANTINE_TABLE else ROW_COLUMNS
             self._glue.create_table(DatabaseName=self.database, TableInput={
                 "Name": name, "Description": text[:2048], "TableType": "EXTERNAL_TABLE",
@@ -218,7 +219,7 @@ class GlueCatalog:
                         json.dumps(record, indent=1, default=str).encode(), "application/json")
         # rejected deliveries are also listed under their own prefix, so the purge reads only them
         marker = self.cfg.s3_uri(f"catalog/rejected/{record['delivery_id']}")
-        if record["status"] == catalog.REJECTED:
+        if record["status"] == catalog_base.REJECTED:
             aws.write_bytes(self.cfg, marker, record["ds"].encode(), "text/plain")
         else:
             self._s3.delete_object(Bucket=self.cfg.bucket, Key=aws.split_s3_uri(marker)[1])
@@ -226,18 +227,18 @@ class GlueCatalog:
     def purge_expired(self) -> int:
         """Delete the staged object and quarantine partition of each delivery rejected more than
         ``REVIEWS_REJECTED_RETENTION_DAYS`` ago (its record stays, as ``expired``); returns how many."""
-        days = catalog.retention_days()
+        days = catalog_base.retention_days()
         cutoff = datetime.now(timezone.utc).timestamp() - days * 86400
         expired = []
         for key in aws.list_keys(self.cfg, self.cfg.s3_uri("catalog/rejected/")):
             ds = aws.read_bytes(self.cfg, f"s3://{self.cfg.bucket}/{key}").decode()
             record = next((d for d in self._deliveries(ds) if d["delivery_id"] == Path(key).name), None)
-            if not record or record["status"] != catalog.REJECTED:
+            if not record or record["status"] != catalog_base.REJECTED:
                 continue
             if datetime.fromisoformat(record["audited_at"]).timestamp() < cutoff:
                 self._unstage(record["delivery_id"])
                 self._write_quarantine(record["delivery_id"], _empty_quarantine())
-                self._save_delivery({**record, "status": catalog.EXPIRED})
+                self._save_delivery({**record, "status": catalog_base.EXPIRED})
                 expired.append(record["delivery_id"])
         if expired:
             log.info("purged %d rejected deliveries older than %d days: %s", len(expired), days, ", ".join(expired))
@@ -254,7 +255,7 @@ class GlueCatalog:
             folder, _, name = key[len(prefix):].partition("/")
             if folder.startswith("ds=") and name.endswith(".csv") and "/" not in name:
                 try:
-                    found.add(catalog.parse_ds(folder[3:]).isoformat())
+                    found.add(catalog_base.parse_ds(folder[3:]).isoformat())
                 except CatalogError:
                     log.warning("ignoring s3://%s/%s: not under a ds=YYYY-MM-DD folder", self.cfg.bucket, key)
         return sorted(found)
@@ -267,7 +268,7 @@ class GlueCatalog:
         """The CSV file(s) of a delivery: ``input_uri`` (an object or a prefix; a local path is
         accepted too) or the landing prefix of ``ds``."""
         if input_uri and not is_s3(input_uri):
-            return [str(p) for p in catalog.resolve_input(ds, input_uri, self.settings)]
+            return [str(p) for p in catalog_base.resolve_input(ds, input_uri, self.settings)]
         uri = input_uri or self.cfg.s3_uri(f"landing/reviews/ds={ds}/")
         bucket, key = aws.split_s3_uri(uri)
         if key.endswith(".csv"):
@@ -300,17 +301,17 @@ class GlueCatalog:
         """Check the day's CSV file(s) with the local checks, then stage them as ONE Parquet object
         (Glue table ``reviews_staging``); the published partition changes only when the gate passes.
 
-        Returns what :func:`catalog.register_partition` returns; ``files`` are the source URIs.
+        Returns what :meth:`Catalog.register_partition` returns; ``files`` are the source URIs.
         """
         try:
-            day = catalog.parse_ds(ds).isoformat()
+            day = catalog_base.parse_ds(ds).isoformat()
         except CatalogError as exc:
             raise RegistrationError(str(exc)) from exc
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="reviews-register-") as tmp:
             files = self._fetch(self._resolve_input(day, input_uri), Path(tmp))
-            checks = [_named(lambda p=path: catalog.inspect_file(p), path, uri) for uri, path in files]
-            digest = catalog.content_hash([path for _, path in files])
+            checks = [_named(lambda p=path: catalog_base.inspect_file(p), path, uri) for uri, path in files]
+            digest = catalog_base.content_hash([path for _, path in files])
             self.purge_expired()
             delivery_id = f"{day}-{digest[:12]}"
             result = {"ds": day, "files": [uri for uri, _ in files], "bytes": sum(c.bytes for c in checks),
@@ -322,35 +323,35 @@ class GlueCatalog:
                 return {**result, "delivery_id": published["params"]["delivery_id"],
                         "rows": int(published["params"]["rows"]), "status": "unchanged"}
             earlier = next((d for d in self._deliveries(day) if d["delivery_id"] == delivery_id), None)
-            if earlier and earlier["status"] == catalog.STAGED:
+            if earlier and earlier["status"] == catalog_base.STAGED:
                 log.info("ds=%s: delivery %s is already staged (by run %s), waiting for the gate", day, delivery_id,
                          earlier["staged_by_run"])
-                return {**result, "rows": int(earlier["rows"]), "status": catalog.STAGED}
-            if earlier and earlier["status"] == catalog.REJECTED:
+                return {**result, "rows": int(earlier["rows"]), "status": catalog_base.STAGED}
+            if earlier and earlier["status"] == catalog_base.REJECTED:
                 if not retry_rejected:
                     log.warning("ds=%s: delivery %s is identical to one the gate rejected (run %s: %s); not staged "
                                 "again - report %s", day, delivery_id, earlier["audit_run_id"], earlier["reason"],
                                 earlier["report_path"])
-                    return {**result, "rows": int(earlier["rows"]), "status": catalog.REJECTED}
-                self._save_delivery({**earlier, "status": catalog.STAGED})  # its staged object is still there
+                    return {**result, "rows": int(earlier["rows"]), "status": catalog_base.REJECTED}
+                self._save_delivery({**earlier, "status": catalog_base.STAGED})  # its staged object is still there
                 log.info("ds=%s: delivery %s was rejected before; staged again for a new audit", day, delivery_id)
-                return {**result, "rows": int(earlier["rows"]), "status": catalog.STAGED}
+                return {**result, "rows": int(earlier["rows"]), "status": catalog_base.STAGED}
             frame = self._read_rows(files, checks, day, delivery_id)
         self._stage(frame, {**result, "rows": len(frame)}, run_id)
         log.info("staged ds=%s as delivery %s: %d rows from %d file(s), %d bytes in %.1fs (s3 + Glue %s.%s); the "
                  "quality gate publishes it", day, delivery_id, len(frame), len(files), result["bytes"],
                  time.monotonic() - started, self.database, STAGING_TABLE)
-        return {**result, "rows": len(frame), "status": catalog.STAGED}
+        return {**result, "rows": len(frame), "status": catalog_base.STAGED}
 
     def _read_rows(self, files: list[tuple[str, Path]], checks: list, day: str, delivery_id: str) -> pd.DataFrame:
         """The files' records with their source file (URI) and line, read by the local CSV loader."""
         import pandas as pd
 
-        con = catalog.memory_catalog()
+        con = catalog_base.memory_catalog()
         try:
             frames = []
             for i, ((uri, path), check) in enumerate(zip(files, checks)):
-                loaded = _named(lambda c=check, n=i: catalog.load_csv_file(con, c, f"_load_{n}"), path, uri)
+                loaded = _named(lambda c=check, n=i: catalog_base.load_csv_file(con, c, f"_load_{n}"), path, uri)
                 frames.append(con.execute(
                     f"SELECT {', '.join(RAW_COLUMNS)}, $ds AS ds, source_file, CAST(source_line AS BIGINT) AS "
                     f"source_line, $delivery AS delivery_id FROM ({loaded.line_sql}) ORDER BY source_line",
@@ -368,12 +369,12 @@ class GlueCatalog:
         self._write_parquet(folder + PART, frame, ROW_COLUMNS)
         self._put_partition(STAGING_TABLE, delivery_id, folder, {"ds": day, "rows": len(frame)})
         for other in self._deliveries(day):  # a delivery of the day that never reached the gate: replaced
-            if other["status"] == catalog.STAGED and other["delivery_id"] != delivery_id:
+            if other["status"] == catalog_base.STAGED and other["delivery_id"] != delivery_id:
                 self._unstage(other["delivery_id"])
-                self._save_delivery({**other, "status": catalog.SUPERSEDED})
+                self._save_delivery({**other, "status": catalog_base.SUPERSEDED})
         self._save_delivery({"delivery_id": delivery_id, "ds": day, "content_hash": delivery["content_hash"],
                              "files": delivery["files"], "rows": delivery["rows"], "bytes": delivery["bytes"],
-                             "staged_at": _now(), "staged_by_run": run_id, "status": catalog.STAGED,
+                             "staged_at": _now(), "staged_by_run": run_id, "status": catalog_base.STAGED,
                              "audited_at": None, "audit_run_id": None, "bad_rows": None, "reason": None,
                              "report_path": None})
 
@@ -395,64 +396,64 @@ class GlueCatalog:
             con.unregister("_s3_rows")
         return data.num_rows
 
-    def open_audit(self, days: list[date]) -> catalog.Audit:
+    def open_audit(self, days: list[date]) -> catalog_base.Audit:
         """Per day its newest staged (or rejected, re-audited) delivery, else its published
         partition, read from S3 into an in-memory DuckDB with the catalog's tables; the other
         published days' ids too (the gate counts ids repeated across partitions)."""
-        con = catalog.memory_catalog()
+        con = catalog_base.memory_catalog()
         try:
             targets, published = [], {p["value"]: p for p in self.partitions(RAW_TABLE)}
             for day in days:
                 ds = day.isoformat()
                 live = [d for d in self._deliveries(ds)
-                        if d["status"] in (catalog.STAGED, catalog.REJECTED, catalog.PUBLISHED)]
-                if live and live[-1]["status"] != catalog.PUBLISHED:
+                        if d["status"] in (catalog_base.STAGED, catalog_base.REJECTED, catalog_base.PUBLISHED)]
+                if live and live[-1]["status"] != catalog_base.PUBLISHED:
                     for uri in self._parquet_objects(self._partition_uri(STAGING_TABLE, live[-1]["delivery_id"])):
-                        self._load_into(con, catalog.STAGING, uri)
+                        self._load_into(con, catalog_base.STAGING, uri)
                     targets.append({"ds": day, "delivery_id": live[-1]["delivery_id"], "staged": True})
                     continue
                 if ds not in published:
                     raise CatalogError(f"partition {ds} not registered (no staged delivery, nothing published in "
                                        f"Glue {self.database}.{RAW_TABLE}); run catalog.register_partition first")
                 for uri in self._parquet_objects(published[ds]["location"]):
-                    self._load_into(con, catalog.RAW, uri)
+                    self._load_into(con, catalog_base.RAW, uri)
                 targets.append({"ds": day, "delivery_id": published[ds]["params"]["delivery_id"], "staged": False})
             audited = {d.isoformat() for d in days}
             for ds, part in published.items():
                 if ds not in audited:
                     for uri in self._parquet_objects(part["location"]):
-                        self._load_into(con, catalog.RAW, uri,
+                        self._load_into(con, catalog_base.RAW, uri,
                                         ["review_id", "ds", "source_file", "source_line", "delivery_id"])
-            return catalog.Audit(con=con, targets=targets)
+            return catalog_base.Audit(con=con, targets=targets)
         except BaseException:
             con.close()
             raise
 
-    def close_audit(self, audit: catalog.Audit) -> None:
+    def close_audit(self, audit: catalog_base.Audit) -> None:
         """Keep the audited deliveries' quarantine rows (for :meth:`record_verdict`), close DuckDB."""
         try:
             audit.kept["quarantine"] = audit.con.execute(
                 f"SELECT CAST(ds AS VARCHAR) AS ds, review_id, rule, source_file, source_line, value, run_id, "
-                f"delivery_id FROM {catalog.QUARANTINE} WHERE list_contains($ids, delivery_id) "
+                f"delivery_id FROM {catalog_base.QUARANTINE} WHERE list_contains($ids, delivery_id) "
                 "ORDER BY source_file, source_line, rule", {"ids": [t["delivery_id"] for t in audit.targets]}).df()
         finally:
             audit.con.close()
 
-    def record_verdict(self, audit: catalog.Audit, summary: dict, reason: str) -> None:
+    def record_verdict(self, audit: catalog_base.Audit, summary: dict, reason: str) -> None:
         """Replace each audited delivery's quarantine partition; publish the staged deliveries
         that passed (or mark them rejected); re-audited partitions get their validation parameters."""
         self.ensure_tables()
         rows = audit.kept["quarantine"]
         for t in audit.targets:
             self._write_quarantine(t["delivery_id"], rows[rows["delivery_id"] == t["delivery_id"]])
-        staged = catalog.verdict_deliveries(audit, summary)
+        staged = catalog_base.verdict_deliveries(audit, summary)
         for item in staged:
             if summary["passed"]:
                 self._publish(item, summary)
             else:
                 record = next(d for d in self._deliveries(item["ds"].isoformat())
                               if d["delivery_id"] == item["delivery_id"])
-                self._save_delivery({**record, "status": catalog.REJECTED, "audited_at": _now(),
+                self._save_delivery({**record, "status": catalog_base.REJECTED, "audited_at": _now(),
                                      "audit_run_id": summary["run_id"], "bad_rows": item["bad_rows"],
                                      "reason": reason, "report_path": summary["report_path"]})
         for t in audit.targets:
@@ -494,16 +495,16 @@ class GlueCatalog:
             self._write_quarantine(old, _empty_quarantine())
             for d in self._deliveries(ds):
                 if d["delivery_id"] == old:
-                    self._save_delivery({**d, "status": catalog.SUPERSEDED})
+                    self._save_delivery({**d, "status": catalog_base.SUPERSEDED})
         self._unstage(delivery_id)
-        self._save_delivery({**record, "status": catalog.PUBLISHED, "audited_at": _now(),
+        self._save_delivery({**record, "status": catalog_base.PUBLISHED, "audited_at": _now(),
                              "audit_run_id": summary["run_id"], "bad_rows": item["bad_rows"], "reason": None,
                              "report_path": summary["report_path"]})
         log.info("published ds=%s: Glue %s.%s partition -> %s (%d stale object(s) of the previous delivery deleted)",
                  ds, self.database, RAW_TABLE, dest, stale)
 
     def data_status(self) -> dict:
-        """:func:`catalog.data_status` from Glue: the partitions' parameters and the delivery records."""
+        """:meth:`Catalog.data_status` from Glue: the partitions' parameters and the delivery records."""
         staged_rows = {p["value"]: int(p["params"].get("rows", 0)) for p in self.partitions(STAGING_TABLE)}
         quarantined = {p["value"]: int(p["params"].get("rows", 0)) for p in self.partitions(QUARANTINE_TABLE)}
         partitions = []
@@ -520,35 +521,35 @@ class GlueCatalog:
         waiting = [{**d, "staged_rows": staged_rows.get(d["delivery_id"], 0),
                     "quarantined_rows": quarantined.get(d["delivery_id"], 0)}
                    for d in sorted(records, key=lambda d: (d["ds"], d["staged_at"]))
-                   if d["status"] in (catalog.STAGED, catalog.REJECTED, catalog.EXPIRED)]
-        return {"partitions": partitions, "deliveries": waiting, "retention_days": catalog.retention_days(),
+                   if d["status"] in (catalog_base.STAGED, catalog_base.REJECTED, catalog_base.EXPIRED)]
+        return {"partitions": partitions, "deliveries": waiting, "retention_days": catalog_base.retention_days(),
                 "catalog": f"Glue database {self.database} ({self.cfg.root_uri})",
                 "staging_table": f"{self.database}.{STAGING_TABLE}"}
 
     # ------------------------------------------------------------------ export and SQL
 
     def export_clean(self, ds_to: str, dest_path: Path, ds_from: str | None = None) -> int:
-        """:func:`catalog.export_clean` over the published partitions on S3: the same SQL
-        (``catalog.CLEAN_SELECT``) on an in-memory copy of the days in range."""
-        from_day, to_day = catalog.export_range(ds_to, ds_from)
+        """:meth:`Catalog.export_clean` over the published partitions on S3: the same SQL
+        (``catalog_base.CLEAN_SELECT``) on an in-memory copy of the days in range."""
+        from_day, to_day = catalog_base.export_range(ds_to, ds_from)
         parts = self.partitions(RAW_TABLE)
         chosen = [p for p in parts if p["params"].get("passed") == "true"
                   and from_day <= date.fromisoformat(p["value"]) <= to_day]
         if not chosen:
-            raise catalog.no_passed_partition(from_day, to_day, [p["value"] for p in parts])
+            raise catalog_base.no_passed_partition(from_day, to_day, [p["value"] for p in parts])
         quarantined = {p["value"] for p in self.partitions(QUARANTINE_TABLE)}
-        con = catalog.memory_catalog()
+        con = catalog_base.memory_catalog()
         try:
             for p in chosen:
-                rows = sum(self._load_into(con, catalog.RAW, uri) for uri in self._parquet_objects(p["location"]))
-                con.execute(f"INSERT INTO {catalog.PARTITIONS} (ds, files, rows, bytes, registered_at, passed, "
+                rows = sum(self._load_into(con, catalog_base.RAW, uri) for uri in self._parquet_objects(p["location"]))
+                con.execute(f"INSERT INTO {catalog_base.PARTITIONS} (ds, files, rows, bytes, registered_at, passed, "
                             "delivery_id) VALUES (?, ?, ?, 0, now()::TIMESTAMP, true, ?)",
                             [date.fromisoformat(p["value"]), json.loads(p["params"].get("files", "[]")), rows,
                              p["params"]["delivery_id"]])
                 if p["params"]["delivery_id"] in quarantined:
                     for uri in self._parquet_objects(self._partition_uri(QUARANTINE_TABLE, p["params"]["delivery_id"])):
-                        self._load_into(con, catalog.QUARANTINE, uri)
-            return catalog.copy_clean(con, from_day, to_day, dest_path)
+                        self._load_into(con, catalog_base.QUARANTINE, uri)
+            return catalog_base.copy_clean(con, from_day, to_day, dest_path)
         finally:
             con.close()
 
@@ -587,7 +588,7 @@ def _empty_quarantine() -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- dialect
 
-# ``reviews.reviews_typed`` (a DuckDB view, catalog._DDL) for Athena: the same rows - valid
+# ``reviews.reviews_typed`` (a DuckDB view, catalog_base._DDL) for Athena: the same rows - valid
 # rating, text and category, not quarantined, the latest drop of a review_id - in Presto/Trino
 # SQL (no QUALIFY: the row_number filter moves into a subquery; ds is a string partition).
 TYPED_SQL = """SELECT review_id, product_category, review_body, star_rating, sentiment, review_date, ds FROM (
@@ -626,7 +627,7 @@ def athena_sql(sql: str, params: dict[str, Any], database: str) -> str:
     """
     if not re.fullmatch(r"[a-z0-9_]+", database):
         raise CatalogError(f"glue_database {database!r}: use lower-case letters, digits and _ only")
-    text = sql.replace(catalog.TYPED, f"({TYPED_SQL.format(db=database)}) reviews_typed")
+    text = sql.replace(catalog_base.TYPED, f"({TYPED_SQL.format(db=database)}) reviews_typed")
     for duck, trino in DIALECT:
         text = text.replace(duck, trino)
     return _PARAM.sub(lambda m: _literal(m.group(1), params), text)

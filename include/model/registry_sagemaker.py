@@ -34,7 +34,7 @@ import time
 from functools import cached_property
 
 from include.common.aws import AwsConfig, AwsConfigError
-from include.model.registry import (
+from include.model.registry_base import (
     APPROVED,
     MODEL_NAME,
     PENDING,

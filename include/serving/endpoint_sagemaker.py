@@ -1,7 +1,7 @@
 """The aws backend's endpoint: a SageMaker real-time endpoint serving the registered package.
 
-:func:`include.serving.endpoint.deploy` (and ``status`` / ``stop`` / ``predict``) hand over to
-:class:`SageMakerEndpoint` on ``REVIEWS_BACKEND=aws``. A deploy:
+``include/serving/endpoint.py`` chooses :class:`SageMakerEndpoint` on ``REVIEWS_BACKEND=aws``
+(the interface is ``endpoint_base.py``). A deploy:
 
 1. creates the SageMaker model (the Hugging Face inference image, ``ModelDataUrl`` = our
    ``model.tar.gz``, ``code/inference.py`` as the handler) and an endpoint config, both named
@@ -27,8 +27,15 @@ import time
 from functools import cached_property
 
 from include.common.aws import AwsConfig
-from include.model.sagemaker_registry import inference_image_uri, is_not_found, serving_environment
-from include.serving.protocol import JSONLINES, PRECISIONS
+from include.model.registry_sagemaker import inference_image_uri, is_not_found, serving_environment
+from include.serving.endpoint_base import (
+    Endpoint,
+    EndpointDeployError,
+    EndpointNotRunningError,
+    EndpointRequestError,
+    check_deploy,
+)
+from include.serving.protocol import JSONLINES
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +43,6 @@ VARIANT = "AllTraffic"
 VERSION_TAG = "model-version"  # tag on the model and config (for people browsing the console)
 SETTLED = ("InService", "Failed", "OutOfService")
 POLL_S = 30.0  # DescribeEndpoint poll interval (SageMaker's own waiter uses 30 s)
-
-
-def _error():  # imported lazily: endpoint.py imports this module only on the aws backend
-    from include.serving.endpoint import EndpointDeployError
-
-    return EndpointDeployError
 
 
 def _name(*parts: str, limit: int = 63) -> str:
@@ -53,7 +54,7 @@ def _name(*parts: str, limit: int = 63) -> str:
     return clean[:limit].rstrip("-")
 
 
-class SageMakerEndpoint:
+class SageMakerEndpoint(Endpoint):
     """One SageMaker endpoint (``AwsConfig.endpoint_name``): deploy, status, stop, predict."""
 
     def __init__(self, cfg: AwsConfig, sm=None, runtime=None, poll_s: float = POLL_S) -> None:
@@ -114,7 +115,7 @@ class SageMakerEndpoint:
         try:
             self.cfg.client("s3").head_object(Bucket=bucket, Key=key)
         except Exception as exc:  # noqa: BLE001 - any failure means SageMaker could not read it either
-            raise _error()(f"{package_uri}: the model package is not readable on S3 ({exc})") from None
+            raise EndpointDeployError(f"{package_uri}: the model package is not readable on S3 ({exc})") from None
 
     def _ensure_model(self, name: str, package_uri: str, version: str, precision: str) -> None:
         try:
@@ -155,13 +156,13 @@ class SageMakerEndpoint:
         while True:
             desc = self.describe()
             if desc is None:
-                raise _error()(f"endpoint {self.name} disappeared while waiting for it")
+                raise EndpointDeployError(f"endpoint {self.name} disappeared while waiting for it")
             status = desc["EndpointStatus"]
             if status in SETTLED:
                 return desc
             waited = time.monotonic() - started
             if waited > timeout_s:
-                raise _error()(f"endpoint {self.name} still {status} after {waited:.0f}s (endpoint_wait_s); "
+                raise EndpointDeployError(f"endpoint {self.name} still {status} after {waited:.0f}s (endpoint_wait_s); "
                                "it keeps going in SageMaker - look at it in the console and re-run the task")
             logger.info("endpoint %s is %s (%.0fs waited, up to %.0fs)", self.name, status, waited, timeout_s)
             time.sleep(self.poll_s)
@@ -185,25 +186,24 @@ class SageMakerEndpoint:
         try:
             answers = self.invoke(texts)
         except Exception as exc:  # noqa: BLE001 - any failure of the call is a failed smoke test
-            raise _error()(f"smoke test of version {version} on endpoint {self.name}: "
+            raise EndpointDeployError(f"smoke test of version {version} on endpoint {self.name}: "
                            f"{type(exc).__name__}: {exc}") from exc
         if len(answers) != len(texts):
-            raise _error()(f"smoke test of version {version}: {len(texts)} reviews sent, {len(answers)} answers")
+            raise EndpointDeployError(f"smoke test of version {version}: {len(texts)} reviews sent, {len(answers)} answers")
         bad = [a for a in answers if not isinstance(a, dict) or a.get("predicted_label") not in (-1, 0, 1)]
         if bad:
-            raise _error()(f"smoke test of version {version}: answers without a label in -1/0/1: {bad[:2]}")
+            raise EndpointDeployError(f"smoke test of version {version}: answers without a label in -1/0/1: {bad[:2]}")
         return [{"text": t, **a} for t, a in zip(texts, answers)]
 
     # ------------------------------------------------------------ deploy
-    def deploy(self, package_uri: str, version: str, smoke_texts: list[str], timeout_s: float | None = None,
-               precision: str = "fp32") -> dict:
+    def deploy(self, package_uri: str, version: str, smoke_texts: list[str] | tuple[str, ...],
+               port: int | None = None, timeout_s: float | None = None, precision: str = "fp32") -> dict:
         """Serve ``version`` from ``package_uri``; see the module docstring. Returns what
-        :func:`include.serving.endpoint.deploy` returns (``url``, ``version``, ``mode``,
-        ``smoke``, ...) plus ``endpoint_name`` and ``endpoint_config``."""
-        deploy_error = _error()
-        if precision not in PRECISIONS:
-            raise deploy_error(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
-        timeout_s = float(timeout_s or self.cfg.endpoint_wait_s)
+        :meth:`Endpoint.deploy` returns (``url``, ``version``, ``mode``, ``smoke``, ...) plus
+        ``endpoint_name`` and ``endpoint_config``. ``port`` and ``timeout_s`` are the local
+        server's: SageMaker owns the URL, and the wait is the aws config's ``endpoint_wait_s``."""
+        smoke_texts = check_deploy(version, smoke_texts, precision)
+        timeout_s = float(self.cfg.endpoint_wait_s)
         started = time.monotonic()
         self._package_exists(package_uri)
         model_name = config_name = self.config_name(package_uri, version, precision)
@@ -226,7 +226,7 @@ class SageMakerEndpoint:
             self.sm.create_endpoint(EndpointName=self.name, EndpointConfigName=config_name,
                                     Tags=[{"Key": "project", "Value": "review-sentiment"}])
         elif current["EndpointStatus"] != "InService":
-            raise deploy_error(f"endpoint {self.name} is {current['EndpointStatus']} "
+            raise EndpointDeployError(f"endpoint {self.name} is {current['EndpointStatus']} "
                                f"({current.get('FailureReason') or 'no reason given'}); it cannot be updated - "
                                "delete it (make stop) and deploy again")
         else:
@@ -239,30 +239,29 @@ class SageMakerEndpoint:
             reason = desc.get("FailureReason") or f"status {desc['EndpointStatus']}"
             kept = (f"endpoint config {desc['EndpointConfigName']} (version {previous_version}) still serves"
                     if mode == "updated" else "the endpoint does not serve")
-            raise deploy_error(f"deploying version {version} to endpoint {self.name} failed: {reason}; {kept}")
+            raise EndpointDeployError(f"deploying version {version} to endpoint {self.name} failed: {reason}; {kept}")
         try:
             smoke = self.smoke(version, smoke_texts)
-        except deploy_error as exc:
+        except EndpointDeployError as exc:
             if mode == "created":
-                raise deploy_error(f"{exc}; the new endpoint {self.name} serves nothing usable - fix the package "
+                raise EndpointDeployError(f"{exc}; the new endpoint {self.name} serves nothing usable - fix the package "
                                    "and deploy again (make stop deletes it)") from exc
             self._roll_back(previous_config, previous_version, timeout_s, exc)
         return {**result, "mode": mode, "smoke": smoke, "seconds": round(time.monotonic() - started, 2)}
 
     def _roll_back(self, previous_config: str, previous_version: str | None, timeout_s: float,
                    cause: Exception) -> None:
-        deploy_error = _error()
         logger.warning("smoke test failed (%s): updating endpoint %s back to %s", cause, self.name, previous_config)
         try:
             self.sm.update_endpoint(EndpointName=self.name, EndpointConfigName=previous_config)
             desc = self.wait(timeout_s)
         except Exception as exc:  # noqa: BLE001 - report both failures
-            raise deploy_error(f"{cause}; rolling back to endpoint config {previous_config} ALSO failed ({exc})") \
+            raise EndpointDeployError(f"{cause}; rolling back to endpoint config {previous_config} ALSO failed ({exc})") \
                 from cause
         if desc["EndpointConfigName"] != previous_config or desc["EndpointStatus"] != "InService":
-            raise deploy_error(f"{cause}; rolling back to {previous_config} did not take: the endpoint is "
+            raise EndpointDeployError(f"{cause}; rolling back to {previous_config} did not take: the endpoint is "
                                f"{desc['EndpointStatus']} on {desc['EndpointConfigName']}") from cause
-        raise deploy_error(f"{cause}; rolled back, endpoint config {previous_config} (version {previous_version}) "
+        raise EndpointDeployError(f"{cause}; rolled back, endpoint config {previous_config} (version {previous_version}) "
                            "serves again") from cause
 
     # ------------------------------------------------------------ status / stop / predict
@@ -283,3 +282,13 @@ class SageMakerEndpoint:
             return False
         self.sm.delete_endpoint(EndpointName=self.name)
         return True
+
+    def predict(self, texts: list[str], timeout_s: float = 60) -> list[dict]:
+        """Classify ``texts`` through InvokeEndpoint (JSON); one answer dict per text."""
+        if self.describe() is None:
+            raise EndpointNotRunningError(f"SageMaker endpoint {self.name} does not exist; deploy a model first")
+        try:
+            return self.invoke(list(texts), "application/json")
+        except Exception as exc:  # noqa: BLE001 - botocore's errors carry the container's message
+            status_code = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            raise EndpointRequestError(status_code, f"{self.name}: {exc}") from exc

@@ -3,7 +3,7 @@
 :func:`include.data.feature_store.get_feature_store` returns :class:`SageMakerFeatureStore` on
 ``REVIEWS_BACKEND=aws``, so ``ingest_run_features`` (step 3) calls the same functions.
 
-- **Definition**: the same :class:`~include.data.feature_store.FeatureGroup` (record identifier
+- **Definition**: the same :class:`~include.data.feature_store_base.FeatureGroup` (record identifier
   ``review_id``, event time ``event_time``, typed features) becomes ``CreateFeatureGroup`` with
   the online store enabled and the offline store in ``s3://<bucket>/<prefix>/feature-store/``
   registered as a Glue table in ``glue_database``. SageMaker has three feature types, so
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from include.common.aws import AwsConfig, split_s3_uri
 from include.common.aws import write_bytes as s3_write
-from include.data.feature_store import (
+from include.data.feature_store_base import (
     REVIEWS,
     Feature,
     FeatureGroup,
@@ -477,6 +477,6 @@ class SageMakerFeatureStore(FeatureStore):
 
 
 def _arrow(ftype: str) -> "pa.DataType":
-    from include.data.feature_store import _arrow_type
+    from include.data.feature_store_base import _arrow_type
 
     return _arrow_type(ftype)
