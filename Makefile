@@ -62,13 +62,17 @@ land: install
 run: install .state/airflow/.migrated land
 	@$(ENV) $(BIN)/python -m include.pipeline.cli run $(if $(DS),--ds $(DS),) $(if $(PROFILE),--profile $(PROFILE),) $(if $(CONF),--conf '$(CONF)',)
 
+# Two pytest processes (TEST_WORKERS=0: one): the production stack's group in one, the rest in
+# the other - measured faster on 2 cores (benchmarks/results/test_suite.json).
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 test: install lint
-	@$(ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	@$(ENV) $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The inner loop (<= 3 min on 2 cores): every test but the slow tier (whole DAG runs, the stack,
 # the browser); tiers are pytest markers (pytest.ini), e.g. PYTEST_ARGS='-m aws' make test.
 test-fast: install lint
-	@$(ENV) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	@$(ENV) $(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	@$(BIN)/ruff check . && echo "ruff: clean"

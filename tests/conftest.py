@@ -152,7 +152,13 @@ _MODULE_TIERS = {
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Mark every test with its tiers (see _FOLDER_TIER, _SLOW_FOLDERS, _MODULE_TIERS)."""
+    """Mark every test with its tiers (see _FOLDER_TIER, _SLOW_FOLDERS, _MODULE_TIERS).
+
+    The stack's tests form one xdist group (``make test`` runs ``-n 2 --dist loadgroup``): one
+    worker starts the session's stack once and runs them all, the other runs the rest beside
+    it. They go first, so that the longest group starts at once.
+    """
+    stack = []
     for item in items:
         parts = Path(str(item.path)).resolve().relative_to(ROOT / "tests").parts
         marks = set(_MODULE_TIERS.get(parts[-1], ()))
@@ -162,3 +168,7 @@ def pytest_collection_modifyitems(config, items) -> None:
                 marks.add("slow")
         for mark in sorted(marks):
             item.add_marker(getattr(pytest.mark, mark))
+        if "stack" in marks:
+            item.add_marker(pytest.mark.xdist_group("stack"))
+            stack.append(item)
+    items[:] = stack + [item for item in items if item not in stack]
