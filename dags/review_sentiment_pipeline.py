@@ -17,7 +17,7 @@ from include.pipeline.defaults import (
     TASK_TIMEOUTS,
     TRAINING_QUEUE,
 )
-from include.pipeline.profiles import BALANCE_CHOICES, DEFAULT_PROFILE, PROFILES, param_description
+from include.pipeline.profiles import DEFAULT_PROFILE, PROFILES, setting_params
 from model_approval import ModelApprovalOperator
 
 DOC = """
@@ -86,29 +86,7 @@ Outputs: `runs/review_sentiment_pipeline/<run_id>/<step>/` in the object store
                                      "reviews (~20-minute training job on 2 cores); quick: the whole run in "
                                      "under 10 minutes (make run). The fields below left empty take the "
                                      "profile's value (include/pipeline/profiles.py)."),
-        "max_seq_length": Param(None, type=["null", "integer"], minimum=8, maximum=512,
-                                description=param_description("max_seq_length")),
-        "train_split_percentage": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
-                                        description=param_description("train_split_percentage")),
-        "validation_split_percentage": Param(None, type=["null", "number"], exclusiveMinimum=0, exclusiveMaximum=1,
-                                             description=param_description("validation_split_percentage")),
-        "balance_dataset": Param(None, type=["null", "string"], enum=[None, *BALANCE_CHOICES],
-                                 description=param_description("balance_dataset")),
-        "max_class_ratio": Param(None, type=["null", "number"], minimum=0,
-                                 description=param_description("max_class_ratio")),
-        "class_weights": Param(None, type=["null", "string"], enum=[None, "balanced", "sqrt", "none"],
-                               description=param_description("class_weights")),
-        "rating_aux_weight": Param(None, type=["null", "number"], minimum=0, maximum=10,
-                                   description=param_description("rating_aux_weight")),
-        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=50, description=param_description("epochs")),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=1,
-                               description=param_description("learning_rate")),
-        "train_batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=1024,
-                                  description=param_description("train_batch_size")),
-        "max_train_samples": Param(None, type=["null", "integer"], minimum=0,
-                                   description=param_description("max_train_samples")),
-        "train_time_budget_s": Param(None, type=["null", "integer"], minimum=0,
-                                     description=param_description("train_time_budget_s")),
+        **setting_params(),  # max_seq_length ... train_time_budget_s: include/pipeline/profiles.py
         "min_accuracy": Param(0.50, type="number", minimum=0, maximum=1.01,
                               description="Test accuracy needed to register the model (chance is 0.33)."),
         "model_name_or_path": Param("", type="string",

@@ -70,6 +70,39 @@ HELP: dict[str, str] = {
 }
 
 
+# Each setting's JSON schema (beyond "null = the profile's value"): the DAG's trigger form
+# validates a param against it; setting_params() builds the Params from it.
+SCHEMA: dict[str, dict[str, Any]] = {
+    "max_seq_length": {"type": "integer", "minimum": 8, "maximum": 512},
+    "train_split_percentage": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "validation_split_percentage": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "balance_dataset": {"type": "string", "enum": list(BALANCE_CHOICES)},
+    "max_class_ratio": {"type": "number", "minimum": 0},
+    "class_weights": {"type": "string", "enum": ["balanced", "sqrt", "none"]},
+    "rating_aux_weight": {"type": "number", "minimum": 0, "maximum": 10},
+    "epochs": {"type": "integer", "minimum": 1, "maximum": 50},
+    "learning_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "train_batch_size": {"type": "integer", "minimum": 1, "maximum": 1024},
+    "max_train_samples": {"type": "integer", "minimum": 0},
+    "train_time_budget_s": {"type": "integer", "minimum": 0},
+}
+
+
+def setting_params() -> dict[str, Any]:
+    """One DAG ``Param`` per profile setting, empty (null) by default = the profile's value,
+    with its schema (``SCHEMA``) and its description (``param_description``)."""
+    from airflow.sdk import Param
+
+    out = {}
+    for key in SETTINGS:
+        schema = dict(SCHEMA[key])
+        schema["type"] = ["null", schema["type"]]
+        if "enum" in schema:
+            schema["enum"] = [None, *schema["enum"]]
+        out[key] = Param(None, description=param_description(key), **schema)
+    return out
+
+
 def param_description(key: str) -> str:
     """A setting's meaning and every profile's value of it (the DAG param's description)."""
     values = ", ".join(f"{name} {values[key]}" for name, values in PROFILES.items())
