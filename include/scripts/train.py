@@ -42,8 +42,7 @@ from common import ID2LABEL, ModelNotFoundError, resolve_model_dir, write_json_a
 from train_args import Args, HyperParameterError, fail, parse_args
 from train_callbacks import DebuggerCallback, HistoryCallback, ProfilerCallback, Run, TimeBudgetCallback, fmt_s
 from train_checkpoint import CheckpointCallback, CheckpointError, ensure_writable, fingerprint, latest, restore
-from train_data import Split, TrainingDataError, class_weights, epoch_class_counts, epoch_rows, load_channel, \
-    require_classes
+from train_data import Split, TrainingDataError, class_weights, epoch_class_counts, epoch_rows, load_channel, require_classes
 from train_debugger import Debugger
 from train_profiler import Profiler
 from train_schedule import BudgetSchedule, Clock
