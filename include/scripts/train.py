@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout, force=True)
-    for noisy in ("httpx", "urllib3", "alembic", "transformers.modeling_utils", "transformers.trainer"):
+    for noisy in ("httpx", "urllib3", "alembic", "transformers.modeling_utils", "transformers.trainer",
+                  "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         args = parse_args(argv)

@@ -92,7 +92,7 @@ class CheckpointCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if self.run.sigterm:
             control.should_save, control.should_training_stop = bool(self.every), True
-        elif self.every and state.global_step >= state.max_steps and state.global_step % self.every:
+        elif state.global_step >= state.max_steps:
             control.should_save = False  # the finished job needs no checkpoint, the model is saved next
 
     def on_epoch_end(self, args, state, control, **kw):
