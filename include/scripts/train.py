@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -115,7 +116,8 @@ def build(args: Args, train: Split, valid: Split, model_path: str):
     run = Run(args, total_steps, len(valid), Debugger(args.debugger.config()),
               Profiler(args.profiler.profiler_interval_s, device), BudgetSchedule(t.warmup_ratio, total_steps,
                                                                                   t.time_budget_s, clock), clock)
-    staging = Path(t.checkpoint_dir) / ".staging"
+    # Trainer writes its checkpoints here (and creates the folder even when it saves none)
+    staging = Path(t.checkpoint_dir) / ".staging" if t.checkpoint_steps else Path(tempfile.mkdtemp(prefix="train-"))
     shutil.rmtree(staging, ignore_errors=True)
     trainer = ReviewTrainer(
         model=model, args=training_arguments(args, total_steps, amp_dtype, str(staging)), eval_dataset=valid,
