@@ -103,7 +103,7 @@ def hf_train(features: Path, out: Path, a: argparse.Namespace) -> tuple[dict, ob
     torch.manual_seed(a.seed)
     model = build_classifier(default_model_dir(), "mean", ID2LABEL)
     model.get_input_embeddings().weight.requires_grad_(False)
-    model.rating_head = torch.nn.Linear(model.config.hidden_size, 5)  # initialised as train_loop.py does
+    model.rating_head = torch.nn.Linear(model.config.hidden_size, 5)  # initialised as train_model.py does
     torch.nn.init.normal_(model.rating_head.weight, std=model.config.initializer_range)
     torch.nn.init.zeros_(model.rating_head.bias)
     args = TrainingArguments(output_dir=str(out), max_steps=a.steps, per_device_train_batch_size=bs,

@@ -45,12 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def extract_old(commit: str, dest: Path) -> Path:
     """``include/scripts`` as of ``commit``, in ``dest``."""
-    names = subprocess.run(["git", "ls-tree", "--name-only", commit, "include/scripts/"], cwd=ROOT, check=True,
+    names = subprocess.run(["git", "ls-tree", "-r", "--name-only", commit, "include/scripts/"], cwd=ROOT, check=True,
                            capture_output=True, text=True).stdout.split()
-    dest.mkdir(parents=True)
-    for name in names:
+    for name in names:  # templates/ too: the reports render from them
         blob = subprocess.run(["git", "show", f"{commit}:{name}"], cwd=ROOT, check=True, capture_output=True).stdout
-        (dest / Path(name).name).write_bytes(blob)
+        target = dest / Path(name).relative_to("include/scripts")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(blob)
     return dest
 
 

@@ -28,7 +28,6 @@ Exit code 2 = bad input (no rows, missing columns, one class), as the other jobs
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import logging
@@ -44,13 +43,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-try:  # run as the job's script: its folder (the code dir) is sys.path[0]
-    from automl_inference import MODEL_FILE, BaselineModel, class_scores, decode, predict_labels
-    from common import ID2LABEL, render_html, write_json_atomic, write_text_atomic
-except ImportError:  # imported as include.scripts.automl
-    from .automl_inference import MODEL_FILE, BaselineModel, class_scores, decode, predict_labels
-    from .common import ID2LABEL, render_html, write_json_atomic, write_text_atomic
+from automl_inference import MODEL_FILE, BaselineModel, class_scores, decode, model_fn, predict_labels
+from common import ID2LABEL, parse_dataclass, render_html, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("automl")
 PROC = "/opt/ml/processing"
@@ -612,39 +606,52 @@ def save_model(row: dict, dest: Path) -> None:
 # ------------------------------------------------------------------ entry points
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Arguments; defaults follow the processing-container layout."""
-    p = argparse.ArgumentParser(description="AutoML search over classical text models")
-    p.add_argument("mode", nargs="?", default="search", choices=["search", "score"])
-    p.add_argument("--train-data", default=f"{PROC}/input/train", help="train split shards")
-    p.add_argument("--validation-data", default=f"{PROC}/input/validation", help="validation split shards")
-    p.add_argument("--test-data", default=f"{PROC}/input/test", help="test split shards")
-    p.add_argument("--model", default=f"{PROC}/input/model", help="score: folder with the baseline's model.tar.gz")
-    p.add_argument("--output-data", default=f"{PROC}/output/automl", help="leaderboard / evaluation.json")
-    p.add_argument("--model-output", default=f"{PROC}/output/model", help="search: the best candidate's folder")
-    p.add_argument("--time-budget-s", type=float, default=600, help="search time budget in seconds (>= 10)")
-    p.add_argument("--max-candidates", type=int, default=20, help="most candidates tried (>= 1)")
-    p.add_argument("--families", default=",".join(FAMILIES), help=f"comma list of {', '.join(FAMILIES)}")
-    p.add_argument("--cv-folds", type=int, default=3,
-                   help="cross-validation folds on the training split that rank the candidates (>= 2)")
-    p.add_argument("--stack-members", type=int, default=5,
-                   help="most members of the stacked candidate added after the search (0 = none)")
-    p.add_argument("--seed", type=int, default=42)
-    a = p.parse_args(argv)
-    if a.time_budget_s < 10:
-        p.error(f"--time-budget-s {a.time_budget_s}: must be at least 10 seconds")
-    if a.max_candidates < 1:
-        p.error(f"--max-candidates {a.max_candidates}: must be at least 1")
-    if a.cv_folds < 2:
-        p.error(f"--cv-folds {a.cv_folds}: must be at least 2")
-    a.families = tuple(f.strip() for f in a.families.split(",") if f.strip())
-    unknown = [f for f in a.families if f not in FAMILIES]
-    if unknown or not a.families:
-        p.error(f"--families {','.join(a.families)}: unknown {unknown}; choose from {', '.join(FAMILIES)}")
-    return a
+@dataclass
+class AutoMLArguments:
+    """Arguments (the mode, ``search`` or ``score``, may come first as a word); defaults follow the
+    processing-container layout."""
+
+    mode: str = field(default="search", metadata={"help": "search or score"})
+    train_data: str = field(default=f"{PROC}/input/train", metadata={"help": "train split shards"})
+    validation_data: str = field(default=f"{PROC}/input/validation", metadata={"help": "validation split shards"})
+    test_data: str = field(default=f"{PROC}/input/test", metadata={"help": "test split shards"})
+    model: str = field(default=f"{PROC}/input/model", metadata={"help": "score: folder with the baseline's model.tar.gz"})
+    output_data: str = field(default=f"{PROC}/output/automl", metadata={"help": "leaderboard / evaluation.json"})
+    model_output: str = field(default=f"{PROC}/output/model", metadata={"help": "search: the best candidate's folder"})
+    time_budget_s: float = field(default=600, metadata={"help": "search time budget in seconds (>= 10)"})
+    max_candidates: int = field(default=20, metadata={"help": "most candidates tried (>= 1)"})
+    families: str = field(default=",".join(FAMILIES), metadata={"help": f"comma list of {', '.join(FAMILIES)}"})
+    cv_folds: int = field(default=3, metadata={
+        "help": "cross-validation folds on the training split that rank the candidates (>= 2)"})
+    stack_members: int = field(default=5, metadata={
+        "help": "most members of the stacked candidate added after the search (0 = none)"})
+    seed: int = field(default=42, metadata={"help": "seed for sampling, folds and candidates"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("search", "score"):
+            raise ValueError(f"mode {self.mode!r}: use search or score")
+        if self.time_budget_s < 10:
+            raise ValueError(f"--time-budget-s {self.time_budget_s}: must be at least 10 seconds")
+        if self.max_candidates < 1:
+            raise ValueError(f"--max-candidates {self.max_candidates}: must be at least 1")
+        if self.cv_folds < 2:
+            raise ValueError(f"--cv-folds {self.cv_folds}: must be at least 2")
+        families = self.families.split(",") if isinstance(self.families, str) else self.families
+        self.families = tuple(f.strip() for f in families if f.strip())
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise ValueError(f"--families {','.join(self.families)}: unknown {unknown}; "
+                             f"choose from {', '.join(FAMILIES)}")
 
 
-def run_search(a: argparse.Namespace) -> dict:
+def parse_args(argv: list[str] | None = None) -> AutoMLArguments:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):  # the mode as the first word, as the requests pass it
+        argv = ["--mode", *argv]
+    return parse_dataclass(AutoMLArguments, argv, "AutoML search over classical text models")
+
+
+def run_search(a: AutoMLArguments) -> dict:
     """The ``search`` mode: leaderboard, evaluation.json and the best model."""
     t0 = time.monotonic()
     data = {"train": load_split(Path(a.train_data), "train", need_rating="logreg_stars" in a.families),
@@ -698,13 +705,8 @@ def _model_dir(folder: Path, work: Path) -> Path:
     return work
 
 
-def run_score(a: argparse.Namespace) -> dict:
+def run_score(a: AutoMLArguments) -> dict:
     """The ``score`` mode: the baseline package on a test split -> evaluation.json."""
-    try:  # same import dance as above: job script or package module
-        from automl_inference import model_fn
-    except ImportError:
-        from .automl_inference import model_fn
-
     test = load_split(Path(a.test_data), "test")
     with tempfile.TemporaryDirectory() as tmp:
         model = model_fn(str(_model_dir(Path(a.model), Path(tmp))))

@@ -60,16 +60,19 @@ def resolve_model_dir(name_or_path: str | None) -> str:
     return name_or_path
 
 
-def str2bool(value: str | bool) -> bool:
-    """Parse SageMaker's string booleans ("true"/"false", "1"/"0")."""
-    if isinstance(value, bool):
-        return value
-    v = str(value).strip().lower()
-    if v in ("true", "1", "yes", "y"):
-        return True
-    if v in ("false", "0", "no", "n"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (use true or false)")
+def parse_dataclass(cls: type, argv: list[str] | None, description: str) -> Any:
+    """A job's arguments: dataclass ``cls`` parsed by ``transformers.HfArgumentParser`` (``--name value``,
+    dashes or underscores; booleans ``true``/``false``). A value its ``__post_init__`` rejects exits 2 with
+    argparse's usage line and the message, before any work. (transformers is imported here: every job
+    image has it, the serving handlers need none of this.)"""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(cls, description=description)
+    try:
+        (args,) = parser.parse_args_into_dataclasses(argv)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def available_cores() -> int:

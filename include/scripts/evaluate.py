@@ -16,7 +16,6 @@ copied into the report). Writes to ``--output-data``:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -24,16 +23,14 @@ import sys
 import tarfile
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 # Sibling modules of the job's code dir (modeling.py loads either classifier head).
-try:  # run as the job's script: its folder (the code dir) is sys.path[0]
-    from common import ID2LABEL, write_json_atomic
-except ImportError:  # imported as include.scripts.evaluate
-    from .common import ID2LABEL, write_json_atomic
+from common import ID2LABEL, parse_dataclass, write_json_atomic
 
 log = logging.getLogger("evaluate")
 
@@ -42,21 +39,30 @@ class EvaluationError(ValueError):
     """Inputs the evaluation cannot use."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass
+class EvaluateArguments:
     """Arguments; defaults follow the processing-container layout."""
-    p = argparse.ArgumentParser(description="Evaluate the fine-tuned model on the test split")
-    p.add_argument("--model", default="/opt/ml/processing/input/model", help="folder with model.tar.gz")
-    p.add_argument("--test-data", default="/opt/ml/processing/input/data", help="folder with test shards")
-    p.add_argument("--training-output", default="/opt/ml/processing/input/training",
-                   help="optional output.tar.gz folder")
-    p.add_argument("--output-data", default="/opt/ml/processing/output/metrics", help="where evaluation.json goes")
-    p.add_argument("--deployed-model", default="/opt/ml/processing/input/deployed",
-                   help="optional folder with the deployed version's model.tar.gz (compared on the same split)")
-    p.add_argument("--deployed-version", default="", help="registry version of --deployed-model (for the report)")
-    p.add_argument("--samples-per-pair", type=int, default=3,
-                   help="misclassified reviews kept per (true, predicted) pair")
-    p.add_argument("--batch-size", type=int, default=64, help="reviews per forward pass")
-    return p.parse_args(argv)
+
+    model: str = field(default="/opt/ml/processing/input/model", metadata={"help": "folder with model.tar.gz"})
+    test_data: str = field(default="/opt/ml/processing/input/data", metadata={"help": "folder with test shards"})
+    training_output: str = field(default="/opt/ml/processing/input/training",
+                                 metadata={"help": "optional output.tar.gz folder"})
+    output_data: str = field(default="/opt/ml/processing/output/metrics",
+                             metadata={"help": "where evaluation.json goes"})
+    deployed_model: str = field(default="/opt/ml/processing/input/deployed", metadata={
+        "help": "optional folder with the deployed version's model.tar.gz (compared on the same split)"})
+    deployed_version: str = field(default="", metadata={"help": "registry version of --deployed-model (for the report)"})
+    samples_per_pair: int = field(default=3, metadata={"help": "misclassified reviews kept per (true, predicted) pair"})
+    batch_size: int = field(default=64, metadata={"help": "reviews per forward pass"})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.samples_per_pair < 0:
+            raise ValueError(f"--batch-size={self.batch_size} (>= 1), --samples-per-pair={self.samples_per_pair} "
+                             "(>= 0)")
+
+
+def parse_args(argv: list[str] | None = None) -> EvaluateArguments:
+    return parse_dataclass(EvaluateArguments, argv, "Evaluate the fine-tuned model on the test split")
 
 
 def _extract(folder: Path, name: str, dest: Path) -> Path | None:

@@ -16,22 +16,18 @@ review_body, star_rating`` and optional ``review_date``/``ds``), then:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-try:  # run as the job's script: its folder (the code dir) is sys.path[0]
-    from common import resolve_model_dir, str2bool
-except ImportError:  # imported as include.scripts.preprocess
-    from .common import resolve_model_dir, str2bool
+from common import parse_dataclass, resolve_model_dir
 
 log = logging.getLogger("preprocess")
 REQUIRED = ["review_id", "product_category", "review_body", "star_rating"]
@@ -43,33 +39,38 @@ class PreprocessError(ValueError):
     """Input the job cannot turn into features."""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+@dataclass
+class PreprocessArguments:
     """Arguments; defaults follow the processing-container layout."""
-    p = argparse.ArgumentParser(description="Tokenize reviews into BERT features")
-    p.add_argument("--input-data", default="/opt/ml/processing/input/data", help="folder with CSV/Parquet files")
-    p.add_argument("--output-data", default="/opt/ml/processing/output",
-                   help="output folder (one sub-folder per split)")
-    p.add_argument("--model-name-or-path", default=None, help="model folder whose tokenizer is used (default: MiniLM)")
-    p.add_argument("--max-seq-length", type=int, default=64, help="tokens per review after truncation (8..512)")
-    p.add_argument("--train-split-percentage", type=float, default=0.90, help="share of rows for training")
-    p.add_argument("--validation-split-percentage", type=float, default=0.05, help="share for validation; rest is test")
-    p.add_argument("--balance-dataset", default="true", help="true: down-sample all classes to the smallest; "
-                   "eval: balance validation/test only, train on all remaining rows; false: no balancing")
-    p.add_argument("--seed", type=int, default=42, help="seed for sampling and splitting")
-    args = p.parse_args(argv)
-    if not 8 <= args.max_seq_length <= 512:
-        p.error(f"--max-seq-length={args.max_seq_length}: must be in 8..512")
-    tr, va = args.train_split_percentage, args.validation_split_percentage
-    if not (0 < tr < 1 and 0 < va < 1 and tr + va < 1):
-        p.error(f"--train-split-percentage={tr}, --validation-split-percentage={va}: both in (0, 1) with a sum < 1")
-    if args.balance_dataset.lower() != "eval":
-        try:
-            args.balance_dataset = str2bool(args.balance_dataset)
-        except ValueError as exc:
-            p.error(f"--balance-dataset: {exc}, or eval")
-    else:
-        args.balance_dataset = "eval"
-    return args
+
+    input_data: str = field(default="/opt/ml/processing/input/data", metadata={"help": "folder with CSV/Parquet files"})
+    output_data: str = field(default="/opt/ml/processing/output",
+                             metadata={"help": "output folder (one sub-folder per split)"})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "model folder whose tokenizer is used (default: MiniLM)"})
+    max_seq_length: int = field(default=64, metadata={"help": "tokens per review after truncation (8..512)"})
+    train_split_percentage: float = field(default=0.90, metadata={"help": "share of rows for training"})
+    validation_split_percentage: float = field(default=0.05, metadata={"help": "share for validation; rest is test"})
+    balance_dataset: str = field(default="true", metadata={
+        "help": "true: down-sample all classes to the smallest; eval: balance validation/test only, train on all "
+                "remaining rows; false: no balancing"})
+    seed: int = field(default=42, metadata={"help": "seed for sampling and splitting"})
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_seq_length <= 512:
+            raise ValueError(f"--max-seq-length={self.max_seq_length}: must be in 8..512")
+        tr, va = self.train_split_percentage, self.validation_split_percentage
+        if not (0 < tr < 1 and 0 < va < 1 and tr + va < 1):
+            raise ValueError(f"--train-split-percentage={tr}, --validation-split-percentage={va}: both in (0, 1) "
+                             "with a sum < 1")
+        choice = {"true": True, "false": False, "eval": "eval"}.get(str(self.balance_dataset).lower())
+        if choice is None:
+            raise ValueError(f"--balance-dataset={self.balance_dataset!r}: use true, false or eval")
+        self.balance_dataset = choice
+
+
+def parse_args(argv: list[str] | None = None) -> PreprocessArguments:
+    return parse_dataclass(PreprocessArguments, argv, "Tokenize reviews into BERT features")
 
 
 def read_input(folder: Path) -> pd.DataFrame:

@@ -36,15 +36,6 @@ def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
         raise HyperParameterError(f"hyper-parameter {name}={value!r} is invalid: allowed {allowed}")
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name) or default
-
-
-def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise HyperParameterError(f"hyper-parameter {name}={value!r} is invalid: allowed {allowed}")
-
-
 @dataclass
 class ModelArguments:
     """Which pre-trained model to start from."""

@@ -1,14 +1,22 @@
-"""Checkpoints for train.py: atomic save every N steps, find the latest, resume exactly.
+"""Checkpoints of the training job in ``checkpoint_dir`` (SageMaker's ``/opt/ml/checkpoints``).
 
-A checkpoint is a folder ``checkpoint-NNNNNNNN`` (the global step) holding ``state.pt``
-(model, optimizer, scheduler, grad-scaler and RNG states) and ``trainer_state.json``
-(position in the epoch plan, history, debugger/profiler state and a fingerprint of the
-settings and data). It is written under a temporary name and renamed, so a job killed
-mid-write leaves either the old or the new checkpoint, never a broken one. A resumed
-run ignores checkpoints whose fingerprint differs (other data or hyper-parameters).
+``transformers.Trainer`` writes them (``save_steps``: model, optimizer, scheduler, RNG and
+trainer state) and resumes from them (``resume_from_checkpoint``: it skips the batches
+already done of the same epoch plan). Around that, this module:
+
+* publishes each checkpoint atomically: Trainer writes into a staging folder, the
+  ``CheckpointCallback`` adds ``job_state.json`` (the job's records, debugger and profiler
+  state and a fingerprint of the settings and data) and renames it to
+  ``checkpoint-NNNNNNNN`` - SageMaker uploads that folder as it changes, and a job killed
+  mid-write leaves the old or the new checkpoint, never a broken one; then it prunes all
+  but the newest ``keep_checkpoints``;
+* saves at each epoch end, and at the next step boundary after SIGTERM (the job then exits 143);
+* ``latest`` finds the newest checkpoint written with the same fingerprint (a checkpoint of
+  other hyper-parameters or data is ignored).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -19,9 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from common import write_json_atomic
+from safetensors.torch import load_file, save_file
+from train_callbacks import Run, RunState
+from transformers import TrainerCallback
 
 log = logging.getLogger("train.checkpoint")
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
+JOB_STATE = "job_state.json"
+BEST = "best_model.safetensors"
 
 
 class CheckpointError(OSError):
@@ -46,22 +59,18 @@ def ensure_writable(folder: Path) -> None:
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints in ``folder`` as (step, path), oldest first."""
+    """Published checkpoints in ``folder`` as (step, path), oldest first."""
     if not folder.is_dir():
         return []
-    found = []
-    for p in folder.iterdir():
-        m = PATTERN.match(p.name)
-        if m and (p / "trainer_state.json").is_file() and (p / "state.pt").is_file():
-            found.append((int(m.group(1)), p))
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := PATTERN.match(p.name)) and (p / JOB_STATE).is_file()]
     return sorted(found)
 
 
 def latest(folder: Path, expected_fingerprint: str) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint whose fingerprint matches, with its trainer state."""
+    """The newest checkpoint whose fingerprint matches, with its job state."""
     for _, path in reversed(list_checkpoints(folder)):
         try:
-            state = json.loads((path / "trainer_state.json").read_text())
+            state = json.loads((path / JOB_STATE).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             log.warning("skipping unreadable checkpoint %s: %s", path, exc)
             continue
@@ -73,26 +82,47 @@ def latest(folder: Path, expected_fingerprint: str) -> tuple[Path, dict[str, Any
     return None
 
 
-def save(folder: Path, step: int, tensors: dict[str, Any], trainer_state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the newest ``keep``."""
-    import torch
+class CheckpointCallback(TrainerCallback):
+    """Epoch-end and SIGTERM saves; publishes Trainer's checkpoint with the job state, prunes old ones."""
 
-    final = folder / f"checkpoint-{step:08d}"
-    tmp = folder / f".checkpoint-{step:08d}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(tensors, tmp / "state.pt")
-    write_json_atomic(tmp / "trainer_state.json", trainer_state, indent=None)
-    if final.exists():  # same step saved again (e.g. epoch end == interval): replace
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for _, old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    def __init__(self, run: Run, folder: Path, fingerprint: str):
+        self.run, self.folder, self.fingerprint = run, folder, fingerprint
+        self.every, self.keep = run.args.train.checkpoint_steps, run.args.train.keep_checkpoints
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.run.sigterm:
+            control.should_save, control.should_training_stop = bool(self.every), True
+        elif state.global_step >= state.max_steps:
+            control.should_save = False  # the finished job needs no checkpoint, the model is saved next
+
+    def on_epoch_end(self, args, state, control, **kw):
+        running = not (self.run.sigterm or self.run.state.stop_reason or state.global_step >= state.max_steps)
+        if self.every and running and state.global_step % self.every:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kw):
+        staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        run = dataclasses.replace(self.run.state, elapsed_s=self.run.clock.elapsed())
+        write_json_atomic(staged / JOB_STATE, {
+            "fingerprint": self.fingerprint, "global_step": state.global_step, "run": dataclasses.asdict(run),
+            "debugger": self.run.debugger.state_dict(), "profiler": self.run.profiler.state_dict()}, indent=None)
+        if self.run.best_weights is not None:
+            save_file({k: v.contiguous() for k, v in self.run.best_weights.items()}, str(staged / BEST))
+        final = self.folder / f"checkpoint-{state.global_step:08d}"
+        if final.exists():  # the same step saved again: replace
+            shutil.rmtree(final)
+        os.replace(staged, final)
+        for _, old in list_checkpoints(self.folder)[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("checkpoint %s written (step %d/%d)", final.name, state.global_step, state.max_steps)
 
 
-def load_tensors(path: Path) -> dict[str, Any]:
-    """The ``state.pt`` of a checkpoint (CPU tensors)."""
-    import torch
-
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+def restore(run: Run, path: Path, meta: dict[str, Any]) -> None:
+    """Put a checkpoint's job state back into ``run`` (Trainer restores the rest in ``train``)."""
+    run.state = RunState(**meta["run"])
+    run.state.resumed_from = meta["global_step"]
+    run.clock.earlier_s = run.state.elapsed_s
+    run.debugger.load_state_dict(meta["debugger"])
+    run.profiler.load_state_dict(meta["profiler"])
+    if (path / BEST).is_file():
+        run.best_weights = load_file(str(path / BEST))

@@ -1,7 +1,8 @@
 """Training data for train.py: read channel shards, check them, plan and pad batches.
 
 Everything here is plain numpy + pyarrow so it is cheap to test and to reuse from the
-benchmarks. The throughput tricks live here:
+benchmarks; ``EpochBatches`` is the batch sampler ``transformers.Trainer`` draws from. The
+throughput tricks live here:
 
 * dynamic padding - a batch is padded to its own longest review, not ``max_seq_length``;
 * length-grouped batches - within a shuffled "mega-batch" of ``group_factor`` batches the
@@ -194,6 +195,30 @@ def plan_batches(lengths: np.ndarray, rows: np.ndarray, batch_size: int, seed: i
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class EpochBatches:
+    """The train batch sampler: each epoch's rows (``epoch_rows``) in ``plan_batches`` order.
+
+    ``transformers.Trainer`` calls ``set_epoch`` before every epoch, so the majority-class cap
+    is re-drawn per epoch; on resume it skips the batches already done of the same plan.
+    """
+
+    def __init__(self, split: Split, batch_size: int, max_class_ratio: float, seed: int, group_by_length: bool):
+        self.split, self.batch_size, self.ratio, self.seed = split, batch_size, max_class_ratio, seed
+        self.group, self.lengths, self.epoch = group_by_length, split.lengths, 0
+        self.epoch_size = len(epoch_rows(split.labels, max_class_ratio, seed, 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rows = epoch_rows(self.split.labels, self.ratio, self.seed, self.epoch)
+        return (b.tolist() for b in plan_batches(self.lengths, rows, self.batch_size, self.seed, self.epoch,
+                                                   self.group))
+
+    def __len__(self) -> int:
+        return -(-self.epoch_size // self.batch_size)
 
 
 def collate(split: Split, idx: np.ndarray, pad_id: int = 0, pad_to: int | None = None) -> dict[str, np.ndarray]:

@@ -12,11 +12,11 @@ if SCRIPTS not in sys.path:  # the job scripts import their siblings as top-leve
     sys.path.insert(0, SCRIPTS)
 
 from common import available_cores, write_json_atomic  # noqa: E402 - needs SCRIPTS on sys.path
-from train_data import Split, class_weights, collate, epoch_class_counts, epoch_rows, plan_batches, truncate  # noqa: E402
+from train_data import EpochBatches, Split, class_weights, collate, epoch_class_counts, epoch_rows, plan_batches, truncate  # noqa: E402
 from train_debugger import Debugger, DebuggerConfig, layer_of, parse_actions  # noqa: E402
 from train_device import auto_threads  # noqa: E402
 from train_eval import scores  # noqa: E402
-from train_schedule import ProgressSchedule  # noqa: E402
+from train_schedule import BudgetSchedule, Clock  # noqa: E402
 
 
 def make_split(lengths: list[int], labels: list[int]) -> Split:
@@ -78,6 +78,15 @@ def test_class_weights_balance_the_capped_epoch_not_the_whole_channel():
     assert epoch_class_counts(counts, 0) == counts
 
 
+def test_epoch_batches_sampler_redraws_the_capped_rows_per_epoch():
+    split = make_split(list(range(5, 135)), [0] * 10 + [1] * 20 + [2] * 100)
+    sampler = EpochBatches(split, 8, max_class_ratio=2.0, seed=0, group_by_length=True)
+    first = [i for b in sampler for i in b]
+    assert len(sampler) == 7 and sorted(first) == sorted(epoch_rows(split.labels, 2.0, 0, 0).tolist())
+    sampler.set_epoch(1)
+    assert sorted(i for b in sampler for i in b) != sorted(first)
+
+
 def test_epoch_rows_caps_majority_class_and_redraws_each_epoch():
     labels = np.array([0] * 10 + [1] * 20 + [2] * 100)
     e0, e1 = epoch_rows(labels, 2.0, 0, 0), epoch_rows(labels, 2.0, 0, 1)
@@ -86,17 +95,27 @@ def test_epoch_rows_caps_majority_class_and_redraws_each_epoch():
     assert len(epoch_rows(labels, 0, 0, 0)) == 130
 
 
-def test_progress_schedule_warms_up_then_decays_to_zero_by_time_or_steps():
+def test_budget_schedule_warms_up_then_decays_to_zero_by_time_or_steps():
+    clock = Clock()
+    s = BudgetSchedule(0.1, total_steps=100, time_budget_s=10, clock=clock)
+    assert s(5) == pytest.approx(0.5, abs=1e-3)
+    clock.earlier_s = 5.0  # time share (0.5) is ahead of the step share (0.1)
+    assert s(10) == pytest.approx(0.5 / 0.9, abs=1e-3)
+    clock.earlier_s = 10.0
+    assert s(20) == 0.0 and s.done()
+
+
+def test_budget_schedule_is_trainers_lr_lambda_and_survives_a_state_dict_round_trip():
     import torch
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    s = ProgressSchedule(opt, 1.0, 0.1, total_steps=100, time_budget_s=10)
-    s.step(5, 0.0)
-    assert s.get_last_lr()[0] == pytest.approx(0.5)
-    s.step(10, 5.0)  # time share (0.5) is ahead of the step share (0.1)
-    assert s.get_last_lr()[0] == pytest.approx(0.5 / 0.9)
-    s.step(20, 10.0)
-    assert s.get_last_lr()[0] == 0.0 and s.done()
+    s = BudgetSchedule(0.1, total_steps=100)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: s(step))
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.5)
+    torch.save(sched.state_dict(), "/dev/null")  # numbers only: Trainer's checkpoint can hold it
 
 
 def test_auto_threads_stays_within_the_cores():
