@@ -124,7 +124,7 @@ def search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: in
         name=info.job("automl"), train_uri=features["train_uri"], validation_uri=features["validation_uri"],
         test_uri=features["test_uri"], output_uri=f"{out}/leaderboard", model_output_uri=f"{out}/model",
         code_uri=runner.code_uri(), time_budget_s=time_budget_s, max_candidates=max_candidates)
-    result = runner.run(runner.prepare(request, "automl"))
+    result = runner.run(runner.prepare(request, "automl", info.run_tag))
     board = read_json(f"{out}/leaderboard/leaderboard.json")
     print(f"AutoML leaderboard: {location(f'{out}/leaderboard/leaderboard.html')}", flush=True)
     for row in board["leaderboard"][:5]:
@@ -220,8 +220,8 @@ def register_baseline(info: RunInfo, features: dict, searched: dict | None, pilo
 # ------------------------------------------------------------------ champion / challenger
 
 
-def _score(runner, request: dict, output_uri: str, step: str) -> float:
-    runner.run(runner.prepare(request, step))
+def _score(runner, request: dict, output_uri: str, step: str, run: str) -> float:
+    runner.run(runner.prepare(request, step, run))
     report = read_json(f"{output_uri}/evaluation.json")
     return float(report["metrics"]["accuracy"]["value"])
 
@@ -265,7 +265,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/champion"
         out["champion"] = _score(runner, requests.evaluation_request(
             name=info.job("score-champion"), model_uri=champion.package_uri, test_uri=test_uri,
-            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri, "evaluate")
+            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri, "evaluate", info.run_tag)
         out["champion_version"] = champion.version
     versions = get_registry(BASELINE_MODEL_NAME).list_versions()
     if versions:
@@ -273,7 +273,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/baseline"
         out["baseline"] = _score(runner, requests.baseline_score_request(
             name=info.job("score-baseline"), model_uri=baseline.package_uri, test_uri=test_uri, output_uri=uri,
-            code_uri=runner.code_uri()), uri, "automl")
+            code_uri=runner.code_uri()), uri, "automl", info.run_tag)
         out["baseline_figures"] = baseline_figures(uri, baseline.version)
         out["baseline_version"] = baseline.version
     return out

@@ -15,6 +15,8 @@ What the harness PLAYS (SageMaker's side):
   checkpoint folder to ``CheckpointConfig.S3Uri``), writes the job's log lines to CloudWatch
   Logs (``/aws/sagemaker/{Processing,Training}Jobs``, stream ``<job>/algo-1-...``) and sets the
   job ``Completed``, or ``Failed`` with the runner's reason as ``FailureReason``;
+- ``StopTrainingJob`` (moto 5.2 has none) and ``StopProcessingJob`` set the job ``Stopped``
+  and end its hold, as SageMaker does after ``Stopping``;
 - ``force(name, status, reason)`` makes a job of that name end in ``status`` without running
   anything, and ``hold(name)`` keeps it ``InProgress`` until ``release(name)`` - to put the
   retry cases (running / completed / failed / stopped predecessor) in front of the code.
@@ -99,6 +101,8 @@ class SageMakerHarness:
                 harness.calls.append((action, params))
                 if "aiobotocore" in (response.headers.get("User-Agent") or ""):
                     harness.async_calls.append((action, params))  # the deferred task's trigger
+            if action in ("StopTrainingJob", "StopProcessingJob"):
+                return harness._stop(response.sagemaker_backend, action[len("Stop"):-len("Job")], params)
             result = original(response)
             if action in ("CreateProcessingJob", "CreateTrainingJob"):
                 harness._launch(response.sagemaker_backend, action[len("Create"):-len("Job")], params)
@@ -125,6 +129,24 @@ class SageMakerHarness:
             job.processing_end_time = now if status in ("Completed", "Failed", "Stopped") else None
         if reason:
             job.failure_reason = reason  # moto renders attributes as the describe response
+
+    def _stop(self, backend: Any, kind: str, params: dict):
+        from moto.core.responses import EmptyResult
+        from moto.sagemaker.exceptions import ValidationError
+
+        name = params[f"{kind}JobName"]
+        try:
+            job = self._job(backend, kind, name)
+        except KeyError:
+            raise ValidationError(message=f"Could not find job {name!r}.") from None
+        status = job.training_job_status if kind == "Training" else job.processing_job_status
+        if status not in ("InProgress", "Stopping"):
+            raise ValidationError(message=f"The job {name} is {status}: it cannot be stopped.")
+        self.forced[name] = ("Stopped", "")
+        self._set_status(backend, kind, name, "Stopped")
+        if name in self.held:
+            self.held[name].set()
+        return EmptyResult()
 
     def _launch(self, backend: Any, kind: str, request: dict) -> None:
         name = request[f"{kind}JobName"]
@@ -153,6 +175,9 @@ class SageMakerHarness:
             self.errors.append(f"{name}: {exc}")
             return
         self._put_logs(kind, name, lines)
+        job = self._job(backend, kind, name)
+        if (job.training_job_status if kind == "Training" else job.processing_job_status) == "Stopped":
+            return  # stopped while it ran: SageMaker keeps it Stopped
         self._set_status(backend, kind, name, "Completed")
 
     def _execute(self, kind: str, request: dict, lines: list[str]) -> None:
