@@ -326,7 +326,9 @@ def autopilot_search(features: dict) -> dict:
     params, info = _automl_info()
     if not automl_steps.uses_autopilot(params.get("engine") or "search"):
         raise AirflowSkipException("engine search: no Autopilot job")
-    return automl_steps.autopilot_search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]))
+    timeout = get_current_context()["ti"].task.execution_timeout
+    return automl_steps.autopilot_search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]),
+                                         task_timeout_s=timeout.total_seconds() if timeout else None)
 
 
 @airflow_step

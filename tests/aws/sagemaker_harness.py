@@ -101,14 +101,19 @@ class SageMakerHarness:
                 harness.calls.append((action, params))
                 if "aiobotocore" in (response.headers.get("User-Agent") or ""):
                     harness.async_calls.append((action, params))  # the deferred task's trigger
-            if action in ("StopTrainingJob", "StopProcessingJob"):
-                return harness._stop(response.sagemaker_backend, action[len("Stop"):-len("Job")], params)
             result = original(response)
             if action in ("CreateProcessingJob", "CreateTrainingJob"):
                 harness._launch(response.sagemaker_backend, action[len("Create"):-len("Job")], params)
             return result
 
+        def stopper(kind: str):
+            def stop(response: Any):
+                return harness._stop(response.sagemaker_backend, kind, json.loads(response.body or "{}"))
+            return stop
+
         monkeypatch.setattr(SageMakerResponse, "call_action", call_action)
+        monkeypatch.setattr(SageMakerResponse, "stop_training_job", stopper("Training"), raising=False)
+        monkeypatch.setattr(SageMakerResponse, "stop_processing_job", stopper("Processing"))
         return self
 
     # ------------------------------------------------------------------ playing a job
