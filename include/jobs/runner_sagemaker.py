@@ -505,7 +505,7 @@ class SageMakerJobRunner(JobRunner):
     def start(self, request: dict, context: Any = None, task: Any = None, log: Log | None = None) -> dict:
         """Start (or re-attach to) the job from inside a task; raises the provider's
         ``TaskDeferred`` while it runs, returns the result when it is already finished."""
-        from airflow.sdk.exceptions import TaskDeferred
+        from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
         say = log or logger.info
         kind = job_kind(request)
@@ -526,6 +526,12 @@ class SageMakerJobRunner(JobRunner):
         except TaskDeferred as deferred:  # the provider's trigger, made one that stops its job on a kill
             raise TaskDeferred(trigger=self._trigger(kind, name, request), method_name=deferred.method_name,
                                kwargs=deferred.kwargs, timeout=deferred.timeout) from None
+        except AirflowException:
+            # the provider raises a plain (retriable) error for a job that ended badly before it
+            # deferred: classify its FailureReason like any other failure
+            if (self.describe(kind, name) or {}).get(f"{kind}JobStatus") in ("Failed", "Stopped"):
+                return self.finish(request, name)
+            raise
         return self.finish(request, name)  # the job was already terminal when first described
 
     def resume(self, request: dict, event: dict | None) -> dict:

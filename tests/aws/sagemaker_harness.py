@@ -47,6 +47,7 @@ class SageMakerHarness:
         self.calls: list[tuple[str, dict]] = []
         self.async_calls: list[tuple[str, dict]] = []  # made by aiobotocore: the provider's triggers
         self.forced: dict[str, tuple[str, str]] = {}
+        self._sequences: list[tuple[str, list[tuple[str, str]]]] = []
         self.held: dict[str, threading.Event] = {}
         self.errors: list[str] = []
         self.job_logs: dict[str, list[str]] = {}
@@ -58,6 +59,11 @@ class SageMakerHarness:
     def force(self, name: str, status: str, reason: str = "") -> None:
         """The job ``name``, when created, ends in ``status`` without running anything."""
         self.forced[name] = (status, reason)
+
+    def force_next(self, prefix: str, outcomes: list[tuple[str, str]]) -> None:
+        """The jobs created next whose names start with ``prefix`` end, in turn, as ``outcomes``
+        (``(status, reason)``): for runs whose job names are not known in advance."""
+        self._sequences.append((prefix, list(outcomes)))
 
     def hold(self, name: str) -> None:
         """Keep the job ``name`` ``InProgress`` until :meth:`release`."""
@@ -155,6 +161,9 @@ class SageMakerHarness:
 
     def _launch(self, backend: Any, kind: str, request: dict) -> None:
         name = request[f"{kind}JobName"]
+        for prefix, outcomes in self._sequences:
+            if name.startswith(prefix) and outcomes and name not in self.forced:
+                self.forced[name] = outcomes.pop(0)
         self._set_status(backend, kind, name, "InProgress")
         if kind == "Processing":
             self._job(backend, kind, name).processing_start_time = datetime.now(timezone.utc)

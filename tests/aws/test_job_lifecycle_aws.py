@@ -84,7 +84,11 @@ def _run_train_dag(folder: Path, monkeypatch):
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
+    from include.common.aws import load_aws_config, write_bytes
+
     features = {k: f"s3://{BUCKET}/rs/seed/features/{k[:-4]}" for k in ("train_uri", "validation_uri", "test_uri")}
+    for uri in features.values():  # the operator checks that the channels exist; the job is forced
+        write_bytes(load_aws_config(), f"{uri}/part-0.parquet", b"forced job: never read")
     folder.mkdir()
     (folder / "aws_job_lifecycle.py").write_text(DAG_FILE.format(features=features, params=TINY))
     monkeypatch.setenv("AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST", json.dumps([{
@@ -99,25 +103,21 @@ def _run_train_dag(folder: Path, monkeypatch):
         return dr, str(ti.state), ti.try_number
 
 
-def _train_name() -> str:
-    return requests.job_name("train", f"manual__{LOGICAL.isoformat()}", DEPLOYMENT)
-
-
 def test_an_algorithm_error_fails_the_task_once_without_a_second_job(aws_account, sagemaker, reviews_home,
                                                                      airflow_db, tmp_path, monkeypatch):
-    name = _train_name()
-    sagemaker.force(name, "Failed", "AlgorithmError: ModuleNotFoundError: No module named 'pandas'")
+    sagemaker.force_next("rs-train-", [("Failed", "AlgorithmError: ModuleNotFoundError: No module named 'pandas'")])
     dr, state, tries = _run_train_dag(tmp_path / "dags", monkeypatch)
+    name = requests.job_name("train", dr.run_id, DEPLOYMENT)
     assert [c["TrainingJobName"] for c in sagemaker.created("Training")] == [name], "one paid job, not three"
     assert (state, tries) == ("failed", 1)
 
 
 def test_a_capacity_error_is_retried_under_the_next_job_name(aws_account, sagemaker, reviews_home, airflow_db,
                                                              tmp_path, monkeypatch):
-    name = _train_name()
-    sagemaker.force(name, "Failed", "CapacityError: Unable to provision requested ML compute capacity")
-    sagemaker.force(f"{name}-r2", "Completed")
+    sagemaker.force_next("rs-train-", [("Failed", "CapacityError: Unable to provision requested ML compute capacity"),
+                                       ("Completed", "")])
     dr, state, tries = _run_train_dag(tmp_path / "dags", monkeypatch)
+    name = requests.job_name("train", dr.run_id, DEPLOYMENT)
     assert [c["TrainingJobName"] for c in sagemaker.created("Training")] == [name, f"{name}-r2"]
     assert (state, tries) == ("success", 2)
 
