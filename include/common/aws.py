@@ -3,7 +3,7 @@
 Read from a JSON or YAML file named by ``REVIEWS_AWS_CONF`` (or the Airflow Variable
 ``reviews_aws_conf`` holding the same document as JSON), with environment overrides for the
 few values that differ per machine (``REVIEWS_AWS_REGION``, ``REVIEWS_AWS_BUCKET``,
-``REVIEWS_AWS_ROLE_ARN``, ``AWS_ENDPOINT_URL``). :meth:`AwsConfig.validate` checks everything
+``REVIEWS_AWS_ROLE_ARN``, ``REVIEWS_AWS_DEPLOYMENT_ID``, ``AWS_ENDPOINT_URL``). :meth:`AwsConfig.validate` checks everything
 that can be checked offline (region, bucket name, role ARN, instance types against the
 SageMaker API's own enums) and :func:`preflight` what needs the account (the bucket and the
 role exist), so that a typo fails at task start, before any job is created.
@@ -295,7 +295,8 @@ def load_aws_config(path: str | Path | None = None) -> AwsConfig:
     else:
         doc = {}
     overrides = {"region": os.environ.get("REVIEWS_AWS_REGION"), "bucket": os.environ.get("REVIEWS_AWS_BUCKET"),
-                 "role_arn": os.environ.get("REVIEWS_AWS_ROLE_ARN"), "endpoint_url": os.environ.get("AWS_ENDPOINT_URL")}
+                 "role_arn": os.environ.get("REVIEWS_AWS_ROLE_ARN"), "endpoint_url": os.environ.get("AWS_ENDPOINT_URL"),
+                 "deployment_id": os.environ.get("REVIEWS_AWS_DEPLOYMENT_ID")}
     doc.update({k: v for k, v in overrides.items() if v})
     doc.setdefault("region", os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "")
     return config_from_dict(doc, str(path or CONF_VARIABLE))

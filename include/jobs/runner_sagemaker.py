@@ -86,13 +86,15 @@ class ForeignJobError(NonRetriableError, RuntimeError):
     """A job under our name belongs to another deployment or run: never reused, never waited on."""
 
 
-def deployment_id(cfg: AwsConfig) -> str:
-    """Who owns this Airflow's jobs: the aws config's ``deployment_id``, else the Airflow Variable
-    ``reviews_deployment_id`` - created with 8 random hex digits on first use, so it is stable
-    for one metadata database and new after a reset (a reset DB repeats run ids like
+def deployment_id(cfg: AwsConfig, create: bool = True) -> str:
+    """Who owns this Airflow's jobs: the aws config's ``deployment_id`` (or
+    ``REVIEWS_AWS_DEPLOYMENT_ID``), else the Airflow Variable ``reviews_deployment_id`` - created
+    with 8 random hex digits on first use (``create``, inside a task), so it is stable for one
+    metadata database and new after a reset (a reset DB repeats run ids like
     ``scheduled__2026-11-20...``: without it, the new DB's run would reuse the old one's jobs).
     Two tasks racing on the very first use may each write one; the last write wins and at most
-    one job is named with the other. Set ``deployment_id`` in the config to avoid even that."""
+    one job is named with the other. Set ``deployment_id`` in the config to avoid even that.
+    Empty when there is none yet and ``create`` is false."""
     if cfg.deployment_id:
         return cfg.deployment_id
     if DEPLOYMENT_VARIABLE in _deployment_cache:
@@ -101,7 +103,12 @@ def deployment_id(cfg: AwsConfig) -> str:
 
     from airflow.sdk import Variable
 
-    value = Variable.get(DEPLOYMENT_VARIABLE, default=None)
+    try:
+        value = Variable.get(DEPLOYMENT_VARIABLE, default=None)
+    except Exception:  # noqa: BLE001 - no metadata database reachable from here (a CLI)
+        value = None
+    if not value and not create:
+        return ""
     if not value:
         try:
             Variable.set(DEPLOYMENT_VARIABLE, uuid.uuid4().hex[:8],
