@@ -40,15 +40,18 @@ pays for them.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
 import logging
 import math
+import signal
 import tarfile
+import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from include.common.aws import AwsConfig, AwsConfigError, load_aws_config, preflight, split_s3_uri
 from include.common.config import Settings
@@ -463,8 +466,8 @@ class SageMakerJobRunner(JobRunner):
             raise ForeignJobError(
                 f"{kind.lower()} job {desc[_name_key(kind)]} is {desc[f'{kind}JobStatus']} but not this run's: its tags "
                 f"say {have}, this run is {want}. Another Airflow deployment (or a metadata database before a reset) "
-                "made it: not reusing it. Give this deployment its own deployment_id in the aws config, or delete "
-                "nothing and run with another run id")
+                "made it: not reusing it, not stopping it. Give each deployment its own deployment_id in the aws "
+                "config (docs/aws.md)")
 
     def stop(self, request: dict) -> None:
         """Stop the step's job that still runs (the one :meth:`resolve` would wait on), if any."""
@@ -603,35 +606,30 @@ class SageMakerJobRunner(JobRunner):
             if state not in ("Failed", "Stopped"):
                 raise JobFailedError(name, f"still {state or 'unknown'} past MaxRuntimeInSeconds: {exc}", []) from None
 
-    def _stopped_on_exit(self, request: dict):
-        """A context in which SIGTERM and any exception (the execution timeout's too) stop the job."""
-        import contextlib
-        import signal
-        import threading
+    @contextlib.contextmanager
+    def _stopped_on_exit(self, request: dict) -> Iterator[None]:
+        """A block in which SIGTERM and any exception (the execution timeout's too) stop the job.
+        Airflow's own SIGTERM handler (which calls the task's ``on_kill``) still runs after ours."""
+        main = threading.current_thread() is threading.main_thread()
+        previous: Any = None
 
-        runner = self
+        def on_term(signum, frame):
+            self.stop(request)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                raise SystemExit(128 + signum)
 
-        @contextlib.contextmanager
-        def guard():
-            previous = None
-            main = threading.current_thread() is threading.main_thread()
+        if main:
+            previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield
+        except BaseException:
+            self.stop(request)
+            raise
+        finally:
             if main:
-                def on_term(signum, frame):
-                    runner.stop(request)
-                    if callable(previous):
-                        previous(signum, frame)
-                    else:
-                        raise SystemExit(128 + signum)
-                previous = signal.signal(signal.SIGTERM, on_term)
-            try:
-                yield
-            except BaseException:
-                runner.stop(request)
-                raise
-            finally:
-                if main:
-                    signal.signal(signal.SIGTERM, previous)
-        return guard()
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     # ------------------------------------------------------------- results
 
