@@ -6,7 +6,7 @@ from datetime import timedelta
 from airflow.sdk import Param, chain, dag, task
 
 from include.pipeline import tasks
-from include.pipeline.defaults import DEFAULT_ARGS, START_DATE
+from include.pipeline.defaults import DEFAULT_ARGS, START_DATE, TASK_TIMEOUTS
 
 DOC = """
 ### AutoML baseline (SageMaker Autopilot's analogue)
@@ -67,9 +67,9 @@ own test split. **Outputs:** `runs/review_automl_baseline/<run_id>/{features,aut
 )
 def review_automl_baseline():
     features = task(task_id="export_features")(tasks.export_features)()
-    searched = task(task_id="automl_search", execution_timeout=timedelta(hours=1, minutes=30))(
+    searched = task(task_id="automl_search", execution_timeout=TASK_TIMEOUTS["automl"])(
         tasks.automl_search)(features)
-    piloted = task(task_id="autopilot_search", execution_timeout=timedelta(hours=1, minutes=30))(
+    piloted = task(task_id="autopilot_search", execution_timeout=TASK_TIMEOUTS["autopilot"])(
         tasks.autopilot_search)(features)
     # none_failed: a skipped engine leaves the other's result to register
     registered = task(task_id="register_baseline", trigger_rule="none_failed")(tasks.register_baseline)(

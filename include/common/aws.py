@@ -3,7 +3,7 @@
 Read from a JSON or YAML file named by ``REVIEWS_AWS_CONF`` (or the Airflow Variable
 ``reviews_aws_conf`` holding the same document as JSON), with environment overrides for the
 few values that differ per machine (``REVIEWS_AWS_REGION``, ``REVIEWS_AWS_BUCKET``,
-``REVIEWS_AWS_ROLE_ARN``, ``AWS_ENDPOINT_URL``). :meth:`AwsConfig.validate` checks everything
+``REVIEWS_AWS_ROLE_ARN``, ``REVIEWS_AWS_DEPLOYMENT_ID``, ``AWS_ENDPOINT_URL``). :meth:`AwsConfig.validate` checks everything
 that can be checked offline (region, bucket name, role ARN, instance types against the
 SageMaker API's own enums) and :func:`preflight` what needs the account (the bucket and the
 role exist), so that a typo fails at task start, before any job is created.
@@ -32,6 +32,7 @@ JOB_STEPS = {"preprocess": "ProcessingInstanceType", "train": "TrainingInstanceT
 ENDPOINT_ENUM = "ProductionVariantInstanceType"
 _ROLE_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _BUCKET = re.compile(r"^(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_DEPLOYMENT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ACCOUNT_IN_ARN = re.compile(r":(\d{12}):")
 
 
@@ -91,6 +92,9 @@ class AwsConfig:
     processing_pytorch_version: str = "2.6.0"  # the processing image: HF inference DLC, cpu or gpu
     processing_py_version: str = "py312"
     job_check_interval_s: int = 30  # how often the deferred task's trigger polls a job
+    # Who owns the jobs: hashed into every job name and written as a tag (include/jobs/runner_sagemaker.py).
+    # Empty: the Airflow Variable reviews_deployment_id, created at random on first use (one per metadata DB).
+    deployment_id: str = ""
 
     # ----------------------------------------------------------------- addresses
 
@@ -161,6 +165,8 @@ class AwsConfig:
             found.append("security_group_ids are set but subnets are not (a VPC config needs both)")
         if self.job_check_interval_s < 1:
             found.append(f"job_check_interval_s must be >= 1 (got {self.job_check_interval_s})")
+        if self.deployment_id and not _DEPLOYMENT.match(self.deployment_id):
+            found.append(f"deployment_id {self.deployment_id!r}: 1-64 of letters, digits, '.', '_', '-'")
         if self.endpoint_url and urlparse(self.endpoint_url).scheme not in ("http", "https"):
             found.append(f"endpoint_url {self.endpoint_url!r} is not an http(s) URL")
         return found
@@ -289,7 +295,8 @@ def load_aws_config(path: str | Path | None = None) -> AwsConfig:
     else:
         doc = {}
     overrides = {"region": os.environ.get("REVIEWS_AWS_REGION"), "bucket": os.environ.get("REVIEWS_AWS_BUCKET"),
-                 "role_arn": os.environ.get("REVIEWS_AWS_ROLE_ARN"), "endpoint_url": os.environ.get("AWS_ENDPOINT_URL")}
+                 "role_arn": os.environ.get("REVIEWS_AWS_ROLE_ARN"), "endpoint_url": os.environ.get("AWS_ENDPOINT_URL"),
+                 "deployment_id": os.environ.get("REVIEWS_AWS_DEPLOYMENT_ID")}
     doc.update({k: v for k, v in overrides.items() if v})
     doc.setdefault("region", os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "")
     return config_from_dict(doc, str(path or CONF_VARIABLE))

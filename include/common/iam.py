@@ -212,11 +212,11 @@ def _resources(service: str, operation: str, p: dict, cfg: Any) -> list[str]:
 
 
 def _sagemaker_arn(operation: str, p: dict, region: str, account: str) -> str:
+    if operation in ("AddTags", "ListTags"):  # on the tagged resource (ListTags: a job's owner check)
+        return p.get("ResourceArn", "*")
     if operation.startswith("List"):
         return "*"
     arn = f"arn:aws:sagemaker:{region}:{account}"
-    if operation == "AddTags":
-        return p.get("ResourceArn", "*")
     ref = p.get("ModelPackageName") or p.get("ModelPackageArn")
     if ref:
         return ref if ref.startswith("arn:") else f"{arn}:model-package/{ref.lower()}"
@@ -315,13 +315,14 @@ RUN_OPERATIONS: dict[str, tuple[str, ...]] = {
         "sagemaker.CreateProcessingJob", "sagemaker.CreateTrainingJob", "sagemaker.DescribeEndpoint",
         "sagemaker.DescribeEndpointConfig", "sagemaker.DescribeFeatureGroup", "sagemaker.DescribeModel",
         "sagemaker.DescribeModelPackage", "sagemaker.DescribeModelPackageGroup",
-        "sagemaker.DescribeProcessingJob", "sagemaker.DescribeTrainingJob", "sagemaker.ListFeatureGroups",
+        "sagemaker.DescribeProcessingJob", "sagemaker.DescribeTrainingJob", "sagemaker.ListTags",
+        "sagemaker.ListFeatureGroups",
         "sagemaker.ListModelPackages", "sagemaker.UpdateEndpoint", "sagemaker.UpdateFeatureGroup",
         "sagemaker.UpdateModelPackage"),
     "review_catalog_analysis": ("athena.StartQueryExecution", "athena.GetQueryExecution",
                                 "athena.GetQueryResults", "glue.GetTable", "glue.GetPartitions",
                                 "s3.GetObject", "s3.PutObject", "s3.ListObjectsV2"),
-    "review_automl_baseline": ("sagemaker.CreateProcessingJob", "sagemaker.DescribeProcessingJob",
+    "review_automl_baseline": ("sagemaker.CreateProcessingJob", "sagemaker.DescribeProcessingJob", "sagemaker.ListTags",
                                "sagemaker.CreateAutoMLJobV2", "sagemaker.DescribeAutoMLJobV2",
                                "s3.GetObject", "s3.PutObject", "s3.ListObjectsV2", "s3.HeadObject"),
 }

@@ -4,7 +4,9 @@ The local backend's search is ``include/scripts/automl.py`` in a processing job;
 splits and budget go to Autopilot: :func:`launch` sends the ``CreateAutoMLJobV2`` request that
 ``requests.autopilot_request`` builds through the Amazon provider's ``SageMakerHook`` client (the
 provider's ``SageMakerAutoMLOperator`` / ``SageMakerHook.create_auto_ml_job`` only speak the V1
-API), and :func:`wait` polls it with the hook's own ``check_status`` until it completes. A retried
+API), and :func:`wait` polls it with the hook's own ``check_status`` until it completes (boto3
+has no AutoML V2 waiter, the provider no V2 trigger: this task holds its worker). Leaving the
+wait early (execution timeout, kill, its own limit) stops the job (:func:`stop`). A retried
 task finds its job already created (``ResourceInUse``) and waits for that one instead of failing.
 
 boto3 and the provider are imported inside functions: DAG parsing never pays for them.
@@ -78,5 +80,21 @@ def run(request: dict, hook: Any, *, check_interval_s: int = 60, max_wait_s: int
         log_fn: Callable[[str], None] = log.info) -> dict:
     """Launch the Autopilot job of ``request`` and wait for it; :func:`wait`'s summary."""
     launch(request, hook.conn, log_fn)
-    return wait(request["AutoMLJobName"], hook, check_interval_s=check_interval_s, max_wait_s=max_wait_s,
-                log_fn=log_fn)
+    try:
+        return wait(request["AutoMLJobName"], hook, check_interval_s=check_interval_s, max_wait_s=max_wait_s,
+                    log_fn=log_fn)
+    except BaseException:  # timed out, killed, or past max_wait_s: the job must not run on unpaid-for
+        stop(request["AutoMLJobName"], hook.conn, log_fn)
+        raise
+
+
+def stop(name: str, client: Any, log_fn: Callable[[str], None] = log.info) -> None:
+    """``StopAutoMLJob`` of ``name`` if it still runs (a finished job is left alone)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        if client.describe_auto_ml_job_v2(AutoMLJobName=name)["AutoMLJobStatus"] in NON_TERMINAL:
+            client.stop_auto_ml_job(AutoMLJobName=name)
+            log_fn(f"Autopilot job {name} stopped: its task ended before the job")
+    except (ClientError, BotoCoreError) as exc:
+        log_fn(f"Autopilot job {name} not stopped: {exc}")

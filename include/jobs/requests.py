@@ -21,14 +21,18 @@ PROC = "/opt/ml/processing"
 MAX_JOBS_PER_STEP = 5  # <name>, <name>-r2 .. -r5: a step whose jobs failed five times needs a person
 
 
-def job_name(step: str, run_id: str) -> str:
+def job_name(step: str, run_id: str, deployment: str = "") -> str:
     """The job's name for ``step`` of run ``run_id``: the same on every attempt of the task.
 
     Deterministic so that a retried task finds its predecessor's job (``DescribeXJob``) and
     waits on it or reuses it instead of paying for a second one; within SageMaker's 63
-    characters of ``[a-zA-Z0-9-]``. A restart after a failed job gets :func:`restart_name`.
+    characters of ``[a-zA-Z0-9-]``. ``deployment`` (the aws backend's deployment id,
+    ``runner_sagemaker.deployment_id``) is hashed in with the run id: a second Airflow
+    deployment, or a reset metadata database, in the same account names its jobs otherwise,
+    even for the same ``run_id`` (``scheduled__<date>`` repeats). A restart after a failed job
+    gets :func:`restart_name`.
     """
-    digest = hashlib.sha1(run_id.encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{deployment}\0{run_id}".encode() if deployment else run_id.encode()).hexdigest()[:10]
     stamp = re.sub(r"[^0-9]", "", run_id)[:8] or "manual"
     return f"{JOB_NAME_PREFIX}{step}-{stamp}-{digest}"[:56]
 

@@ -34,6 +34,11 @@ class JobFailedError(RuntimeError):
         super().__init__(f"job {job_name} failed: {reason}\n  last log lines:\n{tail}")
 
 
+class DeterministicJobError(JobFailedError, NonRetriableError):
+    """The job failed in a way the next job would repeat (``include/jobs/failures.py``):
+    the task fails at once instead of paying for its retries."""
+
+
 class JobRunner(ABC):
     """Runs ``CreateProcessingJob`` / ``CreateTrainingJob`` requests on one backend."""
 
@@ -45,9 +50,19 @@ class JobRunner(ABC):
     def run(self, request: dict, log: Log | None = None) -> dict:
         """Run ``request`` to completion; its result (job name, wall time, output URIs)."""
 
-    def prepare(self, request: dict, step: str) -> dict:
-        """The builder's request with what the backend adds (aws: role, image, instances)."""
+    def prepare(self, request: dict, step: str, run: str = "") -> dict:
+        """The builder's request with what the backend adds (aws: role, image, instances, and
+        the tags naming the deployment and ``run``, ``<dag_id>/<run_id>``)."""
         return request
+
+    def deployment_id(self) -> str:
+        """The identity this backend's job names carry (empty: names need none, e.g. local)."""
+        return ""
+
+    def stop(self, request: dict) -> None:
+        """Stop the job of ``request`` if it runs elsewhere and still runs (nothing locally: the
+        job is the task's own subprocess and ends with it)."""
+        return None
 
     def tracking_environment(self, experiment: str, run_name: str) -> dict[str, str]:
         """Environment that tells a training job where to track its metrics (none: no tracking)."""

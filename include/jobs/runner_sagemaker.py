@@ -13,6 +13,21 @@ reused, and only after a Failed or Stopped one is a new job started, under the n
 The provider's ``action_if_job_exists`` can only add a timestamp (a second paid job) or fail,
 so the operator gets ``"fail"`` and a name that is known to be free.
 
+Never paying for a job nobody waits for: a failed job's ``FailureReason`` is classified
+(``include/jobs/failures.py``): an algorithm or client error, a missing module, a refused
+request raise :class:`~include.jobs.runner_base.DeterministicJobError` (the task fails without
+retry); capacity, throttling and internal errors raise a retriable ``JobFailedError``. A job
+whose task goes away is stopped: :meth:`SageMakerJobRunner.stop` from the operator's
+``on_kill`` (worker: SIGTERM, execution timeout) and after a deferral timeout, the trigger's
+``on_kill`` (``include/jobs/triggers.py``) when a person marks the deferred task failed or
+clears it, and :meth:`~SageMakerJobRunner.run` (the blocking path) on any exit while it waits.
+
+Whose job it is: every job name hashes in the deployment id (:func:`deployment_id`: the aws
+config's ``deployment_id``, else the Airflow Variable ``reviews_deployment_id``, made at random
+on first use, so one per metadata database) and every job is tagged with that id and its run
+(``<dag_id>/<run_id>``). A job found under our name is reused or waited on only when its tags
+say it is ours; else :class:`ForeignJobError` names both owners.
+
 Waiting does not hold a worker: :meth:`SageMakerJobRunner.start` hands the request to the
 Amazon provider's ``SageMakerProcessingOperator`` / ``SageMakerTrainingOperator`` with
 ``deferrable=True`` (``max_attempts`` sized from the step's maximum runtime), whose
@@ -25,21 +40,33 @@ pays for them.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
 import logging
 import math
+import signal
 import tarfile
+import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from include.common.aws import AwsConfig, AwsConfigError, load_aws_config, preflight, split_s3_uri
 from include.common.config import Settings
+from include.common.errors import NonRetriableError
+from include.jobs import failures
 from include.jobs.images import has_instance_storage, is_gpu_instance, wrap_entrypoint
 from include.jobs.requests import MAX_JOBS_PER_STEP, restart_name
-from include.jobs.runner_base import SCRIPTS_DIR, JobFailedError, JobRequestError, JobRunner, Log
+from include.jobs.runner_base import (
+    SCRIPTS_DIR,
+    DeterministicJobError,
+    JobFailedError,
+    JobRequestError,
+    JobRunner,
+    Log,
+)
 
 PROCESSING, TRAINING = "Processing", "Training"
 RUNNING = ("InProgress", "Stopping")
@@ -51,7 +78,56 @@ POLL_MARGIN = 10  # trigger polls beyond MaxRuntime (+MaxWait): start-up and upl
 PRETRAINED = "pretrained"  # the input / channel carrying the default pre-trained weights
 PROCESSING_INPUT = "/opt/ml/processing/input"
 LOG_GROUPS = {PROCESSING: "/aws/sagemaker/ProcessingJobs", TRAINING: "/aws/sagemaker/TrainingJobs"}
+TAG_DEPLOYMENT, TAG_RUN = "review-sentiment:deployment", "review-sentiment:run"
+DEPLOYMENT_VARIABLE = "reviews_deployment_id"
+WAITERS = {PROCESSING: "processing_job_completed_or_stopped", TRAINING: "training_job_completed_or_stopped"}
 logger = logging.getLogger("airflow.task")
+_deployment_cache: dict[str, str] = {}
+
+
+class ForeignJobError(NonRetriableError, RuntimeError):
+    """A job under our name belongs to another deployment or run: never reused, never waited on."""
+
+
+def deployment_id(cfg: AwsConfig, create: bool = True) -> str:
+    """Who owns this Airflow's jobs: the aws config's ``deployment_id`` (or
+    ``REVIEWS_AWS_DEPLOYMENT_ID``), else the Airflow Variable ``reviews_deployment_id`` - created
+    with 8 random hex digits on first use (``create``, inside a task), so it is stable for one
+    metadata database and new after a reset (a reset DB repeats run ids like
+    ``scheduled__2026-11-20...``: without it, the new DB's run would reuse the old one's jobs).
+    Two tasks racing on the very first use may each write one; the last write wins and at most
+    one job is named with the other. Set ``deployment_id`` in the config to avoid even that.
+    Empty when there is none yet and ``create`` is false."""
+    if cfg.deployment_id:
+        return cfg.deployment_id
+    if DEPLOYMENT_VARIABLE in _deployment_cache:
+        return _deployment_cache[DEPLOYMENT_VARIABLE]
+    import uuid
+
+    from airflow.sdk import Variable
+
+    try:
+        value = Variable.get(DEPLOYMENT_VARIABLE, default=None)
+    except Exception:  # noqa: BLE001 - no metadata database reachable from here (a CLI)
+        value = None
+    if not value and not create:
+        return ""
+    if not value:
+        try:
+            Variable.set(DEPLOYMENT_VARIABLE, uuid.uuid4().hex[:8],
+                         description="hashed into this Airflow's SageMaker job names (docs/aws.md)")
+        except Exception as exc:  # noqa: BLE001 - outside a task (a CLI) the SDK cannot write
+            raise AwsConfigError(f"no deployment_id in the aws config and the Airflow Variable {DEPLOYMENT_VARIABLE} "
+                                 f"cannot be created here ({exc}): set deployment_id in the aws config") from None
+        value = Variable.get(DEPLOYMENT_VARIABLE)  # read back: a concurrent first writer may have won
+        logger.warning("deployment id %s created as the Airflow Variable %s", value, DEPLOYMENT_VARIABLE)
+    _deployment_cache[DEPLOYMENT_VARIABLE] = str(value)
+    return str(value)
+
+
+def owner_tags(deployment: str, run: str = "") -> list[dict[str, str]]:
+    """The ``Tags`` every job carries: its deployment and (when known) its run."""
+    return [{"Key": TAG_DEPLOYMENT, "Value": deployment}] + ([{"Key": TAG_RUN, "Value": run[:256]}] if run else [])
 
 
 def job_kind(request: dict) -> str:
@@ -321,14 +397,20 @@ class SageMakerJobRunner(JobRunner):
             logger.info("uploaded the default pre-trained weights to %s", uri)
         return uri
 
-    def prepare(self, request: dict, step: str) -> dict:
-        """The completed request; the config and the account (bucket, role) checked first, so a
-        typo fails the task before any job is created."""
+    def prepare(self, request: dict, step: str, run: str = "") -> dict:
+        """The completed request, tagged with its owner (deployment, ``run``); the config and the
+        account (bucket, role) checked first, so a typo fails the task before any job is created."""
         if not self._checked:
             preflight(self.cfg)
             self._checked = True
         needs_weights = step in ("preprocess", "train")
-        return complete_request(request, self.cfg, step, self.pretrained_uri() if needs_weights else "")
+        req = complete_request(request, self.cfg, step, self.pretrained_uri() if needs_weights else "")
+        ours = {t["Key"] for t in owner_tags("", run)}
+        req["Tags"] = [t for t in req.get("Tags") or [] if t["Key"] not in ours] + owner_tags(self.deployment_id(), run)
+        return req
+
+    def deployment_id(self) -> str:
+        return deployment_id(self.cfg)
 
     def tracking_environment(self, experiment: str, run_name: str) -> dict[str, str]:
         # The project's MLflow store is a local SQLite file the containers cannot reach:
@@ -362,14 +444,48 @@ class SageMakerJobRunner(JobRunner):
             if desc is None:
                 return name, "create", None
             status = desc[f"{kind}JobStatus"]
-            if status == "Completed":
-                return name, "reuse", desc
-            if status in RUNNING:
-                return name, "wait", desc
+            if status == "Completed" or status in RUNNING:
+                self.check_owner(kind, desc, request)
+                return name, "reuse" if status == "Completed" else "wait", desc
             logger.warning("job %s is %s (%s): starting the step's next job", name, status,
                         desc.get("FailureReason", "no reason given"))
         raise JobFailedError(base, f"{MAX_JOBS_PER_STEP} jobs of this step failed or were stopped; "
                              "not starting another (see their FailureReason in the SageMaker console)", [])
+
+    def check_owner(self, kind: str, desc: dict, request: dict) -> None:
+        """Raise :class:`ForeignJobError` unless the job's tags name the request's deployment and
+        run (a request without owner tags, e.g. from a test, checks nothing)."""
+        wanted = {t["Key"]: t["Value"] for t in request.get("Tags") or [] if t["Key"] in (TAG_DEPLOYMENT, TAG_RUN)}
+        if not wanted:
+            return
+        listed = self.client("sagemaker").list_tags(ResourceArn=desc[f"{kind}JobArn"]).get("Tags", [])
+        found = {t["Key"]: t["Value"] for t in listed if t["Key"] in wanted}
+        if found != wanted:
+            have = ", ".join(f"{k}={found.get(k, '(none)')}" for k in wanted)
+            want = ", ".join(f"{k}={v}" for k, v in wanted.items())
+            raise ForeignJobError(
+                f"{kind.lower()} job {desc[_name_key(kind)]} is {desc[f'{kind}JobStatus']} but not this run's: its tags "
+                f"say {have}, this run is {want}. Another Airflow deployment (or a metadata database before a reset) "
+                "made it: not reusing it, not stopping it. Give each deployment its own deployment_id in the aws "
+                "config (docs/aws.md)")
+
+    def stop(self, request: dict) -> None:
+        """Stop the step's job that still runs (the one :meth:`resolve` would wait on), if any."""
+        kind = job_kind(request)
+        try:
+            name, action, _ = self.resolve(request)
+        except (JobFailedError, ForeignJobError):
+            return
+        if action != "wait":
+            return
+        sm = self.client("sagemaker")
+        from botocore.exceptions import ClientError
+
+        try:
+            (sm.stop_training_job if kind == TRAINING else sm.stop_processing_job)(**{_name_key(kind): name})
+            logger.warning("stopped %s job %s: its task was killed, timed out or cancelled", kind.lower(), name)
+        except ClientError as exc:  # finished meanwhile
+            logger.info("%s job %s not stopped: %s", kind.lower(), name, exc)
 
     # ------------------------------------------------------------- run
 
@@ -389,17 +505,17 @@ class SageMakerJobRunner(JobRunner):
         return SageMakerProcessingOperator(**common)
 
     def _trigger(self, kind: str, name: str, request: dict):
-        from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+        from include.jobs.triggers import StoppingSageMakerTrigger
 
         interval = self.cfg.job_check_interval_s
-        return SageMakerTrigger(job_name=name, job_type=kind, waiter_delay=interval,
+        return StoppingSageMakerTrigger(job_name=name, job_type=kind, waiter_delay=interval,
                                 waiter_max_attempts=max_poll_attempts(request, interval),
                                 aws_conn_id=self.cfg.aws_conn_id or None, region_name=self.cfg.region)
 
     def start(self, request: dict, context: Any = None, task: Any = None, log: Log | None = None) -> dict:
         """Start (or re-attach to) the job from inside a task; raises the provider's
         ``TaskDeferred`` while it runs, returns the result when it is already finished."""
-        from airflow.sdk.exceptions import TaskDeferred
+        from airflow.sdk.exceptions import AirflowException, TaskDeferred
 
         say = log or logger.info
         kind = job_kind(request)
@@ -415,7 +531,17 @@ class SageMakerJobRunner(JobRunner):
                                timeout=timeout)
         task_id = getattr(task, "task_id", name)
         say(f"creating {kind.lower()} job {name}")
-        self._operator(request, task_id, timeout).execute(context or {})  # defers while the job runs
+        try:
+            self._operator(request, task_id, timeout).execute(context or {})  # defers while the job runs
+        except TaskDeferred as deferred:  # the provider's trigger, made one that stops its job on a kill
+            raise TaskDeferred(trigger=self._trigger(kind, name, request), method_name=deferred.method_name,
+                               kwargs=deferred.kwargs, timeout=deferred.timeout) from None
+        except AirflowException:
+            # the provider raises a plain (retriable) error for a job that ended badly before it
+            # deferred: classify its FailureReason like any other failure
+            if (self.describe(kind, name) or {}).get(f"{kind}JobStatus") in ("Failed", "Stopped"):
+                return self.finish(request, name)
+            raise
         return self.finish(request, name)  # the job was already terminal when first described
 
     def resume(self, request: dict, event: dict | None) -> dict:
@@ -423,8 +549,10 @@ class SageMakerJobRunner(JobRunner):
         if not event or "job_name" not in event:
             raise JobFailedError(request.get(_name_key(job_kind(request)), "?"), f"bad trigger event {event!r}", [])
         if event.get("status") == "timeout":
-            # still running past the allowed polls: a retry re-attaches instead of starting another
-            raise JobFailedError(event["job_name"], f"not finished after the allowed polls: {event.get('message')}", [])
+            # still running past its MaxRuntime and the margin: SageMaker did not stop it; we do
+            self.stop(request)
+            raise JobFailedError(event["job_name"], f"not finished after the allowed polls (stopped): "
+                                 f"{event.get('message')}", [])
         return self.finish(request, event["job_name"])
 
     def finish(self, request: dict, name: str) -> dict:
@@ -438,14 +566,20 @@ class SageMakerJobRunner(JobRunner):
             print(f"[{name}] last {len(tail)} lines of its CloudWatch log:", flush=True)
             print("\n".join(f"[{name}] {line}" for line in tail), flush=True)
         status = desc[f"{kind}JobStatus"]
-        if status != "Completed":
-            raise JobFailedError(name, f"{status}: {desc.get('FailureReason', 'no reason given')}", tail)
-        return self.result(kind, desc)
+        if status == "Completed":
+            return self.result(kind, desc)
+        reason = desc.get("FailureReason") or "no reason given"
+        rule = failures.classify(reason if status == "Failed" else "", desc.get("SecondaryStatus"))
+        if status == "Failed" or rule.policy == failures.FAIL:
+            if rule.policy == failures.FAIL:
+                raise DeterministicJobError(name, f"{status}: {reason} - not retried: {rule.why}", tail)
+            logger.warning("job %s %s (%s): %s; the task's retry starts the next job", name, status, reason, rule.why)
+        raise JobFailedError(name, f"{status}: {reason}", tail)
 
     def run(self, request: dict, log: Log | None = None) -> dict:
-        """Run ``request`` to completion, blocking (for callers that cannot defer)."""
-        import time
-
+        """Run ``request`` to completion, blocking, for callers that cannot defer (a task that
+        waits on several jobs): boto3's ``*_job_completed_or_stopped`` waiter holds the worker.
+        Leaving early - execution timeout, SIGTERM, any error while waiting - stops the job."""
         kind = job_kind(request)
         name, action, desc = self.resolve(request)
         request = {**request, _name_key(kind): name}
@@ -454,14 +588,48 @@ class SageMakerJobRunner(JobRunner):
         if action == "create":
             sm = self.client("sagemaker")
             (sm.create_training_job if kind == TRAINING else sm.create_processing_job)(**request)
-        deadline = time.monotonic() + max_poll_attempts(request, 1)
-        while True:
-            desc = self.describe(kind, name) or {}
-            if desc.get(f"{kind}JobStatus") not in RUNNING:
-                return self.finish(request, name)
-            if time.monotonic() > deadline:
-                raise JobFailedError(name, "still running past MaxRuntimeInSeconds", [])
-            time.sleep(self.cfg.job_check_interval_s)
+        with self._stopped_on_exit(request):
+            self.wait(kind, name, request)
+        return self.finish(request, name)
+
+    def wait(self, kind: str, name: str, request: dict) -> None:
+        """Block until the job ends (boto3's waiter); a terminal failure is left to :meth:`finish`."""
+        from botocore.exceptions import WaiterError
+
+        interval = self.cfg.job_check_interval_s
+        waiter = self.client("sagemaker").get_waiter(WAITERS[kind])
+        try:
+            waiter.wait(**{_name_key(kind): name},
+                        WaiterConfig={"Delay": interval, "MaxAttempts": max_poll_attempts(request, interval)})
+        except WaiterError as exc:
+            state = (exc.last_response or {}).get(f"{kind}JobStatus")
+            if state not in ("Failed", "Stopped"):
+                raise JobFailedError(name, f"still {state or 'unknown'} past MaxRuntimeInSeconds: {exc}", []) from None
+
+    @contextlib.contextmanager
+    def _stopped_on_exit(self, request: dict) -> Iterator[None]:
+        """A block in which SIGTERM and any exception (the execution timeout's too) stop the job.
+        Airflow's own SIGTERM handler (which calls the task's ``on_kill``) still runs after ours."""
+        main = threading.current_thread() is threading.main_thread()
+        previous: Any = None
+
+        def on_term(signum, frame):
+            self.stop(request)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                raise SystemExit(128 + signum)
+
+        if main:
+            previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            yield
+        except BaseException:
+            self.stop(request)
+            raise
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
     # ------------------------------------------------------------- results
 

@@ -124,7 +124,7 @@ def search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: in
         name=info.job("automl"), train_uri=features["train_uri"], validation_uri=features["validation_uri"],
         test_uri=features["test_uri"], output_uri=f"{out}/leaderboard", model_output_uri=f"{out}/model",
         code_uri=runner.code_uri(), time_budget_s=time_budget_s, max_candidates=max_candidates)
-    result = runner.run(runner.prepare(request, "automl"))
+    result = runner.run(runner.prepare(request, "automl", info.run_tag))
     board = read_json(f"{out}/leaderboard/leaderboard.json")
     print(f"AutoML leaderboard: {location(f'{out}/leaderboard/leaderboard.html')}", flush=True)
     for row in board["leaderboard"][:5]:
@@ -141,7 +141,7 @@ def search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: in
 
 
 def autopilot_search(info: RunInfo, features: dict, time_budget_s: int, max_candidates: int,
-                     check_interval_s: int | None = None) -> dict:
+                     check_interval_s: int | None = None, task_timeout_s: float | None = None) -> dict:
     """Launch a SageMaker Autopilot (AutoML V2) job on the snapshot's CSV channels (training +
     validation) with the same budget and candidate cap as our search, wait for it, and write its
     best candidate as ``automl/autopilot/autopilot.json`` beside our leaderboard; that summary.
@@ -149,9 +149,18 @@ def autopilot_search(info: RunInfo, features: dict, time_budget_s: int, max_cand
     Created through the Amazon provider's ``SageMakerHook`` (``include/jobs/autopilot.py``); a
     retried task adopts the job its earlier attempt created. The task waits (blocking) up to the
     budget plus 30 minutes: Autopilot's own limit is ``MaxAutoMLJobRuntimeInSeconds`` = the budget.
+    A budget whose wait would outlast the task's ``execution_timeout`` (``task_timeout_s``) is
+    refused before any job is created: Airflow would kill the task mid-wait, the job paid on.
     """
     from include.common.aws import load_aws_config
     from include.jobs import autopilot
+    from include.pipeline.defaults import AUTOPILOT_GRACE_S, TIMEOUT_MARGIN
+
+    wait_s = int(time_budget_s) + AUTOPILOT_GRACE_S
+    if task_timeout_s and wait_s + TIMEOUT_MARGIN.total_seconds() > task_timeout_s:
+        raise EngineError(f"param time_budget_s={time_budget_s}: Autopilot's wait ({wait_s}s) plus "
+                          f"{TIMEOUT_MARGIN.total_seconds():.0f}s exceeds the task's execution_timeout "
+                          f"({task_timeout_s:.0f}s); lower the budget")
 
     cfg = load_aws_config().validate()
     if not features.get("train_csv_uri"):
@@ -163,7 +172,7 @@ def autopilot_search(info: RunInfo, features: dict, time_budget_s: int, max_cand
         time_budget_s=time_budget_s, max_candidates=max_candidates, role_arn=cfg.role_arn)
     hook = autopilot.sagemaker_hook(cfg.aws_conn_id, cfg.region)
     interval = cfg.job_check_interval_s if check_interval_s is None else check_interval_s
-    summary = autopilot.run(request, hook, check_interval_s=interval, max_wait_s=int(time_budget_s) + 1800,
+    summary = autopilot.run(request, hook, check_interval_s=interval, max_wait_s=wait_s,
                             log_fn=log.info)
     summary = {**summary, "time_budget_s": int(time_budget_s), "max_candidates": int(max_candidates),
                "train_csv_uri": features["train_csv_uri"], "validation_csv_uri": features["validation_csv_uri"],
@@ -220,8 +229,8 @@ def register_baseline(info: RunInfo, features: dict, searched: dict | None, pilo
 # ------------------------------------------------------------------ champion / challenger
 
 
-def _score(runner, request: dict, output_uri: str, step: str) -> float:
-    runner.run(runner.prepare(request, step))
+def _score(runner, request: dict, output_uri: str, step: str, run: str) -> float:
+    runner.run(runner.prepare(request, step, run))
     report = read_json(f"{output_uri}/evaluation.json")
     return float(report["metrics"]["accuracy"]["value"])
 
@@ -265,7 +274,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/champion"
         out["champion"] = _score(runner, requests.evaluation_request(
             name=info.job("score-champion"), model_uri=champion.package_uri, test_uri=test_uri,
-            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri, "evaluate")
+            training_output_uri=None, output_uri=uri, code_uri=runner.code_uri()), uri, "evaluate", info.run_tag)
         out["champion_version"] = champion.version
     versions = get_registry(BASELINE_MODEL_NAME).list_versions()
     if versions:
@@ -273,7 +282,7 @@ def reference_accuracies(info: RunInfo, test_uri: str, evaluation_uri: str | Non
         uri = info.uri("check_accuracy") + "/baseline"
         out["baseline"] = _score(runner, requests.baseline_score_request(
             name=info.job("score-baseline"), model_uri=baseline.package_uri, test_uri=test_uri, output_uri=uri,
-            code_uri=runner.code_uri()), uri, "automl")
+            code_uri=runner.code_uri()), uri, "automl", info.run_tag)
         out["baseline_figures"] = baseline_figures(uri, baseline.version)
         out["baseline_version"] = baseline.version
     return out

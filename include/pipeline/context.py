@@ -30,8 +30,16 @@ class RunInfo:
         return (settings or get_settings()).run_uri(self.dag_id, self.run_id, step)
 
     def job(self, step: str) -> str:
-        """The job name of ``step`` in this run: the same on every attempt (a retry re-attaches)."""
-        return job_name(step, self.run_id)
+        """The job name of ``step`` in this run: the same on every attempt (a retry re-attaches),
+        carrying the backend's deployment id (``JobRunner.deployment_id``)."""
+        from include.jobs.runner import get_runner
+
+        return job_name(step, self.run_id, get_runner().deployment_id())
+
+    @property
+    def run_tag(self) -> str:
+        """``<dag_id>/<run_id>``: the run a job belongs to, as its tag says (aws)."""
+        return f"{self.dag_id}/{self.run_id}"
 
 
 def resolve_ds(data_interval_start, ds_param: str | None, landed: list[str] | None = None) -> str:

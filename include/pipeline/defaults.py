@@ -22,15 +22,64 @@ from include.pipeline import alerts
 
 START_DATE = pendulum.datetime(2026, 1, 1, tz="UTC")
 
-# execution_timeout per kind of task; each is longer than the job limit inside it
-# (include/jobs/requests.py: processing 30 min, training 60 min), so the job stops first with its
-# own error and the task timeout only catches what hangs outside the job.
-TASK_TIMEOUTS = {
+# execution_timeout per kind of task. Each is longer than the waits inside it plus TIMEOUT_MARGIN,
+# so a job or a wait stops first with its own error and the task timeout only catches what hangs
+# outside them. The local floors below; on the aws backend :func:`task_timeouts` derives them from
+# the aws config (a deferred job's wait is bounded by the same timeout, include/jobs/runner_sagemaker.py).
+LOCAL_TIMEOUTS = {
     "light": timedelta(minutes=30),      # catalog, quality gate, branches, registry calls (the default)
     "processing": timedelta(hours=1),    # preprocess, evaluate, check_accuracy (re-scores two models)
     "training": timedelta(hours=2),      # the training job (quality profile: ~20 min on 2 cores)
     "deploy": timedelta(minutes=30),     # endpoint start, int8 check, smoke test
+    "automl": timedelta(hours=1, minutes=30),  # the AutoML search job
+    "autopilot": timedelta(hours=1, minutes=30),  # Autopilot: its budget + AUTOPILOT_GRACE_S
 }
+TIMEOUT_MARGIN = timedelta(minutes=10)  # start-up, uploads, log tails, the step's own work around its waits
+AUTOPILOT_GRACE_S = 1800  # Autopilot's wait beyond its budget (include/pipeline/automl_steps.py)
+DEFAULT_AUTOML_BUDGET_S = 600  # the automl DAG's time_budget_s default
+
+
+def aws_waits(cfg) -> dict[str, float]:
+    """The longest wait (s) each kind of task holds on the aws backend, from the aws config ``cfg``."""
+    run = {name: cfg.step(name).max_runtime_s for name in ("preprocess", "train", "evaluate", "automl")}
+    train = run["train"]
+    if cfg.spot_training:  # a spot job may wait for capacity up to MaxWaitTimeInSeconds
+        train = max(cfg.spot_max_wait_s or 2 * train, train)
+    return {
+        # preprocess: its job, then (resumed) the offline store's wait; evaluate: its job;
+        # check_accuracy: the champion's (evaluate) and the baseline's (automl) score jobs, in turn
+        "processing": max(run["preprocess"], cfg.offline_store_wait_s, run["evaluate"],
+                          run["evaluate"] + run["automl"]),
+        "training": train,
+        # deploy: the endpoint's update, and on a failed smoke test the rollback's update
+        "deploy": 2 * cfg.endpoint_wait_s,
+        "automl": run["automl"],
+        "autopilot": DEFAULT_AUTOML_BUDGET_S + AUTOPILOT_GRACE_S,
+    }
+
+
+def task_timeouts(cfg=None) -> dict[str, timedelta]:
+    """``execution_timeout`` per kind of task: the local floors, raised on the aws backend (``cfg``:
+    its config) to each kind's longest wait plus :data:`TIMEOUT_MARGIN`."""
+    out = dict(LOCAL_TIMEOUTS)
+    if cfg is not None:
+        for kind, wait_s in aws_waits(cfg).items():
+            out[kind] = max(out[kind], timedelta(seconds=wait_s) + TIMEOUT_MARGIN)
+    return out
+
+
+def _aws_config_at_parse():
+    # Only on the aws backend; its config is a file or a Variable (no AWS call, no boto3).
+    from include.common.config import get_settings
+
+    if get_settings().backend != "aws":
+        return None
+    from include.common.aws import load_aws_config
+
+    return load_aws_config()
+
+
+TASK_TIMEOUTS = task_timeouts(_aws_config_at_parse())
 DEFAULT_ARGS = {
     "owner": "mlops",
     "retries": 2,

@@ -152,7 +152,7 @@ def plan_job(step: str, info: RunInfo, params: dict, inputs: dict) -> JobPlan:
     for the backend and saved (a deferred task finishes from the saved plan)."""
     runner = get_runner()
     plan = JOB_STEPS[step][0](info, params, inputs, runner)
-    plan.request = runner.prepare(plan.request, step)
+    plan.request = runner.prepare(plan.request, step, info.run_tag)
     write_json(_plan_uri(info, step), {"step": plan.step, "request": plan.request, "state": plan.state})
     return plan
 

@@ -78,6 +78,11 @@ class JobStepOperator(BaseOperator):
     held while the job runs) and :meth:`execute_complete` finishes it from the plan the first
     half saved under the run's ``_jobs/`` prefix. ``inputs`` are the upstream results
     (XComArgs) the step needs, by name.
+
+    A job never outlives its task: :meth:`on_kill` (the task killed or timed out while it
+    runs on the worker) and a deferral that timed out (:meth:`resume_execution` with
+    ``__fail__``) stop the step's running job; while deferred, the trigger's own ``on_kill``
+    (``include/jobs/triggers.py``) does it when a person marks the task failed or clears it.
     """
 
     template_fields = ("inputs",)
@@ -87,6 +92,7 @@ class JobStepOperator(BaseOperator):
         super().__init__(**kwargs)
         self.step = step
         self.inputs = inputs or {}
+        self._job_request: dict | None = None  # the request of the job this process started
 
     def execute(self, context: Any) -> dict:
         return _apply_policy(self.step, lambda: self._start(context))
@@ -94,6 +100,30 @@ class JobStepOperator(BaseOperator):
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict:
         """Resume after the job's trigger fired: its result, then the step's second half."""
         return _apply_policy(self.step, lambda: self._resume(context, event))
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any):
+        """Airflow's resume; a deferral that failed or timed out first stops the step's job."""
+        if next_method == "__fail__":  # TRIGGER_FAIL_REPR: the task fails, its job must not go on
+            self._stop_job(context)
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def on_kill(self) -> None:
+        """The task is killed or timed out while running here: stop the job it started."""
+        if self._job_request is not None:
+            from include.jobs.runner import get_runner
+
+            get_runner().stop(self._job_request)
+
+    def _stop_job(self, context: Any) -> None:
+        from include.jobs.runner import get_runner
+        from include.pipeline import steps
+
+        try:
+            request = steps.load_plan(run_info(context), self.step).request
+        except Exception as exc:  # noqa: BLE001 - no plan saved: no job was started
+            log.info("no job plan of %s to stop (%s)", self.step, exc)
+            return
+        get_runner().stop(request)
 
     def _start(self, context: Any) -> dict:
         from include.jobs.runner import get_runner
@@ -104,6 +134,7 @@ class JobStepOperator(BaseOperator):
         if hit is not None:  # step caching: the same data, params and code ran before
             return hit
         plan = steps.plan_job(self.step, info, context["params"], self.inputs)
+        self._job_request = plan.request
         result = get_runner().start(plan.request, context=context, task=self, log=log.info)
         return steps.finish_job(self.step, info, context["params"], self.inputs, plan, result)
 
@@ -295,7 +326,9 @@ def autopilot_search(features: dict) -> dict:
     params, info = _automl_info()
     if not automl_steps.uses_autopilot(params.get("engine") or "search"):
         raise AirflowSkipException("engine search: no Autopilot job")
-    return automl_steps.autopilot_search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]))
+    timeout = get_current_context()["ti"].task.execution_timeout
+    return automl_steps.autopilot_search(info, features, int(params["time_budget_s"]), int(params["max_candidates"]),
+                                         task_timeout_s=timeout.total_seconds() if timeout else None)
 
 
 @airflow_step

@@ -23,13 +23,22 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Iterator
 
 DAG_ID = "review_sentiment_pipeline"
+FIRST_RUN = "first-run"  # the deployment id shown when none exists yet (the first task creates it)
 
 
 @contextlib.contextmanager
 def _aws_env(conf: str) -> Iterator[None]:
     # the steps address objects through Settings.uri(), which reads the backend from the env
-    saved = {k: os.environ.get(k) for k in ("REVIEWS_BACKEND", "REVIEWS_AWS_CONF")}
+    from include.common.aws import AwsConfigError, load_aws_config
+    from include.jobs.runner_sagemaker import deployment_id
+
+    saved = {k: os.environ.get(k) for k in ("REVIEWS_BACKEND", "REVIEWS_AWS_CONF", "REVIEWS_AWS_DEPLOYMENT_ID")}
     os.environ.update({"REVIEWS_BACKEND": "aws", "REVIEWS_AWS_CONF": conf})
+    # the job names hash in the deployment id; a dry run creates no Variable, it names the gap
+    try:
+        os.environ["REVIEWS_AWS_DEPLOYMENT_ID"] = deployment_id(load_aws_config(conf), create=False) or FIRST_RUN
+    except AwsConfigError:  # a broken config: render() lists its problems
+        os.environ["REVIEWS_AWS_DEPLOYMENT_ID"] = FIRST_RUN
     try:
         yield
     finally:

@@ -20,6 +20,7 @@ REGION = "us-east-1"
 BUCKET = "review-sentiment-test"
 ROLE_NAME = "review-sentiment-sagemaker"
 ROLE_ARN = f"arn:aws:iam::123456789012:role/{ROLE_NAME}"
+DEPLOYMENT = "moto-test"  # the aws config's deployment_id: hashed into the job names, tagged on the jobs
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                     "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing"}
 
@@ -66,7 +67,7 @@ def aws_account(aws_env, tmp_path, monkeypatch) -> Path:
                                                     "Principal": {"Service": "sagemaker.amazonaws.com"}}]}))
     conf = tmp_path / "aws.json"
     conf.write_text(json.dumps({"region": REGION, "bucket": BUCKET, "role_arn": ROLE_ARN, "prefix": "rs",
-                                "job_check_interval_s": 1}))
+                                "job_check_interval_s": 1, "deployment_id": DEPLOYMENT}))
     monkeypatch.setenv("REVIEWS_AWS_CONF", str(conf))
     monkeypatch.setenv("REVIEWS_BACKEND", "aws")
     return conf

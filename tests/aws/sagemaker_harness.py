@@ -15,6 +15,8 @@ What the harness PLAYS (SageMaker's side):
   checkpoint folder to ``CheckpointConfig.S3Uri``), writes the job's log lines to CloudWatch
   Logs (``/aws/sagemaker/{Processing,Training}Jobs``, stream ``<job>/algo-1-...``) and sets the
   job ``Completed``, or ``Failed`` with the runner's reason as ``FailureReason``;
+- ``StopTrainingJob`` (moto 5.2 has none) and ``StopProcessingJob`` set the job ``Stopped``
+  and end its hold, as SageMaker does after ``Stopping``;
 - ``force(name, status, reason)`` makes a job of that name end in ``status`` without running
   anything, and ``hold(name)`` keeps it ``InProgress`` until ``release(name)`` - to put the
   retry cases (running / completed / failed / stopped predecessor) in front of the code.
@@ -45,6 +47,7 @@ class SageMakerHarness:
         self.calls: list[tuple[str, dict]] = []
         self.async_calls: list[tuple[str, dict]] = []  # made by aiobotocore: the provider's triggers
         self.forced: dict[str, tuple[str, str]] = {}
+        self._sequences: list[tuple[str, list[tuple[str, str]]]] = []
         self.held: dict[str, threading.Event] = {}
         self.errors: list[str] = []
         self.job_logs: dict[str, list[str]] = {}
@@ -56,6 +59,11 @@ class SageMakerHarness:
     def force(self, name: str, status: str, reason: str = "") -> None:
         """The job ``name``, when created, ends in ``status`` without running anything."""
         self.forced[name] = (status, reason)
+
+    def force_next(self, prefix: str, outcomes: list[tuple[str, str]]) -> None:
+        """The jobs created next whose names start with ``prefix`` end, in turn, as ``outcomes``
+        (``(status, reason)``): for runs whose job names are not known in advance."""
+        self._sequences.append((prefix, list(outcomes)))
 
     def hold(self, name: str) -> None:
         """Keep the job ``name`` ``InProgress`` until :meth:`release`."""
@@ -104,7 +112,14 @@ class SageMakerHarness:
                 harness._launch(response.sagemaker_backend, action[len("Create"):-len("Job")], params)
             return result
 
+        def stopper(kind: str):
+            def stop(response: Any):
+                return harness._stop(response.sagemaker_backend, kind, json.loads(response.body or "{}"))
+            return stop
+
         monkeypatch.setattr(SageMakerResponse, "call_action", call_action)
+        monkeypatch.setattr(SageMakerResponse, "stop_training_job", stopper("Training"), raising=False)
+        monkeypatch.setattr(SageMakerResponse, "stop_processing_job", stopper("Processing"))
         return self
 
     # ------------------------------------------------------------------ playing a job
@@ -126,8 +141,29 @@ class SageMakerHarness:
         if reason:
             job.failure_reason = reason  # moto renders attributes as the describe response
 
+    def _stop(self, backend: Any, kind: str, params: dict):
+        from moto.core.responses import EmptyResult
+        from moto.sagemaker.exceptions import ValidationError
+
+        name = params[f"{kind}JobName"]
+        try:
+            job = self._job(backend, kind, name)
+        except KeyError:
+            raise ValidationError(message=f"Could not find job {name!r}.") from None
+        status = job.training_job_status if kind == "Training" else job.processing_job_status
+        if status not in ("InProgress", "Stopping"):
+            raise ValidationError(message=f"The job {name} is {status}: it cannot be stopped.")
+        self.forced[name] = ("Stopped", "")
+        self._set_status(backend, kind, name, "Stopped")
+        if name in self.held:
+            self.held[name].set()
+        return EmptyResult()
+
     def _launch(self, backend: Any, kind: str, request: dict) -> None:
         name = request[f"{kind}JobName"]
+        for prefix, outcomes in self._sequences:
+            if name.startswith(prefix) and outcomes and name not in self.forced:
+                self.forced[name] = outcomes.pop(0)
         self._set_status(backend, kind, name, "InProgress")
         if kind == "Processing":
             self._job(backend, kind, name).processing_start_time = datetime.now(timezone.utc)
@@ -153,6 +189,9 @@ class SageMakerHarness:
             self.errors.append(f"{name}: {exc}")
             return
         self._put_logs(kind, name, lines)
+        job = self._job(backend, kind, name)
+        if (job.training_job_status if kind == "Training" else job.processing_job_status) == "Stopped":
+            return  # stopped while it ran: SageMaker keeps it Stopped
         self._set_status(backend, kind, name, "Completed")
 
     def _execute(self, kind: str, request: dict, lines: list[str]) -> None:

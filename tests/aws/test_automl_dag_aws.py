@@ -37,7 +37,7 @@ from include.model.registry_base import BASELINE_MODEL_NAME, PENDING
 from include.pipeline.context import RunInfo
 from include.scripts.preprocess import __file__ as PREPROCESS
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS
-from tests.aws.conftest import BUCKET, REGION, ROLE_ARN
+from tests.aws.conftest import BUCKET, DEPLOYMENT, REGION, ROLE_ARN
 from tests.aws.stubs import OperationStubber
 from tests.integration.conftest import DS, run_dag
 
@@ -129,7 +129,7 @@ def test_automl_dag_on_sagemaker_searches_launches_autopilot_and_registers_a_ser
 
     # ---- our search: one processing job, the builder's request completed for the account
     created = sagemaker.created("Processing")
-    assert [c["ProcessingJobName"] for c in created] == [requests.job_name("automl", dr.run_id)]
+    assert [c["ProcessingJobName"] for c in created] == [requests.job_name("automl", dr.run_id, DEPLOYMENT)]
     job = created[0]
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in job["ProcessingInputs"]}
     assert inputs["code"].startswith(f"s3://{BUCKET}/rs/code/") and inputs["code"].endswith("/scripts")
@@ -156,7 +156,7 @@ def test_automl_dag_on_sagemaker_searches_launches_autopilot_and_registers_a_ser
     pilots = [p for a, p in sagemaker.calls if a == "CreateAutoMLJobV2"]
     assert len(pilots) == 1
     pilot = pilots[0]
-    assert pilot["AutoMLJobName"] == requests.job_name("autopilot", dr.run_id)[:32]
+    assert pilot["AutoMLJobName"] == requests.job_name("autopilot", dr.run_id, DEPLOYMENT)[:32]
     assert [(c["ChannelType"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in pilot["AutoMLJobInputDataConfig"]] \
         == [("training", f"{run}/features_csv/train/train.csv"),
             ("validation", f"{run}/features_csv/validation/validation.csv")]
@@ -211,7 +211,7 @@ def test_automl_dag_on_sagemaker_searches_launches_autopilot_and_registers_a_ser
     assert refs["champion"] is None and refs["baseline_version"] == baseline.version
     assert abs(refs["baseline"] - board["best_accuracy"]) < 1e-4, "same rows, same model, same accuracy"
     score = sagemaker.created("Processing")[-1]
-    assert score["ProcessingJobName"] == requests.job_name("score-baseline", "manual__x")
+    assert score["ProcessingJobName"] == requests.job_name("score-baseline", "manual__x", DEPLOYMENT)
     assert {i["InputName"]: i["S3Input"]["S3Uri"] for i in score["ProcessingInputs"]}["model"] == package_uri
 
 

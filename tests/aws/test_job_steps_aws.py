@@ -19,7 +19,7 @@ from include.common.aws import list_keys, load_aws_config, read_bytes, write_byt
 from include.common.config import safe_name
 from include.jobs import requests
 from include.jobs.runner import get_runner
-from tests.aws.conftest import BUCKET, ROLE_ARN
+from tests.aws.conftest import BUCKET, DEPLOYMENT, ROLE_ARN
 
 TINY = {"profile": "quick", "max_seq_length": 32, "epochs": 1, "train_batch_size": 16, "max_train_samples": 96,
         "learning_rate": 1e-4}
@@ -94,7 +94,7 @@ def test_train_and_evaluate_defer_on_sagemaker_and_finish_from_their_saved_plans
     dr = dag.test(logical_date=datetime(2026, 11, 21, tzinfo=timezone.utc))
     assert _states(dr) == {"features": "success", "train": "success", "evaluate": "success"}, sagemaker.errors
     cfg = load_aws_config()
-    train_name, eval_name = requests.job_name("train", dr.run_id), requests.job_name("evaluate", dr.run_id)
+    train_name, eval_name = (requests.job_name(step, dr.run_id, DEPLOYMENT) for step in ("train", "evaluate"))
 
     # exactly one job per step, created with the completed request (role, image, instances)
     created = sagemaker.created()

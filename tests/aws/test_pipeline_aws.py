@@ -38,7 +38,7 @@ from include.data.catalog import get_catalog
 from include.data.landing import land_daily_drops
 from include.jobs import requests
 from include.serving.protocol import JSONLINES, SMOKE_REVIEWS
-from tests.aws.conftest import BUCKET, REGION, ROLE_ARN
+from tests.aws.conftest import BUCKET, DEPLOYMENT, REGION, ROLE_ARN
 from tests.integration.conftest import DEPLOY, DS, run_dag
 
 DAG_ID = "review_sentiment_pipeline"
@@ -89,7 +89,7 @@ def test_the_whole_dag_runs_on_sagemaker_glue_and_s3(aws_calls, aws_account, sag
     assert sum(int(p["Parameters"]["rows"]) for p in parts) == 600
 
     # ---- the jobs: one of each, the exact requests, deferred on the provider's trigger
-    names = {step: requests.job_name(step, dr.run_id) for step in ("preprocess", "train", "evaluate")}
+    names = {step: requests.job_name(step, dr.run_id, DEPLOYMENT) for step in ("preprocess", "train", "evaluate")}
     created = sagemaker.created()
     assert [c.get("ProcessingJobName") or c.get("TrainingJobName") for c in created] == list(names.values())
     pre, train, evaluate = created

@@ -194,7 +194,7 @@ def test_a_completed_job_is_reused_and_nothing_is_created(aws_account, sagemaker
     sagemaker.calls.clear()
     result = runner.start(req, context={}, task=None)
     assert sagemaker.actions("Create") == []
-    assert sagemaker.actions() == ["DescribeProcessingJob"]
+    assert sagemaker.actions() == ["DescribeProcessingJob", "ListTags"]  # the owner tags checked before reuse
     assert result["job_name"] == "rs-evaluate-2-abc" and result["status"] == "Completed"
 
 
