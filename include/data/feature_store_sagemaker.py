@@ -299,8 +299,12 @@ class SageMakerFeatureStore(FeatureStore):
         fg_name = self.sagemaker_name(name)
         offline_uri = self.offline_uri(name)
         manifest = self._load_manifest(name, offline_uri)
-        puts = [(key, record, digest) for key, row in zip(keys, table.to_pylist(), strict=True)
-                if _changed(manifest[0], key, digest := self.content_hash(group, record := self.record(group, row)))]
+        puts = []  # (key, PutRecord's Record, content hash) of the new or changed records
+        for key, row in zip(keys, table.to_pylist(), strict=True):
+            record = self.record(group, row)
+            digest = self.content_hash(group, record)
+            if _changed(manifest[0], key, digest):
+                puts.append((key, record, digest))
         done = 0
         last_log = time.monotonic()
 
