@@ -160,6 +160,8 @@ def needs(service: str, operation: str, params: dict, cfg: Any) -> list[Need]:
     for key in sorted(set(_kms_keys(params))):
         if service == "s3":
             out.append(Need("kms:GenerateDataKey" if act == "s3:PutObject" else "kms:Decrypt", key))
+        elif service == "athena":  # results encrypted and read back with the caller's rights
+            out += [Need("kms:GenerateDataKey", key), Need("kms:Decrypt", key)]
         else:  # a SageMaker resource encrypted with the key: SageMaker takes a grant on it
             out += [Need("kms:DescribeKey", key),
                     Need("kms:CreateGrant", key, {"kms:GrantIsForAWSResource": "true"})]
@@ -169,7 +171,8 @@ def needs(service: str, operation: str, params: dict, cfg: Any) -> list[Need]:
 def _kms_keys(params: Any) -> Iterable[str]:
     if isinstance(params, dict):
         for k, v in params.items():
-            if k.endswith("KmsKeyId") and isinstance(v, str) and v:
+            # KmsKeyId (SageMaker), SSEKMSKeyId (S3), KmsKey (Athena's EncryptionConfiguration)
+            if (k.lower().endswith("kmskeyid") or k == "KmsKey") and isinstance(v, str) and v:
                 yield v
             else:
                 yield from _kms_keys(v)

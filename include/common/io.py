@@ -79,7 +79,7 @@ def publish_file(src: Path, dest_uri: str) -> str:
 
         cfg = load_aws_config()
         bucket, key = split_s3_uri(dest_uri)
-        extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": cfg.kms_key_id} if cfg.kms_key_id else None
+        extra = cfg.sse() or None
         cfg.client("s3").upload_file(str(src), bucket, key, ExtraArgs=extra)
         return dest_uri
     dest = uri_to_path(dest_uri)

@@ -480,9 +480,7 @@ class GlueCatalog:
         dest = self.published_uri(ds, delivery_id)
         bucket, dest_key = aws.split_s3_uri(dest)
         for uri in self._parquet_objects(self._partition_uri(STAGING_TABLE, delivery_id)):
-            src_bucket, src_key = aws.split_s3_uri(uri)
-            self._s3.copy_object(Bucket=bucket, Key=dest_key + Path(src_key).name,
-                                 CopySource={"Bucket": src_bucket, "Key": src_key})
+            aws.copy_object(self.cfg, uri, f"s3://{bucket}/{dest_key}{Path(uri).name}", s3=self._s3)
         previous = self._published(ds)
         self._put_partition(RAW_TABLE, ds, dest, {
             "delivery_id": delivery_id, "content_hash": record["content_hash"], "rows": record["rows"],
@@ -558,14 +556,15 @@ class GlueCatalog:
         with ``ctas_approach=False`` (plain results: no CTAS table is created per query)."""
         import awswrangler as wr
 
-        if self.cfg.endpoint_url:  # moto / LocalStack: awswrangler has its own endpoint settings
-            wr.config.athena_endpoint_url = wr.config.s3_endpoint_url = self.cfg.endpoint_url
-            wr.config.glue_endpoint_url = self.cfg.endpoint_url
+        # awswrangler takes credentials from the session but endpoints from its own config
+        wr.config.athena_endpoint_url = self.cfg.service_endpoint("athena")
+        wr.config.s3_endpoint_url = self.cfg.service_endpoint("s3")
+        wr.config.glue_endpoint_url = self.cfg.service_endpoint("glue")
         text = athena_sql(sql, params, self.database)
         log.info("athena (%s, workgroup %s): %s", self.database, self.cfg.athena_workgroup, " ".join(text.split())[:300])
         return wr.athena.read_sql_query(text, database=self.database, ctas_approach=False,
                                         workgroup=self.cfg.athena_workgroup, s3_output=self.cfg.athena_output,
-                                        boto3_session=self.cfg.session())
+                                        boto3_session=self.cfg.session(), **self.cfg.athena_encryption())
 
 
 def _named(call, path: Path, uri: str):

@@ -4,7 +4,10 @@ versioned model package per registered model).
 :class:`SageMakerModelRegistry` implements :class:`include.model.registry.ModelRegistry`;
 :func:`include.model.registry.get_registry` picks it on ``REVIEWS_BACKEND=aws``. We call the
 SageMaker API directly rather than the provider's ``SageMakerRegisterModelVersionOperator``
-because that operator hard-codes ``text/csv`` content types and drops the group description.
+because that operator hard-codes ``text/csv`` content types and drops the group description;
+``SageMakerHook`` has no model-package methods but ``create_model_package_group``, which sends
+no ``Tags``. The client is the factory's (:meth:`AwsConfig.client`): the Airflow connection's
+identity, as the provider's. boto3 has no model-package waiter and nothing here waits.
 
 How a version is stored:
 
@@ -160,7 +163,7 @@ class SageMakerModelRegistry(ModelRegistry):
 
     @cached_property
     def sm(self):
-        """The SageMaker client (moto's server in tests)."""
+        """The SageMaker client on the Airflow connection (moto's server in tests)."""
         return self._client or self.cfg.client("sagemaker")
 
     # ------------------------------------------------------------ helpers

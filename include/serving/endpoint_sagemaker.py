@@ -3,14 +3,19 @@
 ``include/serving/endpoint.py`` chooses :class:`SageMakerEndpoint` on ``REVIEWS_BACKEND=aws``
 (the interface is ``endpoint_base.py``). A deploy:
 
+The calls go through the Amazon provider's ``SageMakerHook`` (``create_model``,
+``create_endpoint_config``, ``create_endpoint`` / ``update_endpoint``, the describes) on the
+Airflow connection; the waits are boto3's waiters, not the hook's sleep loop (whose failure is
+a bare ``AirflowException`` without our rollback report).
+
 1. creates the SageMaker model (the Hugging Face inference image, ``ModelDataUrl`` = our
    ``model.tar.gz``, ``code/inference.py`` as the handler) and an endpoint config, both named
    after the version and a hash of what they hold, so a retry reuses them;
 2. creates the endpoint, or updates it to the new endpoint config (SageMaker's blue/green
    update: requests in flight finish on the old fleet);
-3. waits until it is ``InService`` *with the new config* (an update that fails is rolled back
-   by SageMaker: the endpoint returns to ``InService`` on the old config with a
-   ``FailureReason``, which the task reports);
+3. waits (boto3's ``endpoint_in_service`` waiter) until it is ``InService`` *with the new
+   config* (an update that fails is rolled back by SageMaker: the endpoint returns to
+   ``InService`` on the old config with a ``FailureReason``, which the task reports);
 4. smoke-tests it through ``sagemaker-runtime`` ``InvokeEndpoint`` with the lab's JSON Lines
    request; when that fails after an update, the endpoint is updated back to the previous
    endpoint config and the task fails with the reason.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from functools import cached_property
 
@@ -42,7 +48,7 @@ logger = logging.getLogger(__name__)
 VARIANT = "AllTraffic"
 VERSION_TAG = "model-version"  # tag on the model and config (for people browsing the console)
 SETTLED = ("InService", "Failed", "OutOfService")
-POLL_S = 30.0  # DescribeEndpoint poll interval (SageMaker's own waiter uses 30 s)
+POLL_S = 30.0  # the waiters' DescribeEndpoint interval (boto3's own default for these waiters)
 
 
 def _name(*parts: str, limit: int = 63) -> str:
@@ -69,6 +75,16 @@ class SageMakerEndpoint(Endpoint):
         return self._sm or self.cfg.client("sagemaker")
 
     @cached_property
+    def hook(self):
+        """The Amazon provider's ``SageMakerHook`` on the Airflow connection, calling through ``sm``
+        (the factory's client on the same connection, or a test's stubbed one)."""
+        from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+        hook = SageMakerHook(aws_conn_id=self.cfg.aws_conn_id or None, region_name=self.cfg.region)
+        hook.__dict__["conn"] = self.sm  # its cached client: one client, one identity
+        return hook
+
+    @cached_property
     def runtime(self):
         """The ``sagemaker-runtime`` client (InvokeEndpoint)."""
         return self._runtime or self.cfg.client("sagemaker-runtime")
@@ -77,7 +93,7 @@ class SageMakerEndpoint(Endpoint):
     def describe(self) -> dict | None:
         """DescribeEndpoint, or None when the endpoint does not exist."""
         try:
-            return self.sm.describe_endpoint(EndpointName=self.name)
+            return self.hook.describe_endpoint(self.name)
         except Exception as exc:  # noqa: BLE001 - only "does not exist" is handled
             if is_not_found(exc):
                 return None
@@ -86,8 +102,8 @@ class SageMakerEndpoint(Endpoint):
     def config_version(self, config_name: str) -> str | None:
         """The model version an endpoint config serves (its model's ``MODEL_VERSION``)."""
         try:
-            variants = self.sm.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"]
-            model = self.sm.describe_model(ModelName=variants[0]["ModelName"])
+            variants = self.hook.describe_endpoint_config(config_name)["ProductionVariants"]
+            model = self.hook.describe_model(variants[0]["ModelName"])
         except Exception as exc:  # noqa: BLE001 - a config or model deleted by hand: version unknown
             if is_not_found(exc):
                 return None
@@ -119,7 +135,7 @@ class SageMakerEndpoint(Endpoint):
 
     def _ensure_model(self, name: str, package_uri: str, version: str, precision: str) -> None:
         try:
-            self.sm.describe_model(ModelName=name)
+            self.hook.describe_model(name)
             return  # same name = same package, image and settings (the name hashes them)
         except Exception as exc:  # noqa: BLE001
             if not is_not_found(exc):
@@ -131,11 +147,11 @@ class SageMakerEndpoint(Endpoint):
                    "Tags": [{"Key": VERSION_TAG, "Value": version}]}
         if self.cfg.vpc_config():
             request["VpcConfig"] = self.cfg.vpc_config()
-        self.sm.create_model(**request)
+        self.hook.create_model(request)
 
     def _ensure_config(self, name: str, model_name: str, version: str) -> None:
         try:
-            self.sm.describe_endpoint_config(EndpointConfigName=name)
+            self.hook.describe_endpoint_config(name)
             return
         except Exception as exc:  # noqa: BLE001
             if not is_not_found(exc):
@@ -148,24 +164,32 @@ class SageMakerEndpoint(Endpoint):
                    "Tags": [{"Key": VERSION_TAG, "Value": version}]}
         if self.cfg.kms_key_id:
             request["KmsKeyId"] = self.cfg.kms_key_id
-        self.sm.create_endpoint_config(**request)
+        self.hook.create_endpoint_config(request)
+
+    def _waiter_config(self, timeout_s: float) -> dict:
+        return {"Delay": self.poll_s, "MaxAttempts": max(1, math.ceil(timeout_s / self.poll_s))}
 
     def wait(self, timeout_s: float) -> dict:
-        """Poll DescribeEndpoint until the endpoint settles (InService / Failed / OutOfService)."""
+        """Wait with boto3's ``endpoint_in_service`` waiter until the endpoint settles (InService,
+        or Failed / OutOfService, which the caller reports with the ``FailureReason``)."""
+        from botocore.exceptions import WaiterError
+
         started = time.monotonic()
-        while True:
-            desc = self.describe()
-            if desc is None:
-                raise EndpointDeployError(f"endpoint {self.name} disappeared while waiting for it")
-            status = desc["EndpointStatus"]
-            if status in SETTLED:
-                return desc
-            waited = time.monotonic() - started
-            if waited > timeout_s:
-                raise EndpointDeployError(f"endpoint {self.name} still {status} after {waited:.0f}s (endpoint_wait_s); "
-                               "it keeps going in SageMaker - look at it in the console and re-run the task")
-            logger.info("endpoint %s is %s (%.0fs waited, up to %.0fs)", self.name, status, waited, timeout_s)
-            time.sleep(self.poll_s)
+        logger.info("endpoint %s: waiting up to %.0fs for InService (DescribeEndpoint every %gs)", self.name,
+                    timeout_s, self.poll_s)
+        try:
+            self.sm.get_waiter("endpoint_in_service").wait(EndpointName=self.name,
+                                                            WaiterConfig=self._waiter_config(timeout_s))
+        except WaiterError:
+            pass  # Failed, gone or out of time: told apart below
+        desc = self.describe()
+        if desc is None:
+            raise EndpointDeployError(f"endpoint {self.name} disappeared while waiting for it")
+        if desc["EndpointStatus"] not in SETTLED:
+            raise EndpointDeployError(f"endpoint {self.name} still {desc['EndpointStatus']} after "
+                                      f"{time.monotonic() - started:.0f}s (endpoint_wait_s); it keeps going in "
+                                      "SageMaker - look at it in the console and re-run the task")
+        return desc
 
     # ------------------------------------------------------------ smoke test
     def invoke(self, texts: list[str], content_type: str = JSONLINES) -> list[dict]:
@@ -223,15 +247,17 @@ class SageMakerEndpoint(Endpoint):
         self._ensure_config(config_name, model_name, version)
         if current is None:
             mode = "created"
-            self.sm.create_endpoint(EndpointName=self.name, EndpointConfigName=config_name,
-                                    Tags=[{"Key": "project", "Value": "review-sentiment"}])
+            self.hook.create_endpoint({"EndpointName": self.name, "EndpointConfigName": config_name,
+                                       "Tags": [{"Key": "project", "Value": "review-sentiment"}]},
+                                      wait_for_completion=False)  # waited below, with boto3's waiter
         elif current["EndpointStatus"] != "InService":
             raise EndpointDeployError(f"endpoint {self.name} is {current['EndpointStatus']} "
                                f"({current.get('FailureReason') or 'no reason given'}); it cannot be updated - "
                                "delete it (make stop) and deploy again")
         else:
             mode = "updated"
-            self.sm.update_endpoint(EndpointName=self.name, EndpointConfigName=config_name)
+            self.hook.update_endpoint({"EndpointName": self.name, "EndpointConfigName": config_name},
+                                      wait_for_completion=False)
         logger.info("endpoint %s: %s with %s (version %s), waiting for InService", self.name, mode, config_name,
                     version)
         desc = self.wait(timeout_s)
@@ -253,7 +279,8 @@ class SageMakerEndpoint(Endpoint):
                    cause: Exception) -> None:
         logger.warning("smoke test failed (%s): updating endpoint %s back to %s", cause, self.name, previous_config)
         try:
-            self.sm.update_endpoint(EndpointName=self.name, EndpointConfigName=previous_config)
+            self.hook.update_endpoint({"EndpointName": self.name, "EndpointConfigName": previous_config},
+                                      wait_for_completion=False)
             desc = self.wait(timeout_s)
         except Exception as exc:  # noqa: BLE001 - report both failures
             raise EndpointDeployError(f"{cause}; rolling back to endpoint config {previous_config} ALSO failed ({exc})") \
@@ -277,10 +304,13 @@ class SageMakerEndpoint(Endpoint):
                 "failure_reason": desc.get("FailureReason"), "port": None, "pid": None}
 
     def stop(self) -> bool:
-        """Delete the endpoint (its configs and models stay, for a later redeploy); True if one existed."""
+        """Delete the endpoint and wait (boto3's ``endpoint_deleted`` waiter) until it is gone; its
+        configs and models stay, for a later redeploy. True if one existed."""
         if self.describe() is None:
             return False
-        self.sm.delete_endpoint(EndpointName=self.name)
+        self.sm.delete_endpoint(EndpointName=self.name)  # SageMakerHook has no delete_endpoint
+        self.sm.get_waiter("endpoint_deleted").wait(EndpointName=self.name,
+                                                    WaiterConfig=self._waiter_config(self.cfg.endpoint_wait_s))
         return True
 
     def predict(self, texts: list[str], timeout_s: float = 60) -> list[dict]:

@@ -41,11 +41,15 @@ def moto_server() -> Iterator[str]:
 
 @pytest.fixture
 def aws_env(moto_server, monkeypatch) -> str:
-    """Fake credentials, the region and ``AWS_ENDPOINT_URL`` -> moto, with moto's state reset."""
+    """Fake credentials, the region and ``AWS_ENDPOINT_URL`` -> moto, with moto's state reset; the
+    Airflow connection ``aws_default`` (what the project's clients and the provider's operators
+    use) points at moto too."""
     import urllib.request
 
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST"), timeout=10)
-    for key, value in {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": moto_server}.items():
+    connection = json.dumps({"conn_type": "aws", "extra": {"endpoint_url": moto_server, "region_name": REGION}})
+    for key, value in {**FAKE_CREDENTIALS, "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": moto_server,
+                       "AIRFLOW_CONN_AWS_DEFAULT": connection}.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(key, raising=False)

@@ -7,6 +7,7 @@ evaluator refuses what the policies do not grant.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -129,6 +130,20 @@ def test_non_one_to_one_operations_map_to_their_iam_action():
                      CFG)
     assert {(n.action, n.resource) for n in copy} == {("s3:PutObject", "arn:aws:s3:::b/rs/new"),
                                                       ("s3:GetObject", "arn:aws:s3:::b/rs/old")}
+
+
+def test_kms_encrypted_copies_and_athena_results_need_the_data_key_which_the_worker_has():
+    key = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    cfg = replace(CFG, kms_key_id=key)
+    copy = {"Bucket": "acme-reviews", "Key": "rs/reviews/new", "CopySource": {"Bucket": "acme-reviews", "Key": "rs/old"},
+            "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key}
+    assert iam.Need("kms:GenerateDataKey", key) in iam.needs("s3", "CopyObject", copy, cfg)
+    query = {"QueryString": "SELECT 1", "WorkGroup": "primary", "ResultConfiguration": {
+        "OutputLocation": "s3://acme-reviews/rs/athena-results/",
+        "EncryptionConfiguration": {"EncryptionOption": "SSE_KMS", "KmsKey": key}}}
+    assert {n.action for n in iam.needs("athena", "StartQueryExecution", query, cfg)} >= {
+        "kms:GenerateDataKey", "kms:Decrypt"}
+    assert iam.denied([("s3", "CopyObject", copy), ("athena", "StartQueryExecution", query)], cfg) == []
 
 
 def test_deletes_of_registry_and_tables_are_refused():

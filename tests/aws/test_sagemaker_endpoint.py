@@ -246,3 +246,37 @@ def test_the_int8_decision_reads_the_package_and_the_test_split_from_s3(aws_acco
     assert decision["eval_rows"] == 6  # measured on the split downloaded from S3
     assert decision["precision"] == ("int8" if decision["accuracy_drop_points"] <= decision["max_drop_points"]
                                      else "fp32")
+
+
+def test_deploy_and_stop_call_the_sagemaker_hook_and_wait_with_boto3_waiters(harness, monkeypatch):
+    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+    hook_calls, waiters = [], []
+    for method in ("create_model", "create_endpoint_config", "create_endpoint", "update_endpoint"):
+        original = getattr(SageMakerHook, method)
+        monkeypatch.setattr(SageMakerHook, method, lambda self, config, *a, _m=method, _o=original, **kw: (
+            hook_calls.append((_m, kw.get("wait_for_completion"))), _o(self, config, *a, **kw))[1])
+    get_waiter = harness.sm.get_waiter
+    monkeypatch.setattr(harness.sm, "get_waiter", lambda name: (waiters.append(name), get_waiter(name))[1])
+    harness.expect_invoke()
+    harness.endpoint.deploy(_package("1"), "1", TEXTS)
+    assert hook_calls == [("create_model", None), ("create_endpoint_config", None), ("create_endpoint", False)]
+    assert harness.endpoint.hook.get_conn() is harness.sm  # the hook calls through the factory's client
+    assert harness.endpoint.stop() is True
+    assert waiters == ["endpoint_in_service", "endpoint_deleted"]
+    assert harness.endpoint.status() is None
+
+
+def test_an_update_that_never_settles_fails_after_endpoint_wait_s_naming_the_status(harness):
+    from dataclasses import replace
+
+    harness.expect_invoke()
+    harness.endpoint.deploy(_package("1"), "1", TEXTS)
+    harness.endpoint.cfg = replace(harness.cfg, endpoint_wait_s=1)
+
+    def stuck(op: str, params: dict) -> None:
+        moto_sagemaker(REGION).endpoints[params["EndpointName"]].endpoint_status = "Updating"
+
+    harness.stub_update(_config_name(harness, "2"), on_call=stuck)
+    with pytest.raises(EndpointDeployError, match="still Updating after \\d+s .endpoint_wait_s."):
+        harness.endpoint.deploy(_package("2"), "2", TEXTS)

@@ -220,3 +220,68 @@ def test_list_feature_groups_reads_list_feature_groups(aws_account):
     groups = SageMakerFeatureStore(cfg, sm=sm).list_feature_groups()
     assert [(g["name"], g["status"], g["records"]) for g in groups] == [("reviews-features", "Created", None)]
     stub.assert_no_pending_responses()
+
+
+def _offline_objects(store) -> int:
+    bucket, prefix = store.offline_uri(REVIEWS.name)[len("s3://"):].split("/", 1)
+    pages = boto3.client("s3", region_name=REGION).get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                             Prefix=prefix)
+    return sum(len(page.get("Contents", [])) for page in pages)
+
+
+def test_a_rerun_of_the_same_day_puts_nothing_and_a_day_with_5_changed_reviews_puts_5(fs):
+    store, fake = fs
+    store.create_feature_group(REVIEWS)
+    ids = [f"r{i:02d}" for i in range(20)]
+    assert store.ingest(REVIEWS.name, _rows(ids, "2024-01-01"), source="d1")["records"] == 20
+    again = store.ingest(REVIEWS.name, _rows(ids, "2024-01-01"), source="d1-rerun")
+    assert (again["records"], again["duplicates_skipped"], len(fake.puts)) == (0, 20, 20)
+    day2 = _rows(ids, "2024-01-02").to_pylist()  # same reviews a day later (the event time moves on) ...
+    for row in day2:
+        row["date"] = datetime(2024, 1, 1).date()  # (the review's date stays)
+    for row in day2[:5]:
+        row["review_body"] = "changed " + row["review_id"]  # ... five of them edited
+    out = store.ingest(REVIEWS.name, pa.Table.from_pylist(day2, schema=_rows(ids, "2024-01-02").schema), source="d2")
+    assert (out["records"], out["duplicates_skipped"]) == (5, 15)
+    assert sorted(values["ValueAsString"] for p in fake.puts[20:] for values in p["Record"]
+                  if values["FeatureName"] == "review_id") == ids[:5]
+    now = store.point_in_time(REVIEWS.name, datetime(2024, 1, 2))
+    bodies = dict(zip(now.column("review_id").to_pylist(), now.column("review_body").to_pylist(), strict=True))
+    assert len(bodies) == 20 and bodies["r00"] == "changed r00" and bodies["r19"] == "fits well r19"
+    before = store.point_in_time(REVIEWS.name, datetime(2024, 1, 1))
+    assert set(before.column("review_body").to_pylist()) == {f"fits well {i}" for i in ids}
+    assert store.snapshot(REVIEWS.name, "d1-rerun") == ("d1-rerun", datetime(2024, 1, 1))  # logged though 0 put
+
+
+def test_a_backfill_before_a_stored_version_is_put_though_its_content_is_the_same(fs):
+    store, fake = fs
+    store.create_feature_group(REVIEWS)
+    store.ingest(REVIEWS.name, _rows(["r1"], "2024-01-03"))
+    assert store.ingest(REVIEWS.name, _rows(["r1"], "2024-01-01"))["records"] == 1  # nothing in force on day 1
+    assert store.point_in_time(REVIEWS.name, datetime(2024, 1, 2)).num_rows == 1
+
+
+def test_a_manifest_written_meanwhile_by_another_ingestion_is_merged_not_lost(fs):
+    store, _ = fs
+    store.create_feature_group(REVIEWS)
+    offline = store.offline_uri(REVIEWS.name)
+    stale = store._load_manifest(REVIEWS.name, offline)  # read before the other ingestion wrote
+    store.ingest(REVIEWS.name, _rows(["a"], "2024-01-01"))
+    store._save_manifest(REVIEWS.name, offline, stale, [(("b", datetime(2024, 1, 1)), "h-b")])
+    assert sorted(store._load_manifest(REVIEWS.name, offline)[0]) == ["a", "b"]
+    assert store.ingest(REVIEWS.name, _rows(["a"], "2024-01-01"))["records"] == 0
+
+
+def test_point_in_time_reads_list_only_the_days_up_to_as_of(fs):
+    store, _ = fs
+    store.create_feature_group(REVIEWS)
+    for day in range(1, 7):  # six days of three new reviews: 18 objects in the offline store
+        store.ingest(REVIEWS.name, _rows([f"d{day}-{k}" for k in range(3)], f"2024-01-0{day}"))
+        assert store.last_read == {"days": 1, "objects": 3}  # the wait read only the day it put
+    assert _offline_objects(store) == 18
+    assert store.point_in_time(REVIEWS.name, datetime(2024, 1, 2)).num_rows == 6
+    assert store.last_read == {"days": 2, "objects": 6}  # a listing of every object would see 18
+    assert store.point_in_time(REVIEWS.name, datetime(2024, 1, 6, 12)).num_rows == 18
+    assert store.last_read["objects"] == 18
+    assert store._day_prefixes(store.offline_uri(REVIEWS.name).rstrip("/") + "/",
+                               datetime(2023, 12, 1).date(), datetime(2024, 1, 3).date())[-1].endswith("day=03/")
