@@ -71,7 +71,7 @@ def test_without_the_requirements_file_preprocess_lacks_pandas_in_the_inference_
 
 def test_sibling_imports_are_followed_and_optional_ones_left_out():
     found = images.script_imports("train.py")
-    assert {"train_loop", "train_profiler", "train_tracking", "modeling"} <= found.siblings
+    assert {"train_model", "train_callbacks", "train_profiler", "train_tracking", "modeling"} <= found.siblings
     assert "torch" in found.third_party and "transformers" in found.third_party
     assert "mlflow" not in found.third_party and "include" not in found.third_party
 
