@@ -171,3 +171,24 @@ def pytest_collection_modifyitems(config, items) -> None:
         if "stack" in marks:  # their modules carry pytest.mark.xdist_group("stack") themselves
             stack.append(item)
     items[:] = stack + [item for item in items if item not in stack]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup`` with the stack's modules as one group, the rest test by test.
+
+    xdist 3.8's own loadgroup marks a group by rewriting ``item._nodeid``, which pytest 9 no
+    longer reads (node ids are ``item._id``): every test would go its own way and each worker
+    would start a stack of its own. Same scheduling, the group taken from the module name.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    stack_modules = {name for name, tiers in _MODULE_TIERS.items() if "stack" in tiers}
+
+    class StackGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return "stack" if module in stack_modules else nodeid
+
+    return StackGroupScheduling(config, log)
